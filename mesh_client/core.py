@@ -1,0 +1,436 @@
+"""The I/O-free core every wrapper shares: one call's plan and its retry state machine.
+
+A wrapper (requests adapter, httpx transport, httpx async transport) turns each request to a
+registered service into a :class:`CallRun` and then only does I/O::
+
+    step = run.advance(None)                  # first Attempt (or Fail: deadline already passed)
+    while isinstance(step, Attempt):
+        sleep(step.delay); outcome = send(step)   # Responded(...) or Broken(kind, exc)
+        step = run.advance(outcome)           # next Attempt, Done or Fail
+
+:func:`drive` and :func:`drive_async` are that loop; they differ only in ``await``. Everything
+that decides (route, headers, timeouts, retry or not, back-off, the final error and
+:class:`~mesh_client.CallInfo`) is here, once.
+
+Route semantics:
+
+- **Envoy**: one request to the sidecar carrying the policy as ``x-envoy-*`` headers; Envoy
+  times out and retries. The client's own socket timeout sits a little above Envoy's so a
+  stuck sidecar cannot hang the caller. If the sidecar refuses the connection (nothing was sent)
+  and ``failover`` is on, the call continues on the HAProxy route.
+- **HAProxy**: no ``x-envoy-*`` header; the client enforces the total and per-try timeouts and
+  retries with the same retry-on meaning and Envoy's back-off (full jitter, 25 ms base, 250 ms
+  cap), all inside the total timeout.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Final, Generic, TypeVar
+
+from . import envoy
+from .deadline import time_left
+from .errors import DeadlineExceeded, MeshConnectError, MeshTimeoutError, MeshTransportError
+from .info import CallInfo
+from .policy import CallPolicy, Route
+from .registry import Address, MeshConfig, ServiceConfig
+
+__all__ = [
+    "Attempt",
+    "Broken",
+    "CallRun",
+    "Done",
+    "Fail",
+    "Failure",
+    "Responded",
+    "backoff_upper_bound",
+    "drive",
+    "drive_async",
+]
+
+BACKOFF_BASE: Final = 0.025
+BACKOFF_CAP: Final = 0.250
+#: The client's socket timeout on the Envoy route is Envoy's timeout plus this share of it...
+ENVOY_MARGIN_SHARE: Final = 0.1
+#: ... but at least / at most these many seconds.
+ENVOY_MARGIN_MIN: Final = 0.1
+ENVOY_MARGIN_MAX: Final = 1.0
+#: Below this many seconds left, another attempt is not worth starting.
+MIN_ATTEMPT: Final = 0.001
+
+_NEVER_SENT_KINDS = frozenset({"5xx", "gateway-error", "reset", "reset-before-request", "connect-failure"})
+_RESET_KINDS = frozenset({"5xx", "gateway-error", "reset"})
+
+
+class Failure(str, enum.Enum):
+    """How an attempt failed below HTTP, as the wrapper saw it."""
+
+    CONNECT = "connect"  # no connection was made: nothing was sent
+    TIMEOUT = "timeout"  # no answer within the attempt's timeout: it may have been processed
+    RESET = "reset"  # the connection broke after the request may have been sent
+
+
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class Responded(Generic[R]):
+    """An attempt got an HTTP response. ``body`` is set only when the core asked for it
+    (:meth:`CallRun.wants_body`), to classify a possible Envoy local reply."""
+
+    response: R
+    status: int
+    headers: Mapping[str, str]
+    body: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Broken:
+    """An attempt failed below HTTP; ``error`` is the wrapped library's exception."""
+
+    kind: Failure
+    error: BaseException
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One request to send: where, with which header changes, within which timeout."""
+
+    number: int
+    route: Route
+    address: Address
+    host: str
+    set_headers: tuple[tuple[str, str], ...]
+    drop_prefix: str
+    drop_names: frozenset[str]
+    timeout: float
+    delay: float = 0.0
+    #: the attempt's timeout is its per-try timeout (time for another attempt remains after it)
+    per_try_limited: bool = False
+
+    def drops(self, name: str) -> bool:
+        """Whether a header the caller set must not go out on this attempt."""
+        lower = name.lower()
+        return lower.startswith(self.drop_prefix) or lower in self.drop_names
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.address}"
+
+
+@dataclass(frozen=True, slots=True)
+class Done(Generic[R]):
+    """The call is over with this response (any status: statuses are never raised)."""
+
+    response: R
+    info: CallInfo
+
+
+@dataclass(frozen=True, slots=True)
+class Fail:
+    """The call is over with an error: raise ``error`` (combined with the library's own class)."""
+
+    error: type[MeshTransportError]
+    message: str
+    info: CallInfo
+    cause: BaseException | None
+
+
+Step = Attempt | Done[R] | Fail
+
+
+def backoff_upper_bound(retry_number: int) -> float:
+    """Envoy's back-off ceiling before retry ``retry_number`` (1-based): (2^n - 1) x 25 ms, max 250 ms."""
+    return min(BACKOFF_CAP, (2**retry_number - 1) * BACKOFF_BASE)
+
+
+class CallRun(Generic[R]):
+    """The state of one logical call. Not thread-safe: one run per call."""
+
+    def __init__(
+        self,
+        *,
+        mesh: MeshConfig,
+        service: ServiceConfig,
+        method: str,
+        policy: CallPolicy,
+        route: Route,
+        route_reason: str,
+        idempotent: bool | None = None,
+        replayable: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+        jitter: Callable[[float, float], float] = random.uniform,
+    ) -> None:
+        self.mesh = mesh
+        self.service = service
+        self.method = method
+        self.policy = policy
+        self.route = route
+        self.route_reason = route_reason
+        self.clock = clock
+        self.jitter = jitter
+        self.replayable = replayable
+        self.tokens = policy.retry_tokens_for(method, idempotent)
+        now = clock()
+        self.started = now
+        left = time_left(now)
+        self.deadline_left = left
+        total = policy.timeout if left is None else min(policy.timeout, left)
+        self.end = now + total
+        self.attempts = 0
+        self.retries_done = 0
+        self.failed_over = False
+        self._last_attempt: Attempt | None = None
+        self._prefix = mesh.header_prefix
+
+    # -- the state machine ---------------------------------------------------------------------
+
+    def advance(self, outcome: Responded[R] | Broken | None) -> Step[R]:
+        """The next step after ``outcome`` (None to get the first attempt)."""
+        if outcome is None:
+            if self.deadline_left is not None and self.deadline_left <= 0:
+                return self._fail(
+                    DeadlineExceeded,
+                    f"the deadline passed {-self.deadline_left * 1000:.0f} ms ago; nothing was sent",
+                    None,
+                )
+            return self._attempt(0.0)
+        if isinstance(outcome, Responded):
+            return self._on_response(outcome)
+        return self._on_broken(outcome)
+
+    def wants_body(self, status: int, headers: Mapping[str, str]) -> bool:
+        """Whether the wrapper should read this (small) response body before :meth:`advance`."""
+        return self.route is Route.ENVOY and envoy.may_be_local_reply(status, headers, self._prefix)
+
+    def _on_response(self, outcome: Responded[R]) -> Step[R]:
+        if self.route is Route.ENVOY:
+            reported = envoy.attempt_count(outcome.headers, self._prefix)
+            return Done(
+                outcome.response,
+                self._info(
+                    attempts=reported or self.attempts,
+                    upstream_service_time=envoy.upstream_service_time(outcome.headers, self._prefix),
+                    envoy_error=envoy.classify_reply(outcome.status, outcome.headers, outcome.body, self._prefix),
+                ),
+            )
+        if self._response_retryable(outcome) and (nxt := self._retry()) is not None:
+            return nxt
+        return Done(outcome.response, self._info())
+
+    def _on_broken(self, outcome: Broken) -> Step[R]:
+        attempt = self._last_attempt
+        assert attempt is not None, "advance(None) must come first"
+        where = f"{attempt.route.value} at {attempt.address}"
+        detail = f" ({outcome.detail})" if outcome.detail else ""
+        if self.route is Route.ENVOY:
+            if outcome.kind is Failure.CONNECT and self.mesh.failover:
+                self.route = Route.HAPROXY
+                self.failed_over = True
+                self.attempts = 0
+                self.route_reason += "; Envoy refused the connection, failed over to HAProxy"
+                return self._attempt(0.0)
+            if outcome.kind is Failure.CONNECT:
+                return self._fail(
+                    MeshConnectError,
+                    f"cannot connect to the Envoy sidecar at {attempt.address}{detail}; nothing was sent "
+                    f"(failover is off in {self.mesh.source})",
+                    outcome.error,
+                )
+            if outcome.kind is Failure.TIMEOUT:
+                return self._fail(
+                    MeshTimeoutError,
+                    f"no answer from the Envoy sidecar at {attempt.address} within {attempt.timeout:.3f} s "
+                    f"(Envoy was asked to give up after {self._envoy_timeout_text(attempt)}); is the sidecar stuck?",
+                    outcome.error,
+                )
+            return self._fail(MeshTransportError, f"the connection to {where} broke{detail}", outcome.error)
+        if self._failure_retryable(outcome, attempt) and (nxt := self._retry()) is not None:
+            return nxt
+        tries = f"{self.attempts} attempt{'s' if self.attempts != 1 else ''}"
+        if outcome.kind is Failure.CONNECT:
+            return self._fail(MeshConnectError, f"cannot connect to {where}{detail} after {tries}", outcome.error)
+        if outcome.kind is Failure.TIMEOUT:
+            elapsed = self.clock() - self.started
+            return self._fail(
+                MeshTimeoutError,
+                f"no answer via {where} after {elapsed:.3f} s and {tries} "
+                f"(timeout {self._timeout_text()}){self._deadline_text()}",
+                outcome.error,
+            )
+        return self._fail(MeshTransportError, f"the connection to {where} broke{detail} after {tries}", outcome.error)
+
+    # -- retry rules (HAProxy route; Envoy applies the same ones itself) -------------------------
+
+    def _response_retryable(self, outcome: Responded[R]) -> bool:
+        if not self.replayable:
+            return False
+        status, tokens = outcome.status, self.tokens
+        return (
+            ("5xx" in tokens and status >= 500)
+            or ("gateway-error" in tokens and status in (502, 503, 504))
+            or ("retriable-4xx" in tokens and status == 409)
+            or ("retriable-status-codes" in tokens and status in self.policy.retriable_status_codes)
+            or ("envoy-ratelimited" in tokens and f"{self._prefix}-ratelimited" in outcome.headers)
+        )
+
+    def _failure_retryable(self, outcome: Broken, attempt: Attempt) -> bool:
+        tokens = set(self.tokens)
+        if outcome.kind is Failure.CONNECT:
+            return bool(tokens & _NEVER_SENT_KINDS)
+        if not self.replayable:
+            return False
+        if outcome.kind is Failure.TIMEOUT:
+            # only a per-try timeout can be retried: the total one ends the call
+            return attempt.per_try_limited and bool(tokens & _RESET_KINDS)
+        return bool(tokens & _RESET_KINDS)
+
+    def _retry(self) -> Attempt | None:
+        if self.retries_done >= self.policy.retries:
+            return None
+        delay = self.jitter(0.0, backoff_upper_bound(self.retries_done + 1))
+        if self.end - self.clock() - delay < MIN_ATTEMPT:
+            return None
+        self.retries_done += 1
+        return self._attempt(delay)
+
+    # -- building attempts -----------------------------------------------------------------------
+
+    def _attempt(self, delay: float) -> Attempt | Fail:
+        remaining = self.end - self.clock() - delay
+        if remaining < MIN_ATTEMPT:
+            return self._fail(
+                MeshTimeoutError,
+                f"the timeout ({self._timeout_text()}) ran out before attempt {self.attempts + 1}; "
+                f"nothing more was sent{self._deadline_text()}",
+                None,
+            )
+        self.attempts += 1
+        svc = self.service
+        drop_names: frozenset[str] = frozenset({"host"})
+        if self.route is Route.ENVOY:
+            # Envoy treats a request carrying X-Forwarded-For as external and drops every x-envoy-* header.
+            drop_names = frozenset({"host", "x-forwarded-for"})
+            headers = envoy.policy_headers(
+                self._prefix,
+                timeout=remaining,
+                per_try_timeout=self.policy.per_try_timeout,
+                retries=self.policy.retries,
+                retry_on=self.tokens,
+                retriable_status_codes=self.policy.retriable_status_codes,
+            )
+            margin = min(ENVOY_MARGIN_MAX, max(ENVOY_MARGIN_MIN, remaining * ENVOY_MARGIN_SHARE))
+            attempt = Attempt(
+                number=self.attempts,
+                route=Route.ENVOY,
+                address=self.mesh.envoy_http,
+                host=svc.envoy_host,
+                set_headers=(("Host", svc.envoy_host), *headers),
+                drop_prefix=self._prefix + "-",
+                drop_names=drop_names,
+                timeout=remaining + margin,
+                delay=delay,
+            )
+        else:
+            per_try = self.policy.per_try_timeout
+            attempt = Attempt(
+                number=self.attempts,
+                route=Route.HAPROXY,
+                address=svc.haproxy,
+                host=svc.envoy_host,
+                set_headers=(("Host", svc.envoy_host),),
+                drop_prefix=self._prefix + "-",
+                drop_names=drop_names,
+                timeout=min(per_try, remaining) if per_try is not None else remaining,
+                delay=delay,
+                per_try_limited=per_try is not None and per_try < remaining,
+            )
+        self._last_attempt = attempt
+        return attempt
+
+    # -- results ---------------------------------------------------------------------------------
+
+    def _info(
+        self,
+        *,
+        attempts: int | None = None,
+        upstream_service_time: float | None = None,
+        envoy_error: str | None = None,
+    ) -> CallInfo:
+        return CallInfo(
+            service=self.service.name,
+            route=self.route,
+            attempts=self.attempts if attempts is None else attempts,
+            failed_over=self.failed_over,
+            upstream_service_time=upstream_service_time,
+            envoy_error=envoy_error,
+            route_reason=self.route_reason,
+            elapsed=self.clock() - self.started,
+        )
+
+    def _fail(self, error: type[MeshTransportError], message: str, cause: BaseException | None) -> Fail:
+        text = f"{self.method} to service {self.service.name!r}: {message}"
+        return Fail(error, text, self._info(), cause)
+
+    def _timeout_text(self) -> str:
+        per_try = self.policy.per_try_timeout
+        text = f"{self.policy.timeout:g} s"
+        return text + (f", per try {per_try:g} s" if per_try is not None else "")
+
+    def _deadline_text(self) -> str:
+        left = self.deadline_left
+        if left is not None and left < self.policy.timeout:
+            return f"; shortened to {max(left, 0.0):.3f} s by the caller's deadline"
+        return ""
+
+    def _envoy_timeout_text(self, attempt: Attempt) -> str:
+        for name, value in attempt.set_headers:
+            if name.endswith("-upstream-rq-timeout-ms"):
+                return f"{value} ms"
+        return "?"  # pragma: no cover - an Envoy attempt always carries the timeout
+
+
+def drive(
+    run: CallRun[R],
+    send: Callable[[Attempt], Responded[R] | Broken],
+    discard: Callable[[R], None],
+    sleep: Callable[[float], None] = time.sleep,
+) -> Done[R] | Fail:
+    """Run a call to its end, synchronously. ``send`` does one attempt and classifies the result;
+    ``discard`` releases a response that is being retried."""
+    step = run.advance(None)
+    while isinstance(step, Attempt):
+        if step.delay > 0:
+            sleep(step.delay)
+        outcome = send(step)
+        step = run.advance(outcome)
+        if isinstance(step, Attempt) and isinstance(outcome, Responded):
+            discard(outcome.response)
+    return step
+
+
+async def drive_async(
+    run: CallRun[R],
+    send: Callable[[Attempt], Awaitable[Responded[R] | Broken]],
+    discard: Callable[[R], Awaitable[None]],
+    sleep: Callable[[float], Awaitable[None]] | None = None,
+) -> Done[R] | Fail:
+    """:func:`drive` for asyncio (or any loop ``sleep`` supports)."""
+    if sleep is None:
+        import asyncio
+
+        sleep = asyncio.sleep
+    step = run.advance(None)
+    while isinstance(step, Attempt):
+        if step.delay > 0:
+            await sleep(step.delay)
+        outcome = await send(step)
+        step = run.advance(outcome)
+        if isinstance(step, Attempt) and isinstance(outcome, Responded):
+            await discard(outcome.response)
+    return step

@@ -1,0 +1,52 @@
+"""Deadlines: how much time the current piece of work has left.
+
+A deadline is an absolute point on the monotonic clock, kept in a contextvar so threads and
+asyncio tasks each see their own. :func:`deadline` blocks nest and only ever shrink it. Every
+mesh call uses ``min(policy timeout, time left)``; a call whose deadline has already passed raises
+:class:`~mesh_client.DeadlineExceeded` without sending anything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import time
+from collections.abc import Iterator
+
+from .policy import check_seconds
+
+__all__ = ["current_deadline", "deadline", "time_left"]
+
+_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("mesh_client.deadline", default=None)
+
+
+def current_deadline() -> float | None:
+    """The current deadline as a :func:`time.monotonic` value, or None when there is none."""
+    return _deadline.get()
+
+
+def time_left(now: float | None = None) -> float | None:
+    """Seconds left before the current deadline (may be <= 0), or None when there is none."""
+    at = _deadline.get()
+    if at is None:
+        return None
+    return at - (time.monotonic() if now is None else now)
+
+
+@contextlib.contextmanager
+def deadline(seconds: float) -> Iterator[float]:
+    """Run the block with at most ``seconds`` left for all the mesh calls made inside it.
+
+    An enclosing deadline that ends sooner wins: nesting only ever shrinks the time left.
+    Yields the absolute deadline (on the :func:`time.monotonic` clock).
+    """
+    seconds = check_seconds(seconds, "deadline") or 0.0
+    at = time.monotonic() + seconds
+    outer = _deadline.get()
+    if outer is not None and outer < at:
+        at = outer
+    token = _deadline.set(at)
+    try:
+        yield at
+    finally:
+        _deadline.reset(token)

@@ -1,0 +1,166 @@
+"""What mesh_client says to Envoy and how it reads Envoy's answers. Pure functions, no I/O.
+
+- :func:`policy_headers` compiles a call's policy into ``x-envoy-*`` request headers.
+- :func:`classify_reply` tells an Envoy-generated reply (504 ``upstream request timeout``, 503
+  ``no healthy upstream``...) from the application's own, for ``call_info(r).envoy_error``.
+
+Facts behind the rules (see ``docs/routes.md``): Envoy reads these headers only from requests it
+treats as internal; ``x-envoy-upstream-rq-timeout-ms: 0`` means *no* timeout, so 1 ms is the floor;
+``x-envoy-max-retries`` without a retry-on condition does nothing, and ``0`` is the only way to
+switch off a retry policy configured on the route; retry-on tokens are comma-separated, no spaces.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Final
+
+__all__ = [
+    "ENVOY_ERROR_KINDS",
+    "attempt_count",
+    "classify_reply",
+    "control_header_names",
+    "may_be_local_reply",
+    "policy_headers",
+    "timeout_ms",
+    "upstream_service_time",
+]
+
+#: The values ``call_info(r).envoy_error`` can take.
+ENVOY_ERROR_KINDS: Final = frozenset(
+    {
+        "timeout",  # 504 upstream request timeout (global or per-try)
+        "no_healthy_upstream",  # 503 no healthy upstream
+        "connect_failure",  # 503 upstream connect error ... (connection failure / timeout): not delivered
+        "upstream_reset",  # 503 upstream connect error ... (reset / termination): may have been processed
+        "overloaded",  # x-envoy-overloaded, maintenance mode, drop overload, envoy overloaded
+        "rate_limited",  # x-envoy-ratelimited
+        "no_route",  # 404 with an empty body: no virtual host / route for the Host
+        "no_cluster",  # 503 with an empty body: the route's cluster does not exist
+        "buffer_limit",  # 507: request body too large to buffer for a retry
+        "invalid_header",  # 400 invalid header (strict_check_headers)
+        "stream_duration",  # upstream max stream duration reached
+    }
+)
+
+_LOCAL_REPLY_STATUSES: Final = frozenset({400, 404, 408, 502, 503, 504, 507})
+_MAX_LOCAL_REPLY_BODY: Final = 1024
+_CONNECT_FAILURE_REASONS: Final = ("connection failure", "connection timeout", "connect_failure")
+
+
+def timeout_ms(seconds: float) -> int:
+    """Seconds as Envoy milliseconds: rounded down, never below 1 (0 would mean "no timeout")."""
+    return max(1, int(seconds * 1000))
+
+
+def policy_headers(
+    prefix: str,
+    *,
+    timeout: float,
+    per_try_timeout: float | None,
+    retries: int,
+    retry_on: tuple[str, ...],
+    retriable_status_codes: tuple[int, ...],
+) -> list[tuple[str, str]]:
+    """The ``x-envoy-*`` headers that make Envoy enforce one call's policy.
+
+    ``timeout`` is the call's effective total (already shrunk to the caller's deadline) and
+    ``retry_on`` the tokens that apply to this call (already filtered for idempotency). When no
+    retry applies, ``max-retries: 0`` is sent so a retry policy on the route cannot retry either.
+    """
+    headers = [(f"{prefix}-upstream-rq-timeout-ms", str(timeout_ms(timeout)))]
+    if per_try_timeout is not None and per_try_timeout < timeout:
+        headers.append((f"{prefix}-upstream-rq-per-try-timeout-ms", str(timeout_ms(per_try_timeout))))
+    if retries > 0 and retry_on:
+        headers.append((f"{prefix}-retry-on", ",".join(retry_on)))
+        headers.append((f"{prefix}-max-retries", str(retries)))
+        if "retriable-status-codes" in retry_on and retriable_status_codes:
+            codes = ",".join(str(c) for c in retriable_status_codes)
+            headers.append((f"{prefix}-retriable-status-codes", codes))
+    else:
+        headers.append((f"{prefix}-max-retries", "0"))
+    return headers
+
+
+def control_header_names(prefix: str, names: list[str] | tuple[str, ...] | set[str]) -> list[str]:
+    """The request header names (as given) that belong to Envoy's prefix and so are never passed on."""
+    start = prefix + "-"
+    return [name for name in names if name.lower().startswith(start)]
+
+
+def upstream_service_time(headers: Mapping[str, str], prefix: str) -> float | None:
+    """Seconds Envoy measured upstream (``x-envoy-upstream-service-time``), or None."""
+    value = headers.get(f"{prefix}-upstream-service-time")
+    if value is None:
+        return None
+    try:
+        ms = int(value.strip())
+    except ValueError:
+        return None
+    return ms / 1000.0 if ms >= 0 else None
+
+
+def attempt_count(headers: Mapping[str, str], prefix: str) -> int | None:
+    """Upstream attempts Envoy reports (``x-envoy-attempt-count``, if the route adds it)."""
+    value = headers.get(f"{prefix}-attempt-count")
+    if value is None:
+        return None
+    try:
+        count = int(value.strip())
+    except ValueError:
+        return None
+    return count if count >= 1 else None
+
+
+def may_be_local_reply(status: int, headers: Mapping[str, str], prefix: str) -> bool:
+    """Whether a response could be an Envoy local reply, so its (small) body is worth reading.
+
+    Local replies never carry ``x-envoy-upstream-service-time`` and have tiny bodies.
+    """
+    if status not in _LOCAL_REPLY_STATUSES or f"{prefix}-upstream-service-time" in headers:
+        return False
+    length = headers.get("content-length")
+    if length is None:
+        return False
+    try:
+        return int(length) <= _MAX_LOCAL_REPLY_BODY
+    except ValueError:
+        return False
+
+
+def classify_reply(status: int, headers: Mapping[str, str], body: bytes | None, prefix: str) -> str | None:
+    """The kind of Envoy-generated failure a response is, or None for the application's own.
+
+    ``body`` may be None when it was not read (streaming); header-only signals still count. A
+    reply carrying ``x-envoy-upstream-service-time`` came from upstream; a remote Envoy's local
+    reply there is still recognised by its fixed body.
+    """
+    if headers.get(f"{prefix}-overloaded") is not None or headers.get(f"{prefix}-drop-overload") is not None:
+        return "overloaded"
+    if headers.get(f"{prefix}-ratelimited") is not None:
+        return "rate_limited"
+    if status < 400 or body is None:
+        return None
+    text = body[:_MAX_LOCAL_REPLY_BODY].decode("latin-1").strip()
+    local = f"{prefix}-upstream-service-time" not in headers
+    if text == "upstream request timeout" and status in (504, 204):
+        return "timeout"
+    if text == "no healthy upstream":
+        return "no_healthy_upstream"
+    if text.startswith("upstream connect error or disconnect/reset before headers"):
+        reason = text.rsplit("reset reason:", 1)[-1]
+        return "connect_failure" if any(r in reason for r in _CONNECT_FAILURE_REASONS) else "upstream_reset"
+    if text in ("maintenance mode", "drop overload", "envoy overloaded"):
+        return "overloaded"
+    if text == "exceeded request buffer limit while retrying upstream":
+        return "buffer_limit"
+    if text.startswith("invalid header '"):
+        return "invalid_header"
+    if text == "upstream max stream duration reached":
+        return "stream_duration"
+    if local and not text:
+        if status == 404:
+            return "no_route"
+        if status == 503:
+            return "no_cluster"
+    return None

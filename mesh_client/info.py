@@ -1,0 +1,55 @@
+"""``call_info(response)``: what mesh_client knows about how a response was obtained."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final
+
+from .policy import Route
+
+__all__ = ["CallInfo", "call_info"]
+
+#: Where the info rides on a response: ``httpx.Response.extensions[INFO_KEY]`` and, for
+#: ``requests.Response``, the attribute of the same name.
+INFO_KEY: Final = "mesh_call_info"
+
+
+@dataclass(frozen=True, slots=True)
+class CallInfo:
+    """How one logical call went.
+
+    - ``service``: the registry name of the service called.
+    - ``route``: :attr:`Route.ENVOY` or :attr:`Route.HAPROXY`, the route that produced the answer.
+    - ``attempts``: requests sent towards the upstream, as far as the client knows: the client's
+      own attempts on the HAProxy route; on the Envoy route Envoy's count when it reports it
+      (``x-envoy-attempt-count``), else 1. A refused connection to Envoy before a failover is
+      not an attempt.
+    - ``failed_over``: the Envoy sidecar refused the connection and the call went via HAProxy.
+    - ``upstream_service_time``: seconds, from Envoy's ``x-envoy-upstream-service-time``, or None.
+    - ``envoy_error``: None, or the kind of Envoy-generated failure (see
+      :data:`mesh_client.envoy.ENVOY_ERROR_KINDS`): ``"timeout"``, ``"no_healthy_upstream"``,
+      ``"connect_failure"``, ``"overloaded"``, ``"rate_limited"``, ``"no_route"``...
+    - ``route_reason``: why this route was chosen (flag value, fallback, forced per call).
+    - ``elapsed``: seconds the whole call took in the client, retries included.
+    """
+
+    service: str
+    route: Route
+    attempts: int
+    failed_over: bool = False
+    upstream_service_time: float | None = None
+    envoy_error: str | None = None
+    route_reason: str = ""
+    elapsed: float = 0.0
+
+
+def call_info(response: Any) -> CallInfo | None:
+    """The :class:`CallInfo` of a ``requests`` or ``httpx`` response, or None when the response
+    did not come from a call to a registered service."""
+    extensions = getattr(response, "extensions", None)
+    if isinstance(extensions, dict):
+        info = extensions.get(INFO_KEY)
+        if isinstance(info, CallInfo):
+            return info
+    info = getattr(response, INFO_KEY, None)
+    return info if isinstance(info, CallInfo) else None

@@ -1,0 +1,182 @@
+"""The :class:`Mesh`: a registry, its route flags, and factories for the drop-in clients."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from .core import CallRun
+from .errors import InvalidServiceURL, MeshError
+from .policy import UNSET, CallOptions, current_options
+from .registry import MeshConfig, ServiceConfig, load_file, load_mapping
+from .routing import FlagRouter, RouteDecision, Router, make_router
+
+if TYPE_CHECKING:
+    import httpx
+
+    from .http.httpx import AsyncMeshTransport, MeshTransport
+    from .http.requests import MeshSession
+
+__all__ = ["Mesh"]
+
+
+class Mesh:
+    """A service mesh as seen by one caller: the registry plus the flags that route its calls.
+
+    Build it with :meth:`from_file` or :meth:`from_dict`, make clients from it, and
+    :meth:`close` it (or use it as a context manager) to stop the flag watcher::
+
+        with Mesh.from_file("mesh.toml") as mesh:
+            session = mesh.requests_session()
+            session.get("http://users/v1/users/1")
+    """
+
+    def __init__(self, config: MeshConfig, *, router: Router | None = None) -> None:
+        self.config = config
+        self._router: Router = router if router is not None else make_router(config)
+        self._closed = False
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_file(cls, path: str | Path, **kwargs: Any) -> Mesh:
+        """Load a registry TOML file. Relative ``flags.path`` is resolved against its folder."""
+        return cls(load_file(path), **kwargs)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, base_dir: str | Path | None = None, **kwargs: Any) -> Mesh:
+        """Build from registry data (the TOML's structure as dicts). Relative ``flags.path`` is
+        resolved against ``base_dir`` (default: the current directory)."""
+        return cls(load_mapping(data, base_dir=Path(base_dir) if base_dir is not None else None), **kwargs)
+
+    # -- routing --------------------------------------------------------------------------------
+
+    @property
+    def router(self) -> Router:
+        return self._router
+
+    def route_for(self, service: str) -> RouteDecision:
+        """What the flags decide now for ``service``, and why (never raises for flag trouble)."""
+        self.config.service(service)
+        return self._router.decide(service)
+
+    def http_service(self, scheme: str, host: str, port: int | None, has_userinfo: bool) -> ServiceConfig | None:
+        """The registered HTTP service a URL addresses, or None for any other host.
+
+        Raises :class:`InvalidServiceURL` for a registered name addressed with a port, user info,
+        a scheme other than ``http``, or a Thrift service.
+        """
+        svc = self.config.services.get(host.lower().rstrip("."))
+        if svc is None:
+            return None
+        problems = []
+        if scheme.lower() != "http":
+            problems.append(f"scheme {scheme!r} (use http://; the sidecar secures traffic between hosts)")
+        if port is not None:
+            problems.append(f"port {port} (the service's name is its address; drop the port)")
+        if has_userinfo:
+            problems.append("user info in the URL (send credentials in a header)")
+        if svc.protocol != "http":
+            problems.append(f"protocol {svc.protocol!r} (use mesh.thrift_client for Thrift services)")
+        if problems:
+            raise InvalidServiceURL(f"cannot route to mesh service {svc.name!r}: " + "; ".join(problems))
+        return svc
+
+    def start_call(
+        self,
+        service: ServiceConfig,
+        method: str,
+        extra: CallOptions | None = None,
+        *,
+        replayable: bool = True,
+    ) -> CallRun[Any]:
+        """The I/O-free run of one call: policy merged with the current :func:`call_options` and
+        ``extra``, route decided by the flag (or forced by the options)."""
+        if self._closed:
+            raise MeshError(f"this Mesh ({self.config.source}) is closed; build a new one to make calls")
+        options = current_options()
+        if extra is not None:
+            options = options.merged(extra)
+        policy = options.apply(service.policy)
+        if options.route is not UNSET:
+            route, reason = options.route, f"forced to {options.route.value} by call options"
+        else:
+            decision = self._router.decide(service.name)
+            route, reason = decision.route, decision.reason
+        return CallRun(
+            mesh=self.config,
+            service=service,
+            method=method.upper(),
+            policy=policy,
+            route=route,
+            route_reason=reason,
+            idempotent=None if options.idempotent is UNSET else options.idempotent,
+            replayable=replayable,
+        )
+
+    # -- clients ----------------------------------------------------------------------------------
+
+    def requests_session(self) -> MeshSession:
+        """A ``requests.Session`` subclass that routes registered services through the mesh."""
+        from .http.requests import MeshSession
+
+        return MeshSession(self)
+
+    def httpx_transport(self, transport: httpx.BaseTransport | None = None, **kwargs: Any) -> MeshTransport:
+        """An ``httpx.BaseTransport`` routing registered services through the mesh and passing
+        every other request to ``transport`` (default: ``httpx.HTTPTransport(**kwargs)``)."""
+        from .http.httpx import MeshTransport
+
+        return MeshTransport(self, transport, **kwargs)
+
+    def httpx_async_transport(self, transport: httpx.AsyncBaseTransport | None = None, **kwargs: Any) -> AsyncMeshTransport:
+        """The asyncio twin of :meth:`httpx_transport`."""
+        from .http.httpx import AsyncMeshTransport
+
+        return AsyncMeshTransport(self, transport, **kwargs)
+
+    def httpx_client(self, **kwargs: Any) -> httpx.Client:
+        """An ``httpx.Client`` built with ``kwargs`` whose calls to registered services go through
+        the mesh (also when proxy environment variables are set)."""
+        from .http.httpx import build_client
+
+        return build_client(self, kwargs)
+
+    def httpx_async_client(self, **kwargs: Any) -> httpx.AsyncClient:
+        """An ``httpx.AsyncClient``, as :meth:`httpx_client`."""
+        from .http.httpx import build_async_client
+
+        return build_async_client(self, kwargs)
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the flag watcher and release the flag client. Calls made afterwards raise."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._router.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> Mesh:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<Mesh caller={self.config.caller!r} services={len(self.config.services)} source={self.config.source!r} {state}>"
+
+    @property
+    def flag_client(self) -> Any | None:
+        """The LaunchDarkly client behind the route flags, if any."""
+        return self._router.client if isinstance(self._router, FlagRouter) else None

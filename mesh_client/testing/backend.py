@@ -1,0 +1,155 @@
+"""A small threaded HTTP backend that records every request it receives.
+
+Behaviour is chosen per request by query parameters, so one backend serves many scenarios:
+
+- ``sleep=MS``: wait MS milliseconds before answering;
+- ``fail=N&code=C&key=K``: the first N requests carrying key K are answered with status C
+  (default 503), later ones with 200;
+- ``status=C``: always answer with status C.
+
+Every answer is JSON: the backend's name, the method, path, the request headers (lower-cased)
+and, on retries, the attempt number seen by this backend for that key. It binds 127.0.0.1 on a
+free port and sets ``disable_nagle_algorithm`` (otherwise each keep-alive answer costs ~40 ms).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from urllib.parse import parse_qs, urlsplit
+
+from ..registry import Address
+
+__all__ = ["Backend", "Record"]
+
+
+@dataclass(frozen=True)
+class Record:
+    """One request as the backend received it."""
+
+    backend: str
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: bytes
+    at: float = field(default=0.0)
+
+    @property
+    def key(self) -> str | None:
+        return self.query.get("key")
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    backend: Backend
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # a client that hangs up (timeout, reset) is an expected event here, not an error
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    server: _Server
+
+    def log_message(self, format: str, *args: object) -> None:  # quiet
+        pass
+
+    def _handle(self) -> None:
+        backend = self.server.backend
+        split = urlsplit(self.path)
+        query = {k: v[-1] for k, v in parse_qs(split.query).items()}
+        length = int(self.headers.get("content-length") or 0)
+        body = self.rfile.read(length) if length else b""
+        record = Record(
+            backend=backend.name,
+            method=self.command,
+            path=split.path,
+            query=query,
+            headers={k.lower(): v for k, v in self.headers.items()},
+            body=body,
+            at=time.monotonic(),
+        )
+        count = backend._record(record)
+        if "sleep" in query:
+            time.sleep(int(query["sleep"]) / 1000.0)
+        status = 200
+        if "status" in query:
+            status = int(query["status"])
+        elif "fail" in query and count <= int(query["fail"]):
+            status = int(query.get("code", "503"))
+        payload = json.dumps(
+            {
+                "backend": backend.name,
+                "method": self.command,
+                "path": split.path,
+                "attempt": count,
+                "headers": record.headers,
+            }
+        ).encode()
+        try:
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(payload)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(payload)
+        except OSError:  # the client gave up (timeout): nothing to answer
+            self.close_connection = True
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _handle
+
+
+class Backend:
+    """A recording HTTP backend on 127.0.0.1. Use as a context manager or start()/stop()."""
+
+    def __init__(self, name: str = "backend", host: str = "127.0.0.1", port: int = 0) -> None:
+        self.name = name
+        self._server = _Server((host, port), _Handler)
+        self._server.backend = self
+        self._records: list[Record] = []
+        self._counts: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def address(self) -> Address:
+        host, port = self._server.server_address[:2]
+        return Address(str(host), int(port))
+
+    def _record(self, record: Record) -> int:
+        with self._lock:
+            self._records.append(record)
+            key = record.key or ""
+            self._counts[key] += 1
+            return self._counts[key]
+
+    def records(self, key: str | None = None) -> list[Record]:
+        """Requests received so far (only those whose ``key`` query parameter matches, if given)."""
+        with self._lock:
+            return [r for r in self._records if key is None or r.key == key]
+
+    def start(self) -> Backend:
+        self._thread = threading.Thread(target=self._server.serve_forever, name=f"backend-{self.name}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join(5)
+            self._thread = None
+        self._server.server_close()
+
+    def __enter__(self) -> Backend:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
