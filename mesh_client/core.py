@@ -52,8 +52,8 @@ __all__ = [
     "drive_async",
 ]
 
-BACKOFF_BASE: Final = 0.025
-BACKOFF_CAP: Final = 0.250
+BACKOFF_BASE_MS: Final = 25
+BACKOFF_CAP_MS: Final = 250
 #: The client's socket timeout on the Envoy route is Envoy's timeout plus this share of it...
 ENVOY_MARGIN_SHARE: Final = 0.1
 #: ... but at least / at most these many seconds.
@@ -146,7 +146,7 @@ Step = Attempt | Done[R] | Fail
 
 def backoff_upper_bound(retry_number: int) -> float:
     """Envoy's back-off ceiling before retry ``retry_number`` (1-based): (2^n - 1) x 25 ms, max 250 ms."""
-    return min(BACKOFF_CAP, (2**retry_number - 1) * BACKOFF_BASE)
+    return min(BACKOFF_CAP_MS, ((1 << retry_number) - 1) * BACKOFF_BASE_MS) / 1000
 
 
 class CallRun(Generic[R]):
@@ -290,10 +290,10 @@ class CallRun(Generic[R]):
             return attempt.per_try_limited and bool(tokens & _RESET_KINDS)
         return bool(tokens & _RESET_KINDS)
 
-    def _retry(self) -> Attempt | None:
+    def _retry(self) -> Attempt | Fail | None:
         if self.retries_done >= self.policy.retries:
             return None
-        delay = self.jitter(0.0, backoff_upper_bound(self.retries_done + 1))
+        delay = float(self.jitter(0.0, backoff_upper_bound(self.retries_done + 1)))
         if self.end - self.clock() - delay < MIN_ATTEMPT:
             return None
         self.retries_done += 1

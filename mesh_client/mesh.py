@@ -131,7 +131,9 @@ class Mesh:
 
         return MeshTransport(self, transport, **kwargs)
 
-    def httpx_async_transport(self, transport: httpx.AsyncBaseTransport | None = None, **kwargs: Any) -> AsyncMeshTransport:
+    def httpx_async_transport(
+        self, transport: httpx.AsyncBaseTransport | None = None, **kwargs: Any
+    ) -> AsyncMeshTransport:
         """The asyncio twin of :meth:`httpx_transport`."""
         from .http.httpx import AsyncMeshTransport
 
@@ -174,7 +176,8 @@ class Mesh:
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
-        return f"<Mesh caller={self.config.caller!r} services={len(self.config.services)} source={self.config.source!r} {state}>"
+        cfg = self.config
+        return f"<Mesh caller={cfg.caller!r} services={len(cfg.services)} source={cfg.source!r} {state}>"
 
     @property
     def flag_client(self) -> Any | None:

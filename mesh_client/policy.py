@@ -197,7 +197,7 @@ class CallOptions:
     """
 
     timeout: float | _Unset = UNSET
-    per_try_timeout: float | None | _Unset = UNSET
+    per_try_timeout: float | _Unset | None = UNSET
     retries: int | _Unset = UNSET
     retry_on: tuple[str, ...] | _Unset = UNSET
     retriable_status_codes: tuple[int, ...] | _Unset = UNSET
@@ -228,9 +228,7 @@ class CallOptions:
     def merged(self, other: CallOptions) -> CallOptions:
         """These options overridden by the fields ``other`` sets."""
         changes = {
-            f.name: getattr(other, f.name)
-            for f in dataclasses.fields(other)
-            if getattr(other, f.name) is not UNSET
+            f.name: getattr(other, f.name) for f in dataclasses.fields(other) if getattr(other, f.name) is not UNSET
         }
         return dataclasses.replace(self, **changes) if changes else self
 
@@ -257,7 +255,7 @@ def current_options() -> CallOptions:
 def call_options(
     *,
     timeout: float | _Unset = UNSET,
-    per_try_timeout: float | None | _Unset = UNSET,
+    per_try_timeout: float | _Unset | None = UNSET,
     retries: int | _Unset = UNSET,
     retry_on: Iterable[str] | _Unset = UNSET,
     retriable_status_codes: Iterable[int] | _Unset = UNSET,

@@ -32,7 +32,7 @@ from .policy import (
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on Python 3.10 only
-    import tomli as tomllib
+    import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
 
 __all__ = ["Address", "FlagsConfig", "MeshConfig", "ServiceConfig", "load_file", "load_mapping"]
 
@@ -131,7 +131,15 @@ class MeshConfig:
             raise KeyError(f"no service {name!r} in the registry ({self.source})") from None
 
 
-_MESH_KEYS: Final = {"caller", "envoy_http", "envoy_thrift", "envoy_admin", "default_route", "failover", "header_prefix"}
+_MESH_KEYS: Final = {
+    "caller",
+    "envoy_http",
+    "envoy_thrift",
+    "envoy_admin",
+    "default_route",
+    "failover",
+    "header_prefix",
+}
 _FLAG_KEYS: Final = {"source", "path", "sdk_key_env", "flag_key", "poll_interval", "start_wait"}
 _SERVICE_KEYS: Final = {
     "protocol",
@@ -199,7 +207,8 @@ class _Reader:
             if required:
                 raise self.fail(name, "is required")
             return None
-        return self.convert(name, Address.parse, self.table[name])
+        address: Address = self.convert(name, Address.parse, self.table[name])
+        return address
 
     def convert(self, name: str, check: Any, value: object, *args: object) -> Any:
         try:
@@ -237,7 +246,9 @@ def load_mapping(data: Mapping[str, Any], *, source: str = "<dict>", base_dir: P
         raise mesh.fail("header_prefix", f"{header_prefix!r} is not a header prefix like 'x-envoy'")
 
     services_table = data.get("services", {})
-    services_reader = _Reader(services_table, "services", source, set(services_table) if isinstance(services_table, Mapping) else set())
+    services_reader = _Reader(
+        services_table, "services", source, set(services_table) if isinstance(services_table, Mapping) else set()
+    )
     services = {name: _service(name, table, source) for name, table in services_reader.table.items()}
     envoy_thrift = mesh.address("envoy_thrift")
     if envoy_thrift is None:
@@ -275,7 +286,9 @@ def _flags(table: object, source: str, base_dir: Path | None) -> FlagsConfig:
     flag_key = r.string("flag_key", DEFAULT_FLAG_KEY)
     leftover = flag_key.replace("{service}", "")
     if "{" in leftover or "}" in leftover or not re.match(r"^[A-Za-z0-9._-]*$", leftover):
-        raise r.fail("flag_key", f"{flag_key!r}: only the placeholder {{service}}, letters, digits, '.', '-' and '_' are allowed")
+        raise r.fail(
+            "flag_key", f"{flag_key!r}: only the placeholder {{service}}, letters, digits, '.', '-' and '_' are allowed"
+        )
     return FlagsConfig(
         source=kind,  # type: ignore[arg-type]
         path=path,
@@ -326,7 +339,9 @@ def _service(name: str, table: object, source: str) -> ServiceConfig:
         per_try_timeout=per_try,
         retries=r.convert("retries", check_retries, r.table.get("retries", DEFAULT_RETRIES)),
         retry_on=r.convert("retry_on", check_retry_on, r.table.get("retry_on", list(DEFAULT_RETRY_ON))),
-        retriable_status_codes=r.convert("retriable_status_codes", check_status_codes, r.table.get("retriable_status_codes", [])),
+        retriable_status_codes=r.convert(
+            "retriable_status_codes", check_status_codes, r.table.get("retriable_status_codes", [])
+        ),
         idempotent_methods=methods,
     )
     return ServiceConfig(

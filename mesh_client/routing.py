@@ -34,7 +34,16 @@ from typing import Any, Final, Protocol
 from .policy import Route
 from .registry import FlagsConfig, MeshConfig
 
-__all__ = ["CONTEXT_KIND", "FlagRouter", "RouteDecision", "Router", "make_router", "rollout_flag", "route_flag", "write_flag_file"]
+__all__ = [
+    "CONTEXT_KIND",
+    "FlagRouter",
+    "RouteDecision",
+    "Router",
+    "make_router",
+    "rollout_flag",
+    "route_flag",
+    "write_flag_file",
+]
 
 log = logging.getLogger("mesh_client.routing")
 
@@ -125,8 +134,24 @@ class FlagRouter:
             problem = f"flag {key} has value {value!r}, expected 'envoy' or 'haproxy'"
         last = self._last_good.get(service)
         fallback = f"last good flag value {last.value}" if last else f"default_route {self._default.value}"
-        self._log_once(service, problem.split(" (")[0], "mesh_client: %s from %s; using the %s", problem, self._label, fallback)
+        self._log_once(
+            service, problem.split(" (")[0], "mesh_client: %s from %s; using the %s", problem, self._label, fallback
+        )
         return RouteDecision(last or self._default, f"{problem}; using {fallback}", value)
+
+    def flag_version(self, service: str) -> int | None:
+        """The version of ``service``'s route flag the client holds now (None: no such flag).
+
+        Tools use it to wait until an edit of the flag file has been loaded.
+        """
+        if self._client is None:
+            return None
+        try:
+            state = self._client.all_flags_state(self._context(service)).to_json_dict()
+            version = state.get("$flagsState", {}).get(self._flags.key_for(service), {}).get("version")
+        except Exception:
+            return None
+        return version if isinstance(version, int) else None
 
     def close(self) -> None:
         if self._client is not None:
@@ -181,7 +206,8 @@ def make_router(config: MeshConfig, *, client_factory: Callable[[FlagsConfig], A
     client = LDClient(Config(sdk_key), start_wait=flags.start_wait)
     if not client.is_initialized():
         log.warning(
-            "mesh_client: LaunchDarkly did not answer within %.1f s; routes fall back to default_route %s until it does",
+            "mesh_client: LaunchDarkly did not answer within %.1f s; "
+            "routes fall back to default_route %s until it does",
             flags.start_wait,
             config.default_route.value,
         )
@@ -193,16 +219,22 @@ def _check_flag_file(path: Path) -> None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        log.warning("mesh_client: cannot read flag file %s (%s); routes use default_route until it can be read", path, exc)
+        log.warning(
+            "mesh_client: cannot read flag file %s (%s); routes use default_route until it can be read", path, exc
+        )
         return
     flags = data.get("flags", {}) if isinstance(data, dict) else {}
     for key, flag in flags.items() if isinstance(flags, dict) else ():
         rollouts = [flag.get("fallthrough", {}).get("rollout")] if isinstance(flag, dict) else []
-        rollouts += [rule.get("rollout") for rule in flag.get("rules", []) if isinstance(rule, dict)] if isinstance(flag, dict) else []
+        rollouts += (
+            [rule.get("rollout") for rule in flag.get("rules", []) if isinstance(rule, dict)]
+            if isinstance(flag, dict)
+            else []
+        )
         for rollout in rollouts:
             if isinstance(rollout, dict) and rollout.get("contextKind") != CONTEXT_KIND:
                 log.warning(
-                    "mesh_client: flag %s in %s has a rollout without \"contextKind\": %r; LaunchDarkly will put "
+                    'mesh_client: flag %s in %s has a rollout without "contextKind": %r; LaunchDarkly will put '
                     "every caller in the same bucket",
                     key,
                     path,

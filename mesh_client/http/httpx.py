@@ -77,7 +77,9 @@ class _MeshTransportMixin:
         if isinstance(result, Fail):
             native = result.cause
             if native is None:
-                native_cls = httpx.TimeoutException if issubclass(result.error, MeshTimeoutError) else httpx.ConnectError
+                native_cls = (
+                    httpx.TimeoutException if issubclass(result.error, MeshTimeoutError) else httpx.ConnectError
+                )
                 native = native_cls(result.message, request=request)
             raise as_mesh_error(result.error, native, result.message, result.info) from result.cause
         result.response.extensions[INFO_KEY] = result.info

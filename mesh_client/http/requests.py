@@ -18,7 +18,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.exceptions import NewConnectionError
 from urllib3.util import parse_url
 
-from ..core import Attempt, Broken, Failure, Fail, Responded, drive
+from ..core import Attempt, Broken, Fail, Failure, Responded, drive
 from ..errors import MeshTimeoutError, as_mesh_error
 from ..info import INFO_KEY
 from ..mesh import Mesh
@@ -50,7 +50,7 @@ class MeshAdapter(HTTPAdapter):
         super().__init__(**kwargs)
         self.mesh = mesh
 
-    def send(
+    def send(  # noqa: PLR0917 - the signature of HTTPAdapter.send
         self,
         request: requests.PreparedRequest,
         stream: bool = False,
@@ -62,9 +62,14 @@ class MeshAdapter(HTTPAdapter):
         url = parse_url(request.url or "")
         service = self.mesh.http_service(url.scheme or "http", url.host or "", url.port, bool(url.auth))
         if service is None:
-            return super().send(request, stream=stream, timeout=timeout, verify=verify, cert=cert, proxies=proxies)
+            plain: requests.Response = super().send(
+                request, stream=stream, timeout=timeout, verify=verify, cert=cert, proxies=proxies
+            )
+            return plain
         body = request.body
-        run = self.mesh.start_call(service, request.method or "GET", replayable=body is None or isinstance(body, (bytes, str)))
+        run = self.mesh.start_call(
+            service, request.method or "GET", replayable=body is None or isinstance(body, (bytes, str))
+        )
         path = url.request_uri
 
         def send_attempt(attempt: Attempt) -> Responded[requests.Response] | Broken:
@@ -90,10 +95,12 @@ class MeshAdapter(HTTPAdapter):
         if isinstance(result, Fail):
             native = result.cause
             if native is None:
-                native_cls = requests.Timeout if issubclass(result.error, MeshTimeoutError) else requests.ConnectionError
+                native_cls = (
+                    requests.Timeout if issubclass(result.error, MeshTimeoutError) else requests.ConnectionError
+                )
                 native = native_cls(result.message, request=request)
             raise as_mesh_error(result.error, native, result.message, result.info) from result.cause
-        response = result.response
+        response: requests.Response = result.response
         # the caller sees its own URL and request (redirects resolve against them, not the proxy)
         response.url = request.url or response.url
         response.request = request

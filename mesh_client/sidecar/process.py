@@ -96,7 +96,9 @@ class SidecarProcess:
     def __enter__(self) -> SidecarProcess:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
 
@@ -125,7 +127,9 @@ def _tcp_ready(addresses: list[Address]) -> Callable[[], bool]:
     return check
 
 
-def start_envoy(config: MeshConfig, workdir: Path, *, binary: str | None = None, timeout: float = 15.0) -> SidecarProcess:
+def start_envoy(
+    config: MeshConfig, workdir: Path, *, binary: str | None = None, timeout: float = 15.0
+) -> SidecarProcess:
     """Render ``config``'s Envoy bootstrap into ``workdir`` and start Envoy; ready when admin
     ``/ready`` answers 200."""
     binary = binary or envoy_binary()
@@ -140,7 +144,9 @@ def start_envoy(config: MeshConfig, workdir: Path, *, binary: str | None = None,
     return proc.start(timeout)
 
 
-def start_haproxy(config: MeshConfig, workdir: Path, *, binary: str | None = None, timeout: float = 15.0) -> SidecarProcess:
+def start_haproxy(
+    config: MeshConfig, workdir: Path, *, binary: str | None = None, timeout: float = 15.0
+) -> SidecarProcess:
     """Render ``config``'s HAProxy config into ``workdir`` and start ``haproxy -db``; ready when
     every service port accepts connections."""
     binary = binary or haproxy_binary()

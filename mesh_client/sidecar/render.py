@@ -92,7 +92,9 @@ def envoy_bootstrap(config: MeshConfig) -> dict[str, Any]:
                 {
                     "name": "egress_http",
                     "address": _socket(config.envoy_http),
-                    "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}],
+                    "filter_chains": [
+                        {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
+                    ],
                 }
             ],
             "clusters": [_cluster(s) for s in http],

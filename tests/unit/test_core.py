@@ -1,0 +1,330 @@
+"""The I/O-free call state machine: what each attempt carries and when the client retries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from mesh_client import DeadlineExceeded, MeshConnectError, MeshTimeoutError, Route, deadline
+from mesh_client.core import (
+    Attempt,
+    Broken,
+    CallRun,
+    Done,
+    Fail,
+    Failure,
+    Responded,
+    backoff_upper_bound,
+    drive,
+)
+from mesh_client.registry import MeshConfig, load_mapping
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def config(**service: Any) -> MeshConfig:
+    svc = {"haproxy": "127.0.0.1:20001", "timeout": 1.0, **service}
+    failover = svc.pop("failover", True)
+    return load_mapping(
+        {
+            "mesh": {"caller": "checkout", "envoy_http": "127.0.0.1:9001", "failover": failover},
+            "services": {"users": svc},
+        }
+    )
+
+
+def run(
+    route: Route, method: str = "GET", clock: FakeClock | None = None, idempotent: bool | None = None, **service: Any
+) -> CallRun[str]:
+    cfg = config(**service)
+    return CallRun(
+        mesh=cfg,
+        service=cfg.services["users"],
+        method=method,
+        policy=cfg.services["users"].policy,
+        route=route,
+        route_reason="test",
+        idempotent=idempotent,
+        clock=clock or FakeClock(),
+        jitter=lambda low, high: high,  # the longest back-off Envoy could pick
+    )
+
+
+def first(r: CallRun[str]) -> Attempt:
+    step = r.advance(None)
+    assert isinstance(step, Attempt), step
+    return step
+
+
+def headers(attempt: Attempt) -> dict[str, str]:
+    return dict(attempt.set_headers)
+
+
+def ok(status: int = 200, **hdrs: str) -> Responded[str]:
+    return Responded(f"response {status}", status, {k.replace("_", "-"): v for k, v in hdrs.items()})
+
+
+# -- Envoy route -----------------------------------------------------------------------------------
+
+
+def test_envoy_attempt_carries_policy_headers_and_goes_to_the_sidecar() -> None:
+    a = first(run(Route.ENVOY, per_try_timeout=0.3, retries=2, retry_on=["5xx", "connect-failure"]))
+    assert str(a.address) == "127.0.0.1:9001"
+    assert headers(a) == {
+        "Host": "users",
+        "x-envoy-upstream-rq-timeout-ms": "1000",
+        "x-envoy-upstream-rq-per-try-timeout-ms": "300",
+        "x-envoy-retry-on": "5xx,connect-failure",
+        "x-envoy-max-retries": "2",
+    }
+    # the client's own timer sits a little above Envoy's, never below it
+    assert 1.0 < a.timeout <= 1.2
+
+
+def test_envoy_post_with_unsafe_tokens_gets_max_retries_zero() -> None:
+    a = first(run(Route.ENVOY, "POST", retries=2, retry_on=["gateway-error", "connect-failure"]))
+    assert headers(a)["x-envoy-max-retries"] == "0"
+    assert "x-envoy-retry-on" not in headers(a)
+
+
+def test_envoy_post_keeps_retries_that_prove_nothing_was_sent() -> None:
+    a = first(run(Route.ENVOY, "POST", retries=2, retry_on=["connect-failure", "reset-before-request"]))
+    assert headers(a)["x-envoy-retry-on"] == "connect-failure,reset-before-request"
+    assert headers(a)["x-envoy-max-retries"] == "2"
+
+
+def test_post_declared_idempotent_is_retried_like_get() -> None:
+    a = first(run(Route.ENVOY, "POST", idempotent=True, retries=2, retry_on=["5xx"]))
+    assert headers(a)["x-envoy-retry-on"] == "5xx"
+
+
+def test_envoy_drops_caller_control_headers_and_forwarded_for() -> None:
+    a = first(run(Route.ENVOY))
+    assert a.drops("X-Envoy-Max-Retries")
+    assert a.drops("x-forwarded-for")
+    assert a.drops("Host")
+    assert not a.drops("traceparent")
+
+
+def test_deadline_shrinks_the_timeout_sent_to_envoy() -> None:
+    with deadline(0.25):
+        r = CallRun(
+            mesh=config(),
+            service=config().services["users"],
+            method="GET",
+            policy=config().services["users"].policy,
+            route=Route.ENVOY,
+            route_reason="test",
+        )
+        sent = int(headers(first(r))["x-envoy-upstream-rq-timeout-ms"])
+    assert 200 <= sent <= 250
+
+
+def test_deadline_already_passed_fails_without_an_attempt() -> None:
+    clock = FakeClock()
+    with deadline(0.01):
+        import time
+
+        target = time.monotonic() + 0.02
+        while time.monotonic() < target:  # let the real deadline pass (busy-wait, bounded)
+            pass
+        r = CallRun(
+            mesh=config(),
+            service=config().services["users"],
+            method="GET",
+            policy=config().services["users"].policy,
+            route=Route.ENVOY,
+            route_reason="test",
+        )
+        step = r.advance(None)
+    assert clock.now == 1000.0
+    assert isinstance(step, Fail)
+    assert step.error is DeadlineExceeded
+    assert "nothing was sent" in step.message
+    assert step.info.attempts == 0
+
+
+def test_envoy_response_info_reads_envoy_headers() -> None:
+    r = run(Route.ENVOY)
+    first(r)
+    step = r.advance(ok(200, x_envoy_attempt_count="3", x_envoy_upstream_service_time="12"))
+    assert isinstance(step, Done)
+    assert step.info.attempts == 3
+    assert step.info.upstream_service_time == pytest.approx(0.012)
+    assert step.info.envoy_error is None
+
+
+def test_envoy_local_timeout_reply_is_returned_and_classified() -> None:
+    r = run(Route.ENVOY)
+    first(r)
+    step = r.advance(Responded("504", 504, {"content-length": "24"}, b"upstream request timeout"))
+    assert isinstance(step, Done)
+    assert step.response == "504"
+    assert step.info.envoy_error == "timeout"
+
+
+def test_envoy_refused_fails_over_to_haproxy() -> None:
+    r = run(Route.ENVOY)
+    first(r)
+    step = r.advance(Broken(Failure.CONNECT, ConnectionRefusedError()))
+    assert isinstance(step, Attempt)
+    assert step.route is Route.HAPROXY
+    assert str(step.address) == "127.0.0.1:20001"
+    assert not any(k.startswith("x-envoy") for k in headers(step))
+    done = r.advance(ok())
+    assert isinstance(done, Done)
+    assert done.info.failed_over
+    assert done.info.route is Route.HAPROXY
+    assert done.info.attempts == 1
+
+
+def test_envoy_refused_without_failover_is_a_connect_error() -> None:
+    r = run(Route.ENVOY, failover=False)
+    first(r)
+    step = r.advance(Broken(Failure.CONNECT, ConnectionRefusedError()))
+    assert isinstance(step, Fail)
+    assert step.error is MeshConnectError
+    assert "Envoy sidecar at 127.0.0.1:9001" in step.message
+    assert "failover is off" in step.message
+
+
+def test_envoy_client_timeout_blames_the_sidecar() -> None:
+    r = run(Route.ENVOY)
+    first(r)
+    step = r.advance(Broken(Failure.TIMEOUT, TimeoutError()))
+    assert isinstance(step, Fail)
+    assert step.error is MeshTimeoutError
+    assert "stuck" in step.message
+
+
+# -- HAProxy route ---------------------------------------------------------------------------------
+
+
+def test_haproxy_attempt_has_no_envoy_header() -> None:
+    a = first(run(Route.HAPROXY, per_try_timeout=0.3, retries=2, retry_on=["5xx"]))
+    assert str(a.address) == "127.0.0.1:20001"
+    assert headers(a) == {"Host": "users"}
+    assert a.drops("x-envoy-retry-on")
+    assert a.timeout == pytest.approx(0.3)
+
+
+def test_haproxy_retries_503_with_envoy_backoff_then_succeeds() -> None:
+    clock = FakeClock()
+    r = run(Route.HAPROXY, clock=clock, retries=2, retry_on=["gateway-error"])
+    first(r)
+    delays = []
+    for _ in range(2):
+        step = r.advance(ok(503))
+        assert isinstance(step, Attempt)
+        delays.append(step.delay)
+        clock.now += step.delay
+    done = r.advance(ok(200))
+    assert isinstance(done, Done)
+    assert done.info.attempts == 3
+    assert delays == [backoff_upper_bound(1), backoff_upper_bound(2)] == [0.025, 0.075]
+
+
+def test_haproxy_returns_the_last_response_when_retries_run_out() -> None:
+    r = run(Route.HAPROXY, retries=1, retry_on=["5xx"])
+    first(r)
+    assert isinstance(r.advance(ok(500)), Attempt)
+    done = r.advance(ok(500))
+    assert isinstance(done, Done)
+    assert done.response == "response 500"
+    assert done.info.attempts == 2
+
+
+def test_haproxy_post_is_not_retried_after_a_response() -> None:
+    r = run(Route.HAPROXY, "POST", retries=2, retry_on=["gateway-error", "connect-failure"])
+    first(r)
+    done = r.advance(ok(503))
+    assert isinstance(done, Done)
+    assert done.info.attempts == 1
+
+
+def test_haproxy_post_is_retried_when_nothing_was_sent() -> None:
+    r = run(Route.HAPROXY, "POST", retries=1, retry_on=["connect-failure"])
+    first(r)
+    assert isinstance(r.advance(Broken(Failure.CONNECT, ConnectionRefusedError())), Attempt)
+
+
+def test_haproxy_reset_is_not_retried_under_connect_failure_only() -> None:
+    r = run(Route.HAPROXY, retries=2, retry_on=["connect-failure"])
+    first(r)
+    step = r.advance(Broken(Failure.RESET, ConnectionResetError(), "reset"))
+    assert isinstance(step, Fail)
+    assert "broke" in step.message
+
+
+def test_haproxy_per_try_timeout_is_retried_but_the_total_ends_the_call() -> None:
+    clock = FakeClock()
+    r = run(Route.HAPROXY, clock=clock, per_try_timeout=0.4, retries=5, retry_on=["5xx"])
+    a = first(r)
+    assert a.per_try_limited
+    clock.now += a.timeout
+    b = r.advance(Broken(Failure.TIMEOUT, TimeoutError()))
+    assert isinstance(b, Attempt)
+    clock.now += b.delay + b.timeout
+    c = r.advance(Broken(Failure.TIMEOUT, TimeoutError()))
+    assert isinstance(c, Attempt)
+    # the third attempt only gets what is left of the 1 s total
+    assert c.timeout == pytest.approx(1.0 - 0.8 - b.delay - c.delay)
+    assert not c.per_try_limited
+    clock.now += c.delay + c.timeout
+    end = r.advance(Broken(Failure.TIMEOUT, TimeoutError()))
+    assert isinstance(end, Fail)
+    assert end.error is MeshTimeoutError
+    assert "3 attempts" in end.message
+
+
+def test_backoff_that_would_pass_the_total_timeout_is_not_taken() -> None:
+    clock = FakeClock()
+    r = run(Route.HAPROXY, clock=clock, retries=3, retry_on=["5xx"])
+    first(r)
+    clock.now += 0.99  # 10 ms left; the back-off ceiling before retry 1 is 25 ms
+    done = r.advance(ok(503))
+    assert isinstance(done, Done)
+    assert done.info.attempts == 1
+
+
+def test_non_replayable_body_is_retried_only_when_nothing_was_sent() -> None:
+    cfg = config(retries=2, retry_on=["5xx"])
+    r: CallRun[str] = CallRun(
+        mesh=cfg,
+        service=cfg.services["users"],
+        method="PUT",
+        policy=cfg.services["users"].policy,
+        route=Route.HAPROXY,
+        route_reason="test",
+        replayable=False,
+        clock=FakeClock(),
+        jitter=lambda low, high: 0.0,
+    )
+    first(r)
+    assert isinstance(r.advance(ok(503)), Done)
+
+
+def test_backoff_bounds_follow_envoy() -> None:
+    assert [backoff_upper_bound(n) for n in (1, 2, 3, 4, 5)] == [0.025, 0.075, 0.175, 0.25, 0.25]
+
+
+def test_drive_discards_retried_responses_and_returns_the_last() -> None:
+    discarded: list[str] = []
+    statuses = iter([503, 503, 200])
+    r = run(Route.HAPROXY, retries=2, retry_on=["5xx"])
+
+    def send(attempt: Attempt) -> Responded[str]:
+        status = next(statuses)
+        return Responded(f"r{attempt.number}-{status}", status, {})
+
+    result = drive(r, send, discarded.append, sleep=lambda s: None)
+    assert isinstance(result, Done)
+    assert result.response == "r3-200"
+    assert discarded == ["r1-503", "r2-503"]
