@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Final, Generic, TypeVar
 
-from . import envoy
+from . import envoy, haproxy
 from .deadline import time_left
 from .errors import DeadlineExceeded, MeshConnectError, MeshTimeoutError, MeshTransportError
 from .info import CallInfo
@@ -106,7 +106,7 @@ class Attempt:
     address: Address
     host: str
     set_headers: tuple[tuple[str, str], ...]
-    drop_prefix: str
+    drop_prefixes: tuple[str, ...]
     drop_names: frozenset[str]
     timeout: float
     delay: float = 0.0
@@ -116,7 +116,7 @@ class Attempt:
     def drops(self, name: str) -> bool:
         """Whether a header the caller set must not go out on this attempt."""
         lower = name.lower()
-        return lower.startswith(self.drop_prefix) or lower in self.drop_names
+        return lower.startswith(self.drop_prefixes) or lower in self.drop_names
 
     @property
     def base_url(self) -> str:
@@ -187,6 +187,8 @@ class CallRun(Generic[R]):
         self.failed_over = False
         self._last_attempt: Attempt | None = None
         self._prefix = mesh.header_prefix
+        # caller-set Envoy control headers never go out, under the configured or the stock prefix
+        self._drop_prefixes = tuple(dict.fromkeys((mesh.header_prefix + "-", "x-envoy-")))
 
     # -- the state machine ---------------------------------------------------------------------
 
@@ -205,8 +207,11 @@ class CallRun(Generic[R]):
         return self._on_broken(outcome)
 
     def wants_body(self, status: int, headers: Mapping[str, str]) -> bool:
-        """Whether the wrapper should read this (small) response body before :meth:`advance`."""
-        return self.route is Route.ENVOY and envoy.may_be_local_reply(status, headers, self._prefix)
+        """Whether the wrapper should read this (small) response body before :meth:`advance`:
+        it may be a proxy's own reply, which the core classifies."""
+        if self.route is Route.ENVOY:
+            return envoy.may_be_local_reply(status, headers, self._prefix)
+        return haproxy.may_be_local_reply(status, headers)
 
     def _on_response(self, outcome: Responded[R]) -> Step[R]:
         if self.route is Route.ENVOY:
@@ -268,9 +273,14 @@ class CallRun(Generic[R]):
     # -- retry rules (HAProxy route; Envoy applies the same ones itself) -------------------------
 
     def _response_retryable(self, outcome: Responded[R]) -> bool:
-        if not self.replayable:
+        if not self.replayable:  # the body went to HAProxy already and cannot be sent again
             return False
         status, tokens = outcome.status, self.tokens
+        proxy_said = haproxy.classify_reply(status, outcome.body)
+        if proxy_said == "connect_failure":  # HAProxy reached no instance: nothing was sent upstream
+            return bool(set(tokens) & _NEVER_SENT_KINDS)
+        if proxy_said == "upstream_reset" and set(tokens) & _RESET_KINDS:
+            return True
         return (
             ("5xx" in tokens and status >= 500)
             or ("gateway-error" in tokens and status in (502, 503, 504))
@@ -290,19 +300,22 @@ class CallRun(Generic[R]):
             return attempt.per_try_limited and bool(tokens & _RESET_KINDS)
         return bool(tokens & _RESET_KINDS)
 
-    def _retry(self) -> Attempt | Fail | None:
+    def _retry(self) -> Attempt | None:
         if self.retries_done >= self.policy.retries:
             return None
         delay = float(self.jitter(0.0, backoff_upper_bound(self.retries_done + 1)))
-        if self.end - self.clock() - delay < MIN_ATTEMPT:
+        now = self.clock()
+        if self.end - now - delay < MIN_ATTEMPT:
             return None
         self.retries_done += 1
-        return self._attempt(delay)
+        attempt = self._attempt(delay, now)
+        assert isinstance(attempt, Attempt)  # time was checked above with the same clock reading
+        return attempt
 
     # -- building attempts -----------------------------------------------------------------------
 
-    def _attempt(self, delay: float) -> Attempt | Fail:
-        remaining = self.end - self.clock() - delay
+    def _attempt(self, delay: float, now: float | None = None) -> Attempt | Fail:
+        remaining = self.end - (self.clock() if now is None else now) - delay
         if remaining < MIN_ATTEMPT:
             return self._fail(
                 MeshTimeoutError,
@@ -331,7 +344,7 @@ class CallRun(Generic[R]):
                 address=self.mesh.envoy_http,
                 host=svc.envoy_host,
                 set_headers=(("Host", svc.envoy_host), *headers),
-                drop_prefix=self._prefix + "-",
+                drop_prefixes=self._drop_prefixes,
                 drop_names=drop_names,
                 timeout=remaining + margin,
                 delay=delay,
@@ -344,7 +357,7 @@ class CallRun(Generic[R]):
                 address=svc.haproxy,
                 host=svc.envoy_host,
                 set_headers=(("Host", svc.envoy_host),),
-                drop_prefix=self._prefix + "-",
+                drop_prefixes=self._drop_prefixes,
                 drop_names=drop_names,
                 timeout=min(per_try, remaining) if per_try is not None else remaining,
                 delay=delay,

@@ -50,7 +50,7 @@ _CONNECT_FAILURE_REASONS: Final = ("connection failure", "connection timeout", "
 
 def timeout_ms(seconds: float) -> int:
     """Seconds as Envoy milliseconds: rounded down, never below 1 (0 would mean "no timeout")."""
-    return max(1, int(seconds * 1000))
+    return max(1, int(seconds * 1000 + 1e-6))  # + 1e-6: 2.01 s is 2010 ms, not 2009
 
 
 def policy_headers(
@@ -131,9 +131,9 @@ def may_be_local_reply(status: int, headers: Mapping[str, str], prefix: str) -> 
 def classify_reply(status: int, headers: Mapping[str, str], body: bytes | None, prefix: str) -> str | None:
     """The kind of Envoy-generated failure a response is, or None for the application's own.
 
-    ``body`` may be None when it was not read (streaming); header-only signals still count. A
-    reply carrying ``x-envoy-upstream-service-time`` came from upstream; a remote Envoy's local
-    reply there is still recognised by its fixed body.
+    ``body`` is None when it was not read: wrappers read it only for possible *local* replies
+    (:func:`may_be_local_reply`), so a remote Envoy's reply is recognised only by its headers
+    (overloaded, rate limited).
     """
     if headers.get(f"{prefix}-overloaded") is not None or headers.get(f"{prefix}-drop-overload") is not None:
         return "overloaded"
@@ -149,6 +149,8 @@ def classify_reply(status: int, headers: Mapping[str, str], body: bytes | None, 
         return "no_healthy_upstream"
     if text.startswith("upstream connect error or disconnect/reset before headers"):
         reason = text.rsplit("reset reason:", 1)[-1]
+        if "overflow" in reason:  # a circuit breaker refused it: never sent
+            return "overloaded"
         return "connect_failure" if any(r in reason for r in _CONNECT_FAILURE_REASONS) else "upstream_reset"
     if text in ("maintenance mode", "drop overload", "envoy overloaded"):
         return "overloaded"

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .core import CallRun
 from .errors import InvalidServiceURL, MeshError
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
     from .http.requests import MeshSession
 
 __all__ = ["Mesh"]
+
+_C = TypeVar("_C")
 
 
 class Mesh:
@@ -39,6 +42,7 @@ class Mesh:
         self._router: Router = router if router is not None else make_router(config)
         self._closed = False
         self._lock = threading.Lock()
+        self._clients: weakref.WeakSet[Any] = weakref.WeakSet()
 
     @classmethod
     def from_file(cls, path: str | Path, **kwargs: Any) -> Mesh:
@@ -79,7 +83,7 @@ class Mesh:
         if has_userinfo:
             problems.append("user info in the URL (send credentials in a header)")
         if svc.protocol != "http":
-            problems.append(f"protocol {svc.protocol!r} (use mesh.thrift_client for Thrift services)")
+            problems.append(f"protocol {svc.protocol!r} (a Thrift service is not called over HTTP)")
         if problems:
             raise InvalidServiceURL(f"cannot route to mesh service {svc.name!r}: " + "; ".join(problems))
         return svc
@@ -122,14 +126,14 @@ class Mesh:
         """A ``requests.Session`` subclass that routes registered services through the mesh."""
         from .http.requests import MeshSession
 
-        return MeshSession(self)
+        return self._track(MeshSession(self))
 
     def httpx_transport(self, transport: httpx.BaseTransport | None = None, **kwargs: Any) -> MeshTransport:
         """An ``httpx.BaseTransport`` routing registered services through the mesh and passing
         every other request to ``transport`` (default: ``httpx.HTTPTransport(**kwargs)``)."""
         from .http.httpx import MeshTransport
 
-        return MeshTransport(self, transport, **kwargs)
+        return self._track(MeshTransport(self, transport, **kwargs))
 
     def httpx_async_transport(
         self, transport: httpx.AsyncBaseTransport | None = None, **kwargs: Any
@@ -144,7 +148,7 @@ class Mesh:
         the mesh (also when proxy environment variables are set)."""
         from .http.httpx import build_client
 
-        return build_client(self, kwargs)
+        return self._track(build_client(self, kwargs))
 
     def httpx_async_client(self, **kwargs: Any) -> httpx.AsyncClient:
         """An ``httpx.AsyncClient``, as :meth:`httpx_client`."""
@@ -154,12 +158,20 @@ class Mesh:
 
     # -- lifecycle --------------------------------------------------------------------------------
 
+    def _track(self, client: _C) -> _C:
+        self._clients.add(client)
+        return client
+
     def close(self) -> None:
-        """Stop the flag watcher and release the flag client. Calls made afterwards raise."""
+        """Stop the flag watcher, release the flag client and close the synchronous sessions,
+        clients and transports made from this mesh (their connection pools). Asyncio clients
+        are closed by their owner (``await client.aclose()``). Calls made afterwards raise."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+        for client in list(self._clients):
+            client.close()
         self._router.close()
 
     @property

@@ -150,12 +150,15 @@ class CallPolicy:
     idempotent_methods: frozenset[str] = DEFAULT_IDEMPOTENT_METHODS
 
     def __post_init__(self) -> None:
-        check_seconds(self.timeout, "timeout")
-        check_seconds(self.per_try_timeout, "per_try_timeout", allow_none=True)
+        # store the cleaned-up values: a string retry_on becomes a tuple, lists become tuples/sets
+        object.__setattr__(self, "timeout", check_seconds(self.timeout, "timeout"))
+        object.__setattr__(
+            self, "per_try_timeout", check_seconds(self.per_try_timeout, "per_try_timeout", allow_none=True)
+        )
         check_retries(self.retries)
-        check_retry_on(self.retry_on)
-        check_status_codes(self.retriable_status_codes)
-        check_methods(self.idempotent_methods)
+        object.__setattr__(self, "retry_on", check_retry_on(self.retry_on))
+        object.__setattr__(self, "retriable_status_codes", check_status_codes(self.retriable_status_codes))
+        object.__setattr__(self, "idempotent_methods", check_methods(self.idempotent_methods))
 
     def new(self, **changes: object) -> CallPolicy:
         """A copy with ``changes`` applied (validated, like the constructor)."""
@@ -274,7 +277,7 @@ def call_options(
         timeout=timeout,
         per_try_timeout=per_try_timeout,
         retries=retries,
-        retry_on=tuple(retry_on) if not isinstance(retry_on, _Unset) else UNSET,
+        retry_on=retry_on if isinstance(retry_on, (str, _Unset)) else tuple(retry_on),  # type: ignore[arg-type]
         retriable_status_codes=(
             tuple(retriable_status_codes) if not isinstance(retriable_status_codes, _Unset) else UNSET
         ),

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Final, Literal
 
 from .errors import ConfigError
@@ -42,10 +43,19 @@ ThriftTransport = Literal["framed", "header"]
 
 _NAME = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?$")
 _HOSTNAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+_DOTTED = re.compile(r"^[0-9.]+$")
 _HEADER_PREFIX = re.compile(r"^x-[a-z0-9-]*[a-z0-9]$")
 _HTTP_METHOD = re.compile(r"^[A-Z]+$")
 _THRIFT_METHOD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 DEFAULT_FLAG_KEY: Final = "mesh-route-{service}"
+
+
+def _is_ipv4(host: str) -> bool:
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +75,7 @@ class Address:
         if not isinstance(value, str):
             raise ValueError(f"must be a 'host:port' string, got {value!r}")
         host, sep, port_text = value.rpartition(":")
-        if not sep or not host or not port_text.isdigit():
+        if not sep or not host or not (port_text.isascii() and port_text.isdigit()):
             raise ValueError(f"{value!r} is not a 'host:port' address")
         port = int(port_text)
         if not 1 <= port <= 65535:
@@ -76,7 +86,7 @@ class Address:
                 ipaddress.IPv6Address(host)
             except ValueError:
                 raise ValueError(f"{value!r}: {host!r} is not an IPv6 address") from None
-        elif not _HOSTNAME.match(host):
+        elif not _HOSTNAME.match(host) or (_DOTTED.match(host) and not _is_ipv4(host)):
             raise ValueError(f"{value!r}: {host!r} is not a host name or IPv4 address")
         return cls(host, port)
 
@@ -214,7 +224,12 @@ class _Reader:
         try:
             return check(value, *args)
         except ValueError as exc:
-            raise self.fail(name, str(exc)) from None
+            message = str(exc)
+            # the checks name their field ("timeout must be ..."); the key is named already
+            for lead in (f"{name}: ", f"{name} "):
+                if message.startswith(lead):
+                    message = message[len(lead) :]
+            raise self.fail(name, message) from None
 
 
 def load_file(path: str | Path) -> MeshConfig:
@@ -225,6 +240,8 @@ def load_file(path: str | Path) -> MeshConfig:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read the registry: {exc.strerror or exc}", source=source) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"the registry is not UTF-8 text: {exc}", source=source) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -265,7 +282,7 @@ def load_mapping(data: Mapping[str, Any], *, source: str = "<dict>", base_dir: P
         default_route=Route(mesh.choice("default_route", ("haproxy", "envoy"), "haproxy")),
         failover=mesh.boolean("failover", True),
         header_prefix=header_prefix,
-        services=services,
+        services=MappingProxyType(services),
         flags=flags,
         source=source,
     )

@@ -328,3 +328,64 @@ def test_drive_discards_retried_responses_and_returns_the_last() -> None:
     assert isinstance(result, Done)
     assert result.response == "r3-200"
     assert discarded == ["r1-503", "r2-503"]
+
+
+HAPROXY_NO_SERVER = (
+    b"<html><body><h1>503 Service Unavailable</h1>\nNo server is available to handle this request.\n</body></html>\n"
+)
+
+
+def haproxy_page(status: int, body: bytes) -> Responded[str]:
+    headers = {"content-type": "text/html", "content-length": str(len(body))}
+    return Responded(f"haproxy {status}", status, headers, body)
+
+
+def test_haproxy_no_server_page_is_a_connect_failure_even_for_post() -> None:
+    r = run(Route.HAPROXY, "POST", retries=2, retry_on=["connect-failure"])
+    a = first(r)
+    page = haproxy_page(503, HAPROXY_NO_SERVER)
+    assert r.wants_body(page.status, page.headers)
+    assert isinstance(r.advance(page), Attempt)
+    assert a.route is Route.HAPROXY
+
+
+def test_an_application_503_is_not_a_connect_failure() -> None:
+    r = run(Route.HAPROXY, retries=2, retry_on=["connect-failure"])
+    first(r)
+    done = r.advance(Responded("app 503", 503, {"content-type": "application/json", "content-length": "2"}, b"{}"))
+    assert isinstance(done, Done)
+
+
+def test_haproxy_bad_gateway_is_retried_like_a_reset_for_get_only() -> None:
+    page = haproxy_page(
+        502,
+        b"<html><body><h1>502 Bad Gateway</h1>\nThe server returned an invalid or incomplete response.\n"
+        b"</body></html>\n",
+    )
+    get = run(Route.HAPROXY, retries=1, retry_on=["reset"])
+    first(get)
+    assert isinstance(get.advance(page), Attempt)
+    post = run(Route.HAPROXY, "POST", retries=1, retry_on=["reset"])
+    first(post)
+    assert isinstance(post.advance(page), Done)
+
+
+def test_caller_set_stock_envoy_headers_are_dropped_under_a_custom_prefix() -> None:
+    cfg = load_mapping(
+        {
+            "mesh": {"caller": "checkout", "envoy_http": "127.0.0.1:9001", "header_prefix": "x-foo"},
+            "services": {"users": {"haproxy": "127.0.0.1:20001"}},
+        }
+    )
+    r: CallRun[str] = CallRun(
+        mesh=cfg,
+        service=cfg.services["users"],
+        method="GET",
+        policy=cfg.services["users"].policy,
+        route=Route.ENVOY,
+        route_reason="test",
+    )
+    a = first(r)
+    assert "x-foo-upstream-rq-timeout-ms" in headers(a)
+    assert a.drops("x-foo-max-retries")
+    assert a.drops("x-envoy-max-retries")
