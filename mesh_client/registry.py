@@ -69,6 +69,15 @@ class Address:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
 
+    @property
+    def is_ip(self) -> bool:
+        """Whether the host is an IP address (not a name to resolve)."""
+        try:
+            ipaddress.ip_address(self.host)
+        except ValueError:
+            return False
+        return True
+
     @classmethod
     def parse(cls, value: object) -> Address:
         """Parse ``"127.0.0.1:9001"``, ``"localhost:9001"`` or ``"[::1]:9001"``."""

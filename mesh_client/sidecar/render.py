@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from typing import Any
 
@@ -30,17 +29,9 @@ def _socket(address: Address) -> dict[str, Any]:
     return {"socket_address": {"address": address.host, "port_value": address.port}}
 
 
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 def _cluster(svc: ServiceConfig) -> dict[str, Any]:
     endpoints = [{"endpoint": {"address": _socket(a)}} for a in svc.endpoints]
-    static = all(_is_ip(a.host) for a in svc.endpoints)
+    static = all(a.is_ip for a in svc.endpoints)
     return {
         "name": svc.name,
         "type": "STATIC" if static else "STRICT_DNS",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -41,7 +43,11 @@ def config(**service: Any) -> MeshConfig:
 
 
 def run(
-    route: Route, method: str = "GET", clock: FakeClock | None = None, idempotent: bool | None = None, **service: Any
+    route: Route,
+    method: str = "GET",
+    clock: Callable[[], float] | None = None,
+    idempotent: bool | None = None,
+    **service: Any,
 ) -> CallRun[str]:
     cfg = config(**service)
     return CallRun(
@@ -115,36 +121,16 @@ def test_envoy_drops_caller_control_headers_and_forwarded_for() -> None:
 
 def test_deadline_shrinks_the_timeout_sent_to_envoy() -> None:
     with deadline(0.25):
-        r = CallRun(
-            mesh=config(),
-            service=config().services["users"],
-            method="GET",
-            policy=config().services["users"].policy,
-            route=Route.ENVOY,
-            route_reason="test",
-        )
+        r = run(Route.ENVOY, clock=time.monotonic)
         sent = int(headers(first(r))["x-envoy-upstream-rq-timeout-ms"])
     assert 200 <= sent <= 250
 
 
 def test_deadline_already_passed_fails_without_an_attempt() -> None:
-    clock = FakeClock()
-    with deadline(0.01):
-        import time
-
-        target = time.monotonic() + 0.02
-        while time.monotonic() < target:  # let the real deadline pass (busy-wait, bounded)
+    with deadline(0.01) as at:
+        while time.monotonic() <= at:  # let the real deadline pass (busy-wait, bounded: 10 ms)
             pass
-        r = CallRun(
-            mesh=config(),
-            service=config().services["users"],
-            method="GET",
-            policy=config().services["users"].policy,
-            route=Route.ENVOY,
-            route_reason="test",
-        )
-        step = r.advance(None)
-    assert clock.now == 1000.0
+        step = run(Route.ENVOY, clock=time.monotonic).advance(None)
     assert isinstance(step, Fail)
     assert step.error is DeadlineExceeded
     assert "nothing was sent" in step.message

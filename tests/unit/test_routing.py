@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -176,3 +177,27 @@ def test_launchdarkly_source_without_key_uses_default_route(
     with caplog.at_level(logging.WARNING, logger="mesh_client"), Mesh.from_dict(registry(flags)) as mesh:
         assert mesh.route_for("users").route is Route.HAPROXY
     assert "$MESH_TEST_LD_KEY is empty" in caplog.text
+
+
+def test_file_source_never_touches_the_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    attempts: list[object] = []
+    real_connect = socket.socket.connect
+
+    def spy_connect(self: socket.socket, address: Any) -> None:
+        attempts.append(address)
+        real_connect(self, address)
+
+    def spy_getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        attempts.append(host)
+        raise OSError("no DNS in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", spy_connect)
+    monkeypatch.setattr(socket, "getaddrinfo", spy_getaddrinfo)
+    write_flag_file(tmp_path / "flags.json", [rollout_flag("mesh-route-users", 50)])
+    flags = {"source": "file", "path": "flags.json", "poll_interval": 0.05}
+    with Mesh.from_dict(registry(flags), base_dir=tmp_path) as mesh:
+        routes = {mesh.route_for("users").route for _ in range(20)}
+        write_flag_file(tmp_path / "flags.json", [route_flag("mesh-route-users", "envoy", version=2)])
+        wait_until(lambda: mesh.route_for("users").route is Route.ENVOY)
+    assert len(routes) == 1
+    assert attempts == []
