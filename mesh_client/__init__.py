@@ -7,6 +7,8 @@ routes. See ``docs/`` for the guide; the names below are the public API.
 
 from __future__ import annotations
 
+from . import asgi, wsgi
+from .context import current_request_id
 from .deadline import deadline, time_left
 from .errors import (
     ConfigError,
@@ -37,10 +39,13 @@ __all__ = [
     "Route",
     "RouteDecision",
     "__version__",
+    "asgi",
     "call_info",
     "call_options",
+    "current_request_id",
     "deadline",
     "time_left",
+    "wsgi",
 ]
 
 

@@ -33,11 +33,13 @@ from dataclasses import dataclass
 from typing import Final, Generic, TypeVar
 
 from . import envoy, haproxy
+from .context import MESH_TIMEOUT_HEADER
 from .deadline import time_left
 from .errors import DeadlineExceeded, MeshConnectError, MeshTimeoutError, MeshTransportError
 from .info import CallInfo
 from .policy import CallPolicy, Route
 from .registry import Address, MeshConfig, ServiceConfig
+from .telemetry import CallTelemetry
 
 __all__ = [
     "Attempt",
@@ -61,6 +63,29 @@ ENVOY_MARGIN_MIN: Final = 0.1
 ENVOY_MARGIN_MAX: Final = 1.0
 #: Below this many seconds left, another attempt is not worth starting.
 MIN_ATTEMPT: Final = 0.001
+
+#: Caller-set request headers that never go out on a mesh call (besides the Envoy prefixes and the
+#: names mesh_client sets itself): hop-by-hop headers and forwarding claims of a previous hop.
+DROPPED_HEADERS: Final = frozenset(
+    {
+        "host",
+        "forwarded",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "upgrade",
+        MESH_TIMEOUT_HEADER,
+    }
+)
+_ERROR_KINDS: Final = {
+    DeadlineExceeded: "deadline_exceeded",
+    MeshTimeoutError: "timeout",
+    MeshConnectError: "connect_error",
+    MeshTransportError: "transport_error",
+}
 
 _NEVER_SENT_KINDS = frozenset({"5xx", "gateway-error", "reset", "reset-before-request", "connect-failure"})
 _RESET_KINDS = frozenset({"5xx", "gateway-error", "reset"})
@@ -163,6 +188,8 @@ class CallRun(Generic[R]):
         route_reason: str,
         idempotent: bool | None = None,
         replayable: bool = True,
+        context_headers: tuple[tuple[str, str], ...] = (),
+        telemetry: CallTelemetry | None = None,
         clock: Callable[[], float] = time.monotonic,
         jitter: Callable[[float, float], float] = random.uniform,
     ) -> None:
@@ -175,6 +202,8 @@ class CallRun(Generic[R]):
         self.clock = clock
         self.jitter = jitter
         self.replayable = replayable
+        self.context_headers = context_headers
+        self.telemetry = telemetry
         self.tokens = policy.retry_tokens_for(method, idempotent)
         now = clock()
         self.started = now
@@ -187,8 +216,10 @@ class CallRun(Generic[R]):
         self.failed_over = False
         self._last_attempt: Attempt | None = None
         self._prefix = mesh.header_prefix
-        # caller-set Envoy control headers never go out, under the configured or the stock prefix
-        self._drop_prefixes = tuple(dict.fromkeys((mesh.header_prefix + "-", "x-envoy-")))
+        # caller-set Envoy control headers never go out (configured or stock prefix), nor a previous
+        # hop's X-Forwarded-* claims (with X-Forwarded-For, Envoy would ignore every x-envoy-* header)
+        self._drop_prefixes = tuple(dict.fromkeys((mesh.header_prefix + "-", "x-envoy-", "x-forwarded-")))
+        self._drop_names = DROPPED_HEADERS | {name.lower() for name, _ in context_headers}
 
     # -- the state machine ---------------------------------------------------------------------
 
@@ -216,17 +247,15 @@ class CallRun(Generic[R]):
     def _on_response(self, outcome: Responded[R]) -> Step[R]:
         if self.route is Route.ENVOY:
             reported = envoy.attempt_count(outcome.headers, self._prefix)
-            return Done(
-                outcome.response,
-                self._info(
-                    attempts=reported or self.attempts,
-                    upstream_service_time=envoy.upstream_service_time(outcome.headers, self._prefix),
-                    envoy_error=envoy.classify_reply(outcome.status, outcome.headers, outcome.body, self._prefix),
-                ),
+            info = self._info(
+                attempts=reported or self.attempts,
+                upstream_service_time=envoy.upstream_service_time(outcome.headers, self._prefix),
+                envoy_error=envoy.classify_reply(outcome.status, outcome.headers, outcome.body, self._prefix),
             )
+            return self._done(outcome, info)
         if self._response_retryable(outcome) and (nxt := self._retry()) is not None:
             return nxt
-        return Done(outcome.response, self._info())
+        return self._done(outcome, self._info())
 
     def _on_broken(self, outcome: Broken) -> Step[R]:
         attempt = self._last_attempt
@@ -325,10 +354,7 @@ class CallRun(Generic[R]):
             )
         self.attempts += 1
         svc = self.service
-        drop_names: frozenset[str] = frozenset({"host"})
         if self.route is Route.ENVOY:
-            # Envoy treats a request carrying X-Forwarded-For as external and drops every x-envoy-* header.
-            drop_names = frozenset({"host", "x-forwarded-for"})
             headers = envoy.policy_headers(
                 self._prefix,
                 timeout=remaining,
@@ -343,23 +369,26 @@ class CallRun(Generic[R]):
                 route=Route.ENVOY,
                 address=self.mesh.envoy_http,
                 host=svc.envoy_host,
-                set_headers=(("Host", svc.envoy_host), *headers),
+                set_headers=(("Host", svc.envoy_host), *self.context_headers, *headers),
                 drop_prefixes=self._drop_prefixes,
-                drop_names=drop_names,
+                drop_names=self._drop_names,
                 timeout=remaining + margin,
                 delay=delay,
             )
         else:
             per_try = self.policy.per_try_timeout
+            timeout = min(per_try, remaining) if per_try is not None else remaining
+            # no Envoy adds x-envoy-expected-rq-timeout-ms here: tell the upstream its budget ourselves
+            budget = (MESH_TIMEOUT_HEADER, str(envoy.timeout_ms(timeout)))
             attempt = Attempt(
                 number=self.attempts,
                 route=Route.HAPROXY,
                 address=svc.haproxy,
                 host=svc.envoy_host,
-                set_headers=(("Host", svc.envoy_host),),
+                set_headers=(("Host", svc.envoy_host), *self.context_headers, budget),
                 drop_prefixes=self._drop_prefixes,
-                drop_names=drop_names,
-                timeout=min(per_try, remaining) if per_try is not None else remaining,
+                drop_names=self._drop_names,
+                timeout=timeout,
                 delay=delay,
                 per_try_limited=per_try is not None and per_try < remaining,
             )
@@ -386,9 +415,17 @@ class CallRun(Generic[R]):
             elapsed=self.clock() - self.started,
         )
 
+    def _done(self, outcome: Responded[R], info: CallInfo) -> Done[R]:
+        if self.telemetry is not None:
+            self.telemetry.finish(info, status=outcome.status)
+        return Done(outcome.response, info)
+
     def _fail(self, error: type[MeshTransportError], message: str, cause: BaseException | None) -> Fail:
         text = f"{self.method} to service {self.service.name!r}: {message}"
-        return Fail(error, text, self._info(), cause)
+        info = self._info()
+        if self.telemetry is not None:
+            self.telemetry.finish(info, error_kind=_ERROR_KINDS.get(error, "transport_error"))
+        return Fail(error, text, info, cause)
 
     def _timeout_text(self) -> str:
         per_try = self.policy.per_try_timeout

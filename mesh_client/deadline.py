@@ -41,12 +41,22 @@ def deadline(seconds: float) -> Iterator[float]:
     Yields the absolute deadline (on the :func:`time.monotonic` clock).
     """
     seconds = check_seconds(seconds, "deadline") or 0.0
+    token = shrink_deadline(seconds)
+    try:
+        yield _deadline.get() or 0.0
+    finally:
+        _deadline.reset(token)
+
+
+def shrink_deadline(seconds: float) -> contextvars.Token[float | None]:
+    """Set the deadline to ``seconds`` from now unless the current one ends sooner; return the
+    token to restore the previous one with :func:`restore_deadline`."""
     at = time.monotonic() + seconds
     outer = _deadline.get()
     if outer is not None and outer < at:
         at = outer
-    token = _deadline.set(at)
-    try:
-        yield at
-    finally:
-        _deadline.reset(token)
+    return _deadline.set(at)
+
+
+def restore_deadline(token: contextvars.Token[float | None]) -> None:
+    _deadline.reset(token)

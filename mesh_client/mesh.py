@@ -9,11 +9,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .context import outbound_headers
 from .core import CallRun
 from .errors import InvalidServiceURL, MeshError
 from .policy import UNSET, CallOptions, current_options
 from .registry import MeshConfig, ServiceConfig, load_file, load_mapping
 from .routing import FlagRouter, RouteDecision, Router, make_router
+from .telemetry import CallTelemetry
 
 if TYPE_CHECKING:
     import httpx
@@ -109,15 +111,24 @@ class Mesh:
         else:
             decision = self._router.decide(service.name)
             route, reason = decision.route, decision.reason
+        method = method.upper()
+        telemetry = CallTelemetry(service.name, method)
+        try:
+            context_headers = outbound_headers(telemetry.propagation_context())
+        except ValueError:
+            telemetry.span.end()
+            raise
         return CallRun(
             mesh=self.config,
             service=service,
-            method=method.upper(),
+            method=method,
             policy=policy,
             route=route,
             route_reason=reason,
             idempotent=None if options.idempotent is UNSET else options.idempotent,
             replayable=replayable,
+            context_headers=tuple(context_headers),
+            telemetry=telemetry,
         )
 
     # -- clients ----------------------------------------------------------------------------------

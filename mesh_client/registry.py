@@ -15,6 +15,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final, Literal
 
+from .context import check_header_name
 from .errors import ConfigError
 from .policy import (
     DEFAULT_IDEMPOTENT_METHODS,
@@ -140,6 +141,7 @@ class MeshConfig:
     default_route: Route = Route.HAPROXY
     failover: bool = True
     header_prefix: str = "x-envoy"
+    context_headers: tuple[str, ...] = ()
     flags: FlagsConfig = field(default_factory=FlagsConfig)
     source: str = "<dict>"
 
@@ -158,6 +160,7 @@ _MESH_KEYS: Final = {
     "default_route",
     "failover",
     "header_prefix",
+    "context_headers",
 }
 _FLAG_KEYS: Final = {"source", "path", "sdk_key_env", "flag_key", "poll_interval", "start_wait"}
 _SERVICE_KEYS: Final = {
@@ -283,6 +286,15 @@ def load_mapping(data: Mapping[str, Any], *, source: str = "<dict>", base_dir: P
                 raise mesh.fail("envoy_thrift", f"is required because service {svc.name!r} uses protocol 'thrift'")
 
     flags = _flags(data.get("flags"), source, base_dir)
+    context_headers = mesh.table.get("context_headers", [])
+    if not isinstance(context_headers, list):
+        raise mesh.fail("context_headers", f"must be a list of header names, got {context_headers!r}")
+    context_names = tuple(
+        dict.fromkeys(
+            mesh.convert("context_headers", check_header_name, h) if isinstance(h, str) else _not_a_name(mesh, h)
+            for h in context_headers
+        )
+    )
     return MeshConfig(
         caller=caller,
         envoy_http=mesh.address("envoy_http", required=True),  # type: ignore[arg-type]
@@ -291,10 +303,15 @@ def load_mapping(data: Mapping[str, Any], *, source: str = "<dict>", base_dir: P
         default_route=Route(mesh.choice("default_route", ("haproxy", "envoy"), "haproxy")),
         failover=mesh.boolean("failover", True),
         header_prefix=header_prefix,
+        context_headers=context_names,
         services=MappingProxyType(services),
         flags=flags,
         source=source,
     )
+
+
+def _not_a_name(reader: _Reader, value: object) -> str:
+    raise reader.fail("context_headers", f"{value!r} is not a header name")
 
 
 def _flags(table: object, source: str, base_dir: Path | None) -> FlagsConfig:

@@ -20,6 +20,7 @@ from ..errors import MeshTimeoutError, as_mesh_error
 from ..info import INFO_KEY
 from ..mesh import Mesh
 from ..policy import CallOptions
+from ..telemetry import no_http_instrumentation
 
 __all__ = ["EXTENSION_KEY", "AsyncMeshTransport", "MeshTransport", "build_async_client", "build_client"]
 
@@ -108,7 +109,9 @@ class MeshTransport(_MeshTransportMixin, httpx.BaseTransport):
                 outcome = Responded(response, response.status_code, response.headers, response.read())
             return outcome
 
-        return self._finish(drive(run, send, lambda r: r.close()), request)
+        with no_http_instrumentation():  # one CLIENT span per call: ours
+            result = drive(run, send, lambda r: r.close())
+        return self._finish(result, request)
 
     def close(self) -> None:
         self.transport.close()
@@ -139,7 +142,9 @@ class AsyncMeshTransport(_MeshTransportMixin, httpx.AsyncBaseTransport):
         async def discard(response: httpx.Response) -> None:
             await response.aclose()
 
-        return self._finish(await drive_async(run, send, discard), request)
+        with no_http_instrumentation():  # one CLIENT span per call: ours
+            result = await drive_async(run, send, discard)
+        return self._finish(result, request)
 
     async def aclose(self) -> None:
         await self.transport.aclose()

@@ -22,6 +22,7 @@ from ..core import Attempt, Broken, Fail, Failure, Responded, drive
 from ..errors import MeshTimeoutError, as_mesh_error
 from ..info import INFO_KEY
 from ..mesh import Mesh
+from ..telemetry import no_http_instrumentation
 
 __all__ = ["MeshAdapter", "MeshSession"]
 
@@ -120,11 +121,24 @@ class MeshSession(requests.Session):
         self.mesh = mesh
         self.mesh_adapter = MeshAdapter(mesh)
 
-    def get_adapter(self, url: str) -> requests.adapters.BaseAdapter:
+    def _is_mesh_url(self, url: str) -> bool:
         host = parse_url(url).host
-        if host is not None and host.lower().rstrip(".") in self.mesh.config.services:
+        return host is not None and host.lower().rstrip(".") in self.mesh.config.services
+
+    def get_adapter(self, url: str) -> requests.adapters.BaseAdapter:
+        if self._is_mesh_url(url):
             return self.mesh_adapter
         return super().get_adapter(url)
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        if request.url and self._is_mesh_url(request.url):
+            # mesh_client makes the call's one CLIENT span; keep opentelemetry-instrumentation-requests
+            # (which wraps Session.send) from adding a second one
+            with no_http_instrumentation():
+                response: requests.Response = super().send(request, **kwargs)
+                return response
+        plain: requests.Response = super().send(request, **kwargs)
+        return plain
 
     def close(self) -> None:
         super().close()

@@ -47,7 +47,9 @@ def test_flag_sends_the_call_the_right_way(world: MeshWorld, caller: Caller, rou
         assert info.upstream_service_time is not None
     else:
         assert envoy_headers(seen.headers) == []
-        assert "x-request-id" not in seen.headers
+        # no Envoy here: the client itself sends the request id and the time budget
+        assert seen.headers["x-request-id"]
+        assert seen.headers["x-mesh-timeout-ms"] in {"999", "1000"}
         assert info.upstream_service_time is None
     # the response looks like a direct one: the caller's own URL
     assert str(r.url) == f"http://users/v1/users/1?key={key}"

@@ -1,0 +1,57 @@
+"""Inbound ASGI middleware: the request's deadline, request id and trace context for the app.
+
+::
+
+    app = mesh_client.asgi.MeshMiddleware(app, mesh)
+
+For HTTP and WebSocket scopes, the app (streaming responses included) runs with the inbound
+deadline (``mesh_client.time_left()``), request id and OpenTelemetry context, restored when the
+app returns or raises. Lifespan and other scopes pass through.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from .context import begin_request
+from .mesh import Mesh
+
+__all__ = ["MeshMiddleware"]
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def scope_headers(scope: Scope) -> dict[str, str]:
+    """The request headers of an ASGI scope, lower-case names (latin-1 decoded, as HTTP says)."""
+    headers = {}
+    for name, value in scope.get("headers") or ():
+        try:
+            headers[bytes(name).decode("latin-1").lower()] = bytes(value).decode("latin-1")
+        except (TypeError, ValueError):
+            continue  # a malformed pair from a misbehaving server is ignored
+    return headers
+
+
+class MeshMiddleware:
+    """Wrap an ASGI app so each request runs with its inbound mesh context."""
+
+    def __init__(self, app: ASGIApp, mesh: Mesh) -> None:
+        self.app = app
+        self.mesh = mesh
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope.get("type") not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        config = self.mesh.config
+        end = begin_request(
+            scope_headers(scope), header_prefix=config.header_prefix, context_headers=config.context_headers
+        )
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            end()

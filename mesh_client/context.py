@@ -1,0 +1,250 @@
+"""Request context across the call graph, and the trust boundary around it.
+
+Inbound (:mod:`mesh_client.wsgi`, :mod:`mesh_client.asgi`): :func:`read_inbound` turns the
+headers of a request this service received into an :class:`Inbound`: the deadline (from
+``x-envoy-expected-rq-timeout-ms``, ``grpc-timeout`` or mesh_client's own ``x-mesh-timeout-ms``;
+the smallest wins), the request id (``x-request-id``, replaced by a fresh UUID4 when missing or
+invalid) and the registry's allowlisted context headers. Nothing else inbound is kept.
+
+Outbound: :func:`outbound_headers` builds, once per logical call, the context headers every
+attempt carries: the OpenTelemetry propagation fields (``opentelemetry.propagate.inject``, so
+``OTEL_PROPAGATORS`` applies), ``x-request-id`` (the inbound one, else a fresh UUID4) and the
+allowlisted context headers. Every value is checked: CR, LF, NUL or a character outside latin-1
+raises ``ValueError`` before anything is sent.
+
+Never forwarded: ``x-envoy-*`` and anything else in :data:`NEVER_FORWARDED` (the registry may not
+name them); ``authorization`` and ``cookie`` only when the registry names them.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import re
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from opentelemetry.propagators.textmap import Setter
+
+__all__ = [
+    "MESH_TIMEOUT_HEADER",
+    "NEVER_FORWARDED",
+    "Inbound",
+    "begin_request",
+    "check_header_value",
+    "current_inbound",
+    "current_request_id",
+    "outbound_headers",
+    "parse_grpc_timeout",
+    "read_inbound",
+]
+
+#: The remaining time budget in ms, sent by mesh_client on the HAProxy route (where no Envoy adds
+#: ``x-envoy-expected-rq-timeout-ms``) and read back by the middleware.
+MESH_TIMEOUT_HEADER: Final = "x-mesh-timeout-ms"
+REQUEST_ID_HEADER: Final = "x-request-id"
+
+#: Headers that are never copied from an inbound request to an outbound one, nor named in the
+#: registry's ``context_headers``. (``x-envoy-*`` and ``x-forwarded-*`` are refused as prefixes.)
+NEVER_FORWARDED: Final = frozenset(
+    {
+        "host",
+        "forwarded",
+        "content-length",
+        "content-type",
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "grpc-timeout",
+        MESH_TIMEOUT_HEADER,
+        REQUEST_ID_HEADER,  # carried by mesh_client itself
+    }
+)
+NEVER_FORWARDED_PREFIXES: Final = ("x-envoy-", "x-forwarded-")
+#: Credentials: forwarded only when the registry names them explicitly.
+CREDENTIAL_HEADERS: Final = frozenset({"authorization", "cookie"})
+
+#: Longest inbound deadline honoured (one day); larger values are treated as no deadline.
+MAX_INBOUND_TIMEOUT_MS: Final = 86_400_000
+_REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,200}$")
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9a-z-]+$")
+_GRPC_UNITS: Final = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+_BAD_VALUE = re.compile(r"[\r\n\x00]")
+
+
+def check_header_name(name: str, what: str = "context_headers") -> str:
+    """A header name the registry may list in ``context_headers`` (lower-cased), else ValueError."""
+    lower = name.lower()
+    if not _HEADER_NAME.match(lower):
+        raise ValueError(f"{what}: {name!r} is not a valid header name")
+    if lower in NEVER_FORWARDED or lower.startswith(NEVER_FORWARDED_PREFIXES):
+        raise ValueError(f"{what}: {name!r} must never be forwarded between services")
+    return lower
+
+
+def check_header_value(name: str, value: str) -> str:
+    """Return ``value`` if it can go out as a header; raise ValueError (naming the header) if not."""
+    if not isinstance(value, str):
+        raise ValueError(f"header {name!r}: value must be a string, got {type(value).__name__}")
+    if _BAD_VALUE.search(value):
+        raise ValueError(f"header {name!r}: value contains CR, LF or NUL: {value!r}")
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        raise ValueError(f"header {name!r}: value has characters outside latin-1: {value!r}") from None
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """What this service keeps from the request it is handling."""
+
+    request_id: str
+    timeout: float | None = None
+    context_headers: tuple[tuple[str, str], ...] = ()
+    replaced_request_id: bool = False
+    carrier: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+
+_inbound: contextvars.ContextVar[Inbound | None] = contextvars.ContextVar("mesh_client.inbound", default=None)
+
+
+def current_inbound() -> Inbound | None:
+    """The inbound request this code is handling (set by the middleware), or None."""
+    return _inbound.get()
+
+
+def current_request_id() -> str | None:
+    """The inbound request's id, or None outside a request handled by the middleware."""
+    inbound = _inbound.get()
+    return inbound.request_id if inbound else None
+
+
+def set_inbound(inbound: Inbound | None) -> contextvars.Token[Inbound | None]:
+    return _inbound.set(inbound)
+
+
+def reset_inbound(token: contextvars.Token[Inbound | None]) -> None:
+    _inbound.reset(token)
+
+
+def parse_grpc_timeout(value: str) -> float | None:
+    """Seconds from a ``grpc-timeout`` value (at most 8 digits and a unit), or None if invalid."""
+    value = value.strip()
+    if not 2 <= len(value) <= 9 or not value[:-1].isascii() or not value[:-1].isdigit():
+        return None
+    unit = _GRPC_UNITS.get(value[-1])
+    return int(value[:-1]) * unit if unit is not None else None
+
+
+def _parse_ms(value: str) -> float | None:
+    value = value.strip()
+    if not value.isascii() or not value.isdigit() or len(value) > 12:
+        return None
+    ms = int(value)
+    return ms / 1000.0 if 0 < ms <= MAX_INBOUND_TIMEOUT_MS else None
+
+
+def read_inbound(headers: Mapping[str, str], *, header_prefix: str, context_headers: Iterable[str]) -> Inbound:
+    """Keep what mesh_client trusts from an inbound request's headers (lower-case names).
+
+    Never raises: a malformed value is ignored (the deadline) or replaced (the request id).
+    """
+    candidates = [
+        _parse_ms(headers.get(f"{header_prefix}-expected-rq-timeout-ms", "")),
+        _parse_ms(headers.get(MESH_TIMEOUT_HEADER, "")),
+        parse_grpc_timeout(headers.get("grpc-timeout", "")),
+    ]
+    timeouts = [t for t in candidates if t is not None]
+    request_id = headers.get(REQUEST_ID_HEADER, "")
+    replaced = not _REQUEST_ID.match(request_id)
+    if replaced:
+        request_id = new_request_id()
+    kept = []
+    for name in context_headers:
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            kept.append((name, check_header_value(name, value)))
+        except ValueError:
+            continue  # an unusable inbound value is dropped, never forwarded
+    return Inbound(
+        request_id=request_id,
+        timeout=min(timeouts) if timeouts else None,
+        context_headers=tuple(kept),
+        replaced_request_id=replaced,
+        carrier=headers,
+    )
+
+
+def new_request_id() -> str:
+    return str(uuid.uuid4())
+
+
+class _Setter(Setter[list[tuple[str, str]]]):
+    """An OpenTelemetry ``Setter`` that collects (name, value) pairs."""
+
+    def set(self, carrier: list[tuple[str, str]], key: str, value: str) -> None:
+        carrier.append((key.lower(), value))
+
+
+_SETTER: Final = _Setter()
+
+
+def outbound_headers(otel_context: Any | None = None) -> list[tuple[str, str]]:
+    """The context headers for one logical call, validated.
+
+    ``otel_context`` is the OpenTelemetry context to propagate (the client span's); by default the
+    current one.
+    """
+    from opentelemetry import propagate
+
+    headers: list[tuple[str, str]] = []
+    propagate.inject(headers, context=otel_context, setter=_SETTER)
+    inbound = _inbound.get()
+    headers.append((REQUEST_ID_HEADER, inbound.request_id if inbound else new_request_id()))
+    if inbound is not None:
+        headers.extend(inbound.context_headers)
+    for name, value in headers:
+        check_header_value(name, value)
+    return headers
+
+
+def begin_request(
+    headers: Mapping[str, str], *, header_prefix: str, context_headers: Iterable[str]
+) -> Callable[[], None]:
+    """Enter the context of an inbound request (lower-case header names): its deadline, request
+    id and OpenTelemetry context. Returns the function that restores the previous state; call it
+    in the same context (thread / task / ``contextvars.Context``) when the request ends.
+
+    Never raises because of a header value.
+    """
+    from opentelemetry import context as otel_context
+    from opentelemetry import propagate
+
+    from .deadline import restore_deadline, shrink_deadline
+
+    inbound = read_inbound(headers, header_prefix=header_prefix, context_headers=context_headers)
+    inbound_token = _inbound.set(inbound)
+    deadline_token = shrink_deadline(inbound.timeout) if inbound.timeout is not None else None
+    try:
+        extracted = propagate.extract(headers)
+    except Exception:  # a propagator choking on a hostile value must not fail the request
+        extracted = otel_context.get_current()
+    otel_token = otel_context.attach(extracted)
+
+    def end() -> None:
+        otel_context.detach(otel_token)
+        if deadline_token is not None:
+            restore_deadline(deadline_token)
+        _inbound.reset(inbound_token)
+
+    return end

@@ -1,0 +1,109 @@
+"""Spans and metrics through ``opentelemetry-api`` only (a no-op when the app has no SDK).
+
+One CLIENT span per logical call, whatever the retries and the failover inside it, with the
+attributes ``mesh.service``, ``mesh.route``, ``mesh.attempts``, ``mesh.failed_over``,
+``mesh.upstream_service_time`` (s), ``mesh.error_kind``, plus ``http.request.method``,
+``http.response.status_code`` and ``peer.service``. Metrics: the counter ``mesh_client.calls``
+and the histogram ``mesh_client.call.duration`` (s), both by service, route and outcome.
+
+While a mesh call runs, HTTP instrumentation is suppressed (the context key OpenTelemetry's
+``suppress_http_instrumentation()`` sets), so ``opentelemetry-instrumentation-requests`` or
+``-httpx`` installed beside mesh_client does not add a second client span for the same call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import metrics, trace
+
+if TYPE_CHECKING:
+    from .info import CallInfo
+
+__all__ = ["CallTelemetry", "no_http_instrumentation"]
+
+_SUPPRESS_HTTP_KEY: str = getattr(otel_context, "_SUPPRESS_HTTP_INSTRUMENTATION_KEY", "suppress_http_instrumentation")
+_INSTRUMENTATION = "mesh_client"
+
+
+class _Instruments:
+    """Tracer and meter instruments, created on first use (never at import time)."""
+
+    _lock = threading.Lock()
+    _ready = False
+    tracer: trace.Tracer
+    calls: metrics.Counter
+    duration: metrics.Histogram
+
+    @classmethod
+    def get(cls) -> type[_Instruments]:
+        if not cls._ready:
+            with cls._lock:
+                if not cls._ready:
+                    cls.tracer = trace.get_tracer(_INSTRUMENTATION)
+                    meter = metrics.get_meter(_INSTRUMENTATION)
+                    cls.calls = meter.create_counter(
+                        "mesh_client.calls", unit="{call}", description="Calls to mesh services"
+                    )
+                    cls.duration = meter.create_histogram(
+                        "mesh_client.call.duration", unit="s", description="Duration of calls to mesh services"
+                    )
+                    cls._ready = True
+        return cls
+
+
+@contextlib.contextmanager
+def no_http_instrumentation() -> Iterator[None]:
+    """Suppress OpenTelemetry HTTP instrumentations (requests, httpx...) inside the block."""
+    token = otel_context.attach(otel_context.set_value(_SUPPRESS_HTTP_KEY, True))
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
+
+
+class CallTelemetry:
+    """The span and measurements of one logical call."""
+
+    __slots__ = ("_attributes", "span")
+
+    def __init__(self, service: str, method: str) -> None:
+        instruments = _Instruments.get()
+        self._attributes: dict[str, Any] = {"mesh.service": service, "http.request.method": method}
+        self.span = instruments.tracer.start_span(
+            f"{method} {service}",
+            kind=trace.SpanKind.CLIENT,
+            attributes={**self._attributes, "peer.service": service},
+        )
+
+    def propagation_context(self) -> otel_context.Context:
+        """The context to inject: the current one with this call's span as parent."""
+        return trace.set_span_in_context(self.span)
+
+    def finish(self, info: CallInfo, *, status: int | None = None, error_kind: str | None = None) -> None:
+        """Record the outcome and end the span (once)."""
+        instruments = _Instruments.get()
+        kind = error_kind or info.envoy_error
+        route = info.route.value
+        outcome = kind or (f"{status // 100}xx" if status is not None else "ok")
+        span = self.span
+        if span.is_recording():
+            span.set_attribute("mesh.route", route)
+            span.set_attribute("mesh.attempts", info.attempts)
+            span.set_attribute("mesh.failed_over", info.failed_over)
+            if info.upstream_service_time is not None:
+                span.set_attribute("mesh.upstream_service_time", info.upstream_service_time)
+            if kind:
+                span.set_attribute("mesh.error_kind", kind)
+            if status is not None:
+                span.set_attribute("http.response.status_code", status)
+            if error_kind is not None or (status is not None and status >= 500):
+                span.set_status(trace.StatusCode.ERROR, kind or f"HTTP {status}")
+        span.end()
+        labels = {"mesh.service": info.service, "mesh.route": route, "mesh.outcome": outcome}
+        instruments.calls.add(1, labels)
+        instruments.duration.record(info.elapsed, labels)

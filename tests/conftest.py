@@ -1,0 +1,53 @@
+"""Fixtures shared by every test folder."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+
+@dataclass
+class Otel:
+    """The OpenTelemetry SDK, installed once for the test session (providers are global)."""
+
+    spans: InMemorySpanExporter
+    metrics: InMemoryMetricReader
+
+    def finished(self, trace_id: int | None = None) -> list[ReadableSpan]:
+        spans = list(self.spans.get_finished_spans())
+        if trace_id is not None:
+            spans = [s for s in spans if s.context is not None and s.context.trace_id == trace_id]
+        return spans
+
+
+_otel: Otel | None = None
+
+
+@pytest.fixture(scope="session")
+def otel_session() -> Otel:
+    global _otel
+    if _otel is None:
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        trace.set_tracer_provider(provider)
+        reader = InMemoryMetricReader()
+        metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+        _otel = Otel(exporter, reader)
+    return _otel
+
+
+@pytest.fixture
+def otel(otel_session: Otel) -> Iterator[Otel]:
+    """The SDK with the spans of this test only."""
+    otel_session.spans.clear()
+    yield otel_session
+    otel_session.spans.clear()
