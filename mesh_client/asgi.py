@@ -28,11 +28,13 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 def scope_headers(scope: Scope) -> dict[str, str]:
     """The request headers of an ASGI scope, lower-case names (latin-1 decoded, as HTTP says)."""
     headers = {}
-    for name, value in scope.get("headers") or ():
+    for pair in scope.get("headers") or ():
         try:
-            headers[bytes(name).decode("latin-1").lower()] = bytes(value).decode("latin-1")
+            name, value = pair
         except (TypeError, ValueError):
-            continue  # a malformed pair from a misbehaving server is ignored
+            continue  # a malformed entry from a misbehaving server is ignored
+        if isinstance(name, (bytes, bytearray)) and isinstance(value, (bytes, bytearray)):
+            headers[bytes(name).decode("latin-1").lower()] = bytes(value).decode("latin-1")
     return headers
 
 

@@ -67,22 +67,20 @@ NEVER_FORWARDED: Final = frozenset(
         REQUEST_ID_HEADER,  # carried by mesh_client itself
     }
 )
-NEVER_FORWARDED_PREFIXES: Final = ("x-envoy-", "x-forwarded-")
-#: Credentials: forwarded only when the registry names them explicitly.
-CREDENTIAL_HEADERS: Final = frozenset({"authorization", "cookie"})
+NEVER_FORWARDED_PREFIXES: Final = ("x-envoy-", "x-forwarded-", "proxy-")
 
 #: Longest inbound deadline honoured (one day); larger values are treated as no deadline.
 MAX_INBOUND_TIMEOUT_MS: Final = 86_400_000
 _REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,200}$")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9a-z-]+$")
 _GRPC_UNITS: Final = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
-_BAD_VALUE = re.compile(r"[\r\n\x00]")
+_BAD_VALUE = re.compile(r"[\r\n\x00]|^[ \t]|[ \t]$")
 
 
 def check_header_name(name: str, what: str = "context_headers") -> str:
     """A header name the registry may list in ``context_headers`` (lower-cased), else ValueError."""
     lower = name.lower()
-    if not _HEADER_NAME.match(lower):
+    if not _HEADER_NAME.fullmatch(lower):
         raise ValueError(f"{what}: {name!r} is not a valid header name")
     if lower in NEVER_FORWARDED or lower.startswith(NEVER_FORWARDED_PREFIXES):
         raise ValueError(f"{what}: {name!r} must never be forwarded between services")
@@ -94,7 +92,7 @@ def check_header_value(name: str, value: str) -> str:
     if not isinstance(value, str):
         raise ValueError(f"header {name!r}: value must be a string, got {type(value).__name__}")
     if _BAD_VALUE.search(value):
-        raise ValueError(f"header {name!r}: value contains CR, LF or NUL: {value!r}")
+        raise ValueError(f"header {name!r}: value contains CR, LF or NUL, or starts or ends with a blank: {value!r}")
     try:
         value.encode("latin-1")
     except UnicodeEncodeError:
@@ -141,7 +139,10 @@ def parse_grpc_timeout(value: str) -> float | None:
     if not 2 <= len(value) <= 9 or not value[:-1].isascii() or not value[:-1].isdigit():
         return None
     unit = _GRPC_UNITS.get(value[-1])
-    return int(value[:-1]) * unit if unit is not None else None
+    if unit is None:
+        return None
+    seconds = int(value[:-1]) * unit
+    return seconds if 0 < seconds <= MAX_INBOUND_TIMEOUT_MS / 1000 else None
 
 
 def _parse_ms(value: str) -> float | None:
@@ -164,7 +165,7 @@ def read_inbound(headers: Mapping[str, str], *, header_prefix: str, context_head
     ]
     timeouts = [t for t in candidates if t is not None]
     request_id = headers.get(REQUEST_ID_HEADER, "")
-    replaced = not _REQUEST_ID.match(request_id)
+    replaced = not _REQUEST_ID.fullmatch(request_id)
     if replaced:
         request_id = new_request_id()
     kept = []
@@ -173,7 +174,7 @@ def read_inbound(headers: Mapping[str, str], *, header_prefix: str, context_head
         if value is None:
             continue
         try:
-            kept.append((name, check_header_value(name, value)))
+            kept.append((name, check_header_value(name, value.strip(" \t"))))
         except ValueError:
             continue  # an unusable inbound value is dropped, never forwarded
     return Inbound(
@@ -228,17 +229,23 @@ def begin_request(
     Never raises because of a header value.
     """
     from opentelemetry import context as otel_context
-    from opentelemetry import propagate
+    from opentelemetry import propagate, trace
 
     from .deadline import restore_deadline, shrink_deadline
 
     inbound = read_inbound(headers, header_prefix=header_prefix, context_headers=context_headers)
     inbound_token = _inbound.set(inbound)
     deadline_token = shrink_deadline(inbound.timeout) if inbound.timeout is not None else None
-    try:
-        extracted = propagate.extract(headers)
-    except Exception:  # a propagator choking on a hostile value must not fail the request
-        extracted = otel_context.get_current()
+    current = otel_context.get_current()
+    if trace.get_current_span(current).get_span_context().is_valid:
+        # an outer server instrumentation already extracted the caller's context and started
+        # its span: keep it, so mesh calls become children of that span
+        extracted = current
+    else:
+        try:
+            extracted = propagate.extract(headers, context=current)
+        except Exception:  # a propagator choking on a hostile value must not fail the request
+            extracted = current
     otel_token = otel_context.attach(extracted)
 
     def end() -> None:

@@ -72,11 +72,10 @@ DROPPED_HEADERS: Final = frozenset(
         "forwarded",
         "connection",
         "keep-alive",
-        "proxy-connection",
-        "proxy-authorization",
         "te",
         "trailer",
         "upgrade",
+        "grpc-timeout",
         MESH_TIMEOUT_HEADER,
     }
 )
@@ -218,7 +217,7 @@ class CallRun(Generic[R]):
         self._prefix = mesh.header_prefix
         # caller-set Envoy control headers never go out (configured or stock prefix), nor a previous
         # hop's X-Forwarded-* claims (with X-Forwarded-For, Envoy would ignore every x-envoy-* header)
-        self._drop_prefixes = tuple(dict.fromkeys((mesh.header_prefix + "-", "x-envoy-", "x-forwarded-")))
+        self._drop_prefixes = tuple(dict.fromkeys((mesh.header_prefix + "-", "x-envoy-", "x-forwarded-", "proxy-")))
         self._drop_names = DROPPED_HEADERS | {name.lower() for name, _ in context_headers}
 
     # -- the state machine ---------------------------------------------------------------------
@@ -415,6 +414,13 @@ class CallRun(Generic[R]):
             elapsed=self.clock() - self.started,
         )
 
+    def abort(self, error: BaseException) -> None:
+        """The wrapper gave up on the call because ``error`` escaped (a bug, a cancelled task...):
+        close its telemetry. The error itself is re-raised by the wrapper."""
+        if self.telemetry is not None:
+            kind = "cancelled" if type(error).__name__ == "CancelledError" else "error"
+            self.telemetry.finish(self._info(), error_kind=kind)
+
     def _done(self, outcome: Responded[R], info: CallInfo) -> Done[R]:
         if self.telemetry is not None:
             self.telemetry.finish(info, status=outcome.status)
@@ -454,13 +460,17 @@ def drive(
     """Run a call to its end, synchronously. ``send`` does one attempt and classifies the result;
     ``discard`` releases a response that is being retried."""
     step = run.advance(None)
-    while isinstance(step, Attempt):
-        if step.delay > 0:
-            sleep(step.delay)
-        outcome = send(step)
-        step = run.advance(outcome)
-        if isinstance(step, Attempt) and isinstance(outcome, Responded):
-            discard(outcome.response)
+    try:
+        while isinstance(step, Attempt):
+            if step.delay > 0:
+                sleep(step.delay)
+            outcome = send(step)
+            step = run.advance(outcome)
+            if isinstance(step, Attempt) and isinstance(outcome, Responded):
+                discard(outcome.response)
+    except BaseException as exc:
+        run.abort(exc)
+        raise
     return step
 
 
@@ -476,11 +486,15 @@ async def drive_async(
 
         sleep = asyncio.sleep
     step = run.advance(None)
-    while isinstance(step, Attempt):
-        if step.delay > 0:
-            await sleep(step.delay)
-        outcome = await send(step)
-        step = run.advance(outcome)
-        if isinstance(step, Attempt) and isinstance(outcome, Responded):
-            await discard(outcome.response)
+    try:
+        while isinstance(step, Attempt):
+            if step.delay > 0:
+                await sleep(step.delay)
+            outcome = await send(step)
+            step = run.advance(outcome)
+            if isinstance(step, Attempt) and isinstance(outcome, Responded):
+                await discard(outcome.response)
+    except BaseException as exc:
+        run.abort(exc)
+        raise
     return step

@@ -295,6 +295,9 @@ def load_mapping(data: Mapping[str, Any], *, source: str = "<dict>", base_dir: P
             for h in context_headers
         )
     )
+    for name in context_names:
+        if name.startswith(header_prefix + "-"):
+            raise mesh.fail("context_headers", f"{name!r} carries the Envoy header prefix and must never be forwarded")
     return MeshConfig(
         caller=caller,
         envoy_http=mesh.address("envoy_http", required=True),  # type: ignore[arg-type]

@@ -69,10 +69,11 @@ def no_http_instrumentation() -> Iterator[None]:
 class CallTelemetry:
     """The span and measurements of one logical call."""
 
-    __slots__ = ("_attributes", "span")
+    __slots__ = ("_attributes", "_finished", "span")
 
     def __init__(self, service: str, method: str) -> None:
         instruments = _Instruments.get()
+        self._finished = False
         self._attributes: dict[str, Any] = {"mesh.service": service, "http.request.method": method}
         self.span = instruments.tracer.start_span(
             f"{method} {service}",
@@ -85,7 +86,10 @@ class CallTelemetry:
         return trace.set_span_in_context(self.span)
 
     def finish(self, info: CallInfo, *, status: int | None = None, error_kind: str | None = None) -> None:
-        """Record the outcome and end the span (once)."""
+        """Record the outcome and end the span (once; later calls do nothing)."""
+        if self._finished:
+            return
+        self._finished = True
         instruments = _Instruments.get()
         kind = error_kind or info.envoy_error
         route = info.route.value

@@ -71,6 +71,10 @@ class _InContext:
     def __iter__(self) -> Iterator[bytes]:
         return self
 
+    def __len__(self) -> int:
+        # lets a server see a one-chunk response (and set Content-Length) as with the bare app
+        return len(self._result)  # type: ignore[arg-type]  # TypeError when it has no len, as PEP 3333 expects
+
     def __next__(self) -> bytes:
         if self._iterator is None:
             self._iterator = self._ctx.run(iter, self._result)

@@ -65,15 +65,18 @@ class SidecarProcess:
         """Start the process and wait until it answers; raise RuntimeError with its log if not."""
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        until = time.monotonic() + timeout
-        while time.monotonic() < until:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with code {self.process.returncode}:\n{self.log_tail()}")
-            if self._ready():
-                return self
-            time.sleep(0.01)
-        self.stop()
-        raise RuntimeError(f"{self.name} did not become ready within {timeout:g} s:\n{self.log_tail()}")
+        try:
+            until = time.monotonic() + timeout
+            while time.monotonic() < until:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"{self.name} exited with code {self.process.returncode}:\n{self.log_tail()}")
+                if self._ready():
+                    return self
+                time.sleep(0.01)
+            raise RuntimeError(f"{self.name} did not become ready within {timeout:g} s:\n{self.log_tail()}")
+        except BaseException:  # also Ctrl-C while waiting: never leave the process behind
+            self.stop()
+            raise
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the process by its own pid (SIGTERM, then SIGKILL) and reap it."""

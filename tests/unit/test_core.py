@@ -196,7 +196,7 @@ def test_envoy_client_timeout_blames_the_sidecar() -> None:
 def test_haproxy_attempt_has_no_envoy_header() -> None:
     a = first(run(Route.HAPROXY, per_try_timeout=0.3, retries=2, retry_on=["5xx"]))
     assert str(a.address) == "127.0.0.1:20001"
-    assert headers(a) == {"Host": "users"}
+    assert headers(a) == {"Host": "users", "x-mesh-timeout-ms": "300"}
     assert a.drops("x-envoy-retry-on")
     assert a.timeout == pytest.approx(0.3)
 
@@ -375,3 +375,32 @@ def test_caller_set_stock_envoy_headers_are_dropped_under_a_custom_prefix() -> N
     assert "x-foo-upstream-rq-timeout-ms" in headers(a)
     assert a.drops("x-foo-max-retries")
     assert a.drops("x-envoy-max-retries")
+
+
+def test_an_error_escaping_send_still_ends_the_call_span() -> None:
+    from mesh_client.telemetry import CallTelemetry
+
+    ended: list[str | None] = []
+
+    class Recording(CallTelemetry):
+        def finish(self, info: Any, *, status: int | None = None, error_kind: str | None = None) -> None:
+            ended.append(error_kind)
+            super().finish(info, status=status, error_kind=error_kind)
+
+    cfg = config()
+    r: CallRun[str] = CallRun(
+        mesh=cfg,
+        service=cfg.services["users"],
+        method="GET",
+        policy=cfg.services["users"].policy,
+        route=Route.HAPROXY,
+        route_reason="test",
+        telemetry=Recording("users", "GET"),
+    )
+
+    def send(attempt: Attempt) -> Responded[str]:
+        raise KeyError("a bug in the caller's hook")
+
+    with pytest.raises(KeyError):
+        drive(r, send, lambda response: None)
+    assert ended == ["error"]

