@@ -18,6 +18,7 @@ from .errors import (
     MeshError,
     MeshTimeoutError,
     MeshTransportError,
+    ThriftRoutingError,
 )
 from .info import CallInfo, call_info
 from .mesh import Mesh
@@ -38,6 +39,7 @@ __all__ = [
     "MeshTransportError",
     "Route",
     "RouteDecision",
+    "ThriftRoutingError",
     "__version__",
     "asgi",
     "call_info",

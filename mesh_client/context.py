@@ -173,8 +173,11 @@ def read_inbound(headers: Mapping[str, str], *, header_prefix: str, context_head
         value = headers.get(name)
         if value is None:
             continue
+        value = value.strip(" \t")
+        if not value:
+            continue  # nothing to carry on
         try:
-            kept.append((name, check_header_value(name, value.strip(" \t"))))
+            kept.append((name, check_header_value(name, value)))
         except ValueError:
             continue  # an unusable inbound value is dropped, never forwarded
     return Inbound(

@@ -110,6 +110,9 @@ class Responded(Generic[R]):
     status: int
     headers: Mapping[str, str]
     body: bytes | None = None
+    #: the local proxy's own failure kind when the wrapper already knows it (Thrift replies made
+    #: by Envoy); otherwise the core classifies HAProxy's error pages from ``body``
+    proxy_error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +192,8 @@ class CallRun(Generic[R]):
         replayable: bool = True,
         context_headers: tuple[tuple[str, str], ...] = (),
         telemetry: CallTelemetry | None = None,
+        envoy_address: Address | None = None,
+        envoy_enforces: bool = True,
         clock: Callable[[], float] = time.monotonic,
         jitter: Callable[[float, float], float] = random.uniform,
     ) -> None:
@@ -203,6 +208,11 @@ class CallRun(Generic[R]):
         self.replayable = replayable
         self.context_headers = context_headers
         self.telemetry = telemetry
+        #: where the Envoy route goes (the HTTP egress listener unless told otherwise)
+        self.envoy_address = envoy_address or mesh.envoy_http
+        #: Envoy applies timeouts and retries itself (HTTP); False: the client does it on both
+        #: routes, because the proxy cannot (Envoy's thrift_proxy has neither)
+        self.envoy_enforces = envoy_enforces
         self.tokens = policy.retry_tokens_for(method, idempotent)
         now = clock()
         self.started = now
@@ -244,7 +254,7 @@ class CallRun(Generic[R]):
         return haproxy.may_be_local_reply(status, headers)
 
     def _on_response(self, outcome: Responded[R]) -> Step[R]:
-        if self.route is Route.ENVOY:
+        if self.route is Route.ENVOY and self.envoy_enforces:
             reported = envoy.attempt_count(outcome.headers, self._prefix)
             info = self._info(
                 attempts=reported or self.attempts,
@@ -254,20 +264,21 @@ class CallRun(Generic[R]):
             return self._done(outcome, info)
         if self._response_retryable(outcome) and (nxt := self._retry()) is not None:
             return nxt
-        return self._done(outcome, self._info())
+        envoy_error = outcome.proxy_error if self.route is Route.ENVOY else None
+        return self._done(outcome, self._info(envoy_error=envoy_error))
 
     def _on_broken(self, outcome: Broken) -> Step[R]:
         attempt = self._last_attempt
         assert attempt is not None, "advance(None) must come first"
         where = f"{attempt.route.value} at {attempt.address}"
         detail = f" ({outcome.detail})" if outcome.detail else ""
-        if self.route is Route.ENVOY:
-            if outcome.kind is Failure.CONNECT and self.mesh.failover:
-                self.route = Route.HAPROXY
-                self.failed_over = True
-                self.attempts = 0
-                self.route_reason += "; Envoy refused the connection, failed over to HAProxy"
-                return self._attempt(0.0)
+        if self.route is Route.ENVOY and outcome.kind is Failure.CONNECT and self.mesh.failover:
+            self.route = Route.HAPROXY
+            self.failed_over = True
+            self.attempts = 0
+            self.route_reason += "; Envoy refused the connection, failed over to HAProxy"
+            return self._attempt(0.0)
+        if self.route is Route.ENVOY and self.envoy_enforces:
             if outcome.kind is Failure.CONNECT:
                 return self._fail(
                     MeshConnectError,
@@ -304,11 +315,13 @@ class CallRun(Generic[R]):
         if not self.replayable:  # the body went to HAProxy already and cannot be sent again
             return False
         status, tokens = outcome.status, self.tokens
-        proxy_said = haproxy.classify_reply(status, outcome.body)
-        if proxy_said == "connect_failure":  # HAProxy reached no instance: nothing was sent upstream
+        proxy_said = outcome.proxy_error or haproxy.classify_reply(status, outcome.body)
+        if proxy_said in ("connect_failure", "no_healthy_upstream"):  # the proxy reached no instance
             return bool(set(tokens) & _NEVER_SENT_KINDS)
         if proxy_said == "upstream_reset" and set(tokens) & _RESET_KINDS:
             return True
+        if proxy_said in ("no_route", "no_cluster", "overloaded"):  # retrying cannot help, or hurts
+            return False
         return (
             ("5xx" in tokens and status >= 500)
             or ("gateway-error" in tokens and status in (502, 503, 504))
@@ -353,7 +366,7 @@ class CallRun(Generic[R]):
             )
         self.attempts += 1
         svc = self.service
-        if self.route is Route.ENVOY:
+        if self.route is Route.ENVOY and self.envoy_enforces:
             headers = envoy.policy_headers(
                 self._prefix,
                 timeout=remaining,
@@ -366,7 +379,7 @@ class CallRun(Generic[R]):
             attempt = Attempt(
                 number=self.attempts,
                 route=Route.ENVOY,
-                address=self.mesh.envoy_http,
+                address=self.envoy_address,
                 host=svc.envoy_host,
                 set_headers=(("Host", svc.envoy_host), *self.context_headers, *headers),
                 drop_prefixes=self._drop_prefixes,
@@ -377,12 +390,12 @@ class CallRun(Generic[R]):
         else:
             per_try = self.policy.per_try_timeout
             timeout = min(per_try, remaining) if per_try is not None else remaining
-            # no Envoy adds x-envoy-expected-rq-timeout-ms here: tell the upstream its budget ourselves
+            # no proxy adds x-envoy-expected-rq-timeout-ms here: tell the upstream its budget ourselves
             budget = (MESH_TIMEOUT_HEADER, str(envoy.timeout_ms(timeout)))
             attempt = Attempt(
                 number=self.attempts,
-                route=Route.HAPROXY,
-                address=svc.haproxy,
+                route=self.route,
+                address=svc.haproxy if self.route is Route.HAPROXY else self.envoy_address,
                 host=svc.envoy_host,
                 set_headers=(("Host", svc.envoy_host), *self.context_headers, budget),
                 drop_prefixes=self._drop_prefixes,

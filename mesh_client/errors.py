@@ -8,8 +8,10 @@
     │                              a registered service addressed in a way the mesh cannot route
     └── MeshTransportError         a call to a registered service failed below HTTP
         ├── MeshConnectError       no connection could be made (nothing was sent)
-        └── MeshTimeoutError       no answer in time (the request may have been processed)
-            └── DeadlineExceeded   the caller's deadline had passed; nothing was sent
+        ├── MeshTimeoutError       no answer in time (the request may have been processed)
+        │   └── DeadlineExceeded   the caller's deadline had passed; nothing was sent
+        └── ThriftRoutingError     Envoy's thrift_proxy answered a call itself (no healthy
+                                   upstream, no route...); says whether it reached the server
 
 Drop-in promise: a transport error raised by a wrapper is an instance of *both* the mesh class
 and the wrapped library's own exception class (the exact class the library raised, e.g.
@@ -36,6 +38,7 @@ __all__ = [
     "MeshError",
     "MeshTimeoutError",
     "MeshTransportError",
+    "ThriftRoutingError",
 ]
 
 
@@ -87,6 +90,20 @@ class MeshTimeoutError(MeshTransportError):
 
 class DeadlineExceeded(MeshTimeoutError):
     """The caller's deadline had already passed, so nothing was sent."""
+
+
+class ThriftRoutingError(MeshTransportError):
+    """Envoy's thrift_proxy answered a Thrift call with its own ``TApplicationException``.
+
+    Raised as an instance of both this class and thriftpy2's ``TApplicationException``.
+    ``kind`` is ``"no_healthy_upstream"``, ``"upstream_reset"`` (connection failure),
+    ``"no_route"``, ``"no_cluster"`` or ``"overloaded"``; ``may_have_reached_server`` tells whether
+    the server could have run the call (only ``upstream_reset`` leaves that open: Envoy gives the
+    same answer when the server read the call and then closed the connection).
+    """
+
+    kind: str = ""
+    may_have_reached_server: bool = True
 
 
 _combined: dict[tuple[type[MeshTransportError], type[BaseException]], type[BaseException]] = {}

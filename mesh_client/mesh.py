@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
     from .http.httpx import AsyncMeshTransport, MeshTransport
     from .http.requests import MeshSession
+    from .thrift.client import ThriftClient
 
 __all__ = ["Mesh"]
 
@@ -99,7 +100,8 @@ class Mesh:
         replayable: bool = True,
     ) -> CallRun[Any]:
         """The I/O-free run of one call: policy merged with the current :func:`call_options` and
-        ``extra``, route decided by the flag (or forced by the options)."""
+        ``extra``, route decided by the flag (or forced by the options). ``method`` is the HTTP
+        method, or the Thrift method name for Thrift services."""
         if self._closed:
             raise MeshError(f"this Mesh ({self.config.source}) is closed; build a new one to make calls")
         options = current_options()
@@ -111,7 +113,9 @@ class Mesh:
         else:
             decision = self._router.decide(service.name)
             route, reason = decision.route, decision.reason
-        method = method.upper()
+        thrift = service.protocol == "thrift"
+        if not thrift:
+            method = method.upper()
         telemetry = CallTelemetry(service.name, method)
         try:
             context_headers = outbound_headers(telemetry.propagation_context())
@@ -129,6 +133,9 @@ class Mesh:
             replayable=replayable,
             context_headers=tuple(context_headers),
             telemetry=telemetry,
+            # Envoy's thrift_proxy has no timeouts or retries: the client keeps them on both routes
+            envoy_address=self.config.envoy_thrift if thrift else self.config.envoy_http,
+            envoy_enforces=not thrift,
         )
 
     # -- clients ----------------------------------------------------------------------------------
@@ -138,6 +145,18 @@ class Mesh:
         from .http.requests import MeshSession
 
         return self._track(MeshSession(self))
+
+    def thrift_client(self, service: Any, name: str, *, max_connections: int = 32) -> ThriftClient:
+        """A Thrift client for the registered Thrift service ``name``, with the methods of the
+        thriftpy2 ``service`` (``thriftpy2.load(...).Users``)."""
+        from .thrift.client import ThriftClient
+
+        config = self.config.service(name)
+        if config.protocol != "thrift":
+            raise ValueError(f"service {name!r} has protocol {config.protocol!r}; use the HTTP clients for it")
+        if not hasattr(service, "thrift_services"):
+            raise TypeError(f"{service!r} is not a thriftpy2 service (load the IDL with thriftpy2.load)")
+        return self._track(ThriftClient(self, service, config, max_connections=max_connections))
 
     def httpx_transport(self, transport: httpx.BaseTransport | None = None, **kwargs: Any) -> MeshTransport:
         """An ``httpx.BaseTransport`` routing registered services through the mesh and passing

@@ -21,6 +21,11 @@ __all__ = ["envoy_bootstrap", "envoy_bootstrap_json", "haproxy_config"]
 
 _HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 _ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+_THRIFT = "type.googleapis.com/envoy.extensions.filters.network.thrift_proxy.v3.ThriftProxy"
+_THRIFT_OPTIONS = "type.googleapis.com/envoy.extensions.filters.network.thrift_proxy.v3.ThriftProtocolOptions"
+_THRIFT_ROUTER = "type.googleapis.com/envoy.extensions.filters.network.thrift_proxy.router.v3.Router"
+#: THeader header naming the destination service (set by mesh_client's Thrift client)
+THRIFT_SERVICE_HEADER = "x-mesh-service"
 #: Envoy's connect timeout to an upstream instance.
 CONNECT_TIMEOUT = "0.25s"
 
@@ -32,11 +37,42 @@ def _socket(address: Address) -> dict[str, Any]:
 def _cluster(svc: ServiceConfig) -> dict[str, Any]:
     endpoints = [{"endpoint": {"address": _socket(a)}} for a in svc.endpoints]
     static = all(a.is_ip for a in svc.endpoints)
-    return {
+    cluster: dict[str, Any] = {
         "name": svc.name,
         "type": "STATIC" if static else "STRICT_DNS",
         "connect_timeout": CONNECT_TIMEOUT,
         "load_assignment": {"cluster_name": svc.name, "endpoints": [{"lb_endpoints": endpoints}]},
+    }
+    if svc.protocol == "thrift":
+        # the instances speak the service's own framing (HAProxy passes it through unchanged)
+        options = {"@type": _THRIFT_OPTIONS, "transport": svc.transport.upper(), "protocol": "BINARY"}
+        cluster["typed_extension_protocol_options"] = {"envoy.filters.network.thrift_proxy": options}
+    return cluster
+
+
+def _thrift_route(svc: ServiceConfig) -> dict[str, Any]:
+    if svc.transport == "header":
+        # THeader calls name their service in a header; the server sees the plain method name
+        header = {"name": THRIFT_SERVICE_HEADER, "string_match": {"exact": svc.name}}
+        return {"match": {"method_name": "", "headers": [header]}, "route": {"cluster": svc.name}}
+    # framed calls carry "<service>:<method>"; Envoy strips the prefix before the server sees it
+    return {"match": {"service_name": svc.name}, "route": {"cluster": svc.name, "strip_service_name": True}}
+
+
+def _thrift_listener(config: MeshConfig, services: list[ServiceConfig]) -> dict[str, Any]:
+    assert config.envoy_thrift is not None
+    proxy = {
+        "@type": _THRIFT,
+        "stat_prefix": "egress_thrift",
+        "transport": "AUTO_TRANSPORT",  # framed and THeader callers on one port
+        "protocol": "BINARY",
+        "route_config": {"name": "mesh_thrift", "routes": [_thrift_route(s) for s in services]},
+        "thrift_filters": [{"name": "envoy.filters.thrift.router", "typed_config": {"@type": _THRIFT_ROUTER}}],
+    }
+    return {
+        "name": "egress_thrift",
+        "address": _socket(config.envoy_thrift),
+        "filter_chains": [{"filters": [{"name": "envoy.filters.network.thrift_proxy", "typed_config": proxy}]}],
     }
 
 
@@ -57,10 +93,12 @@ def _virtual_host(svc: ServiceConfig) -> dict[str, Any]:
 
 
 def envoy_bootstrap(config: MeshConfig) -> dict[str, Any]:
-    """The Envoy bootstrap (as a dict) for ``config``'s HTTP services."""
+    """The Envoy bootstrap (as a dict): the HTTP egress listener and, when the registry has Thrift
+    services, the Thrift egress listener at ``mesh.envoy_thrift``."""
     if config.envoy_admin is None:
         raise ConfigError("is required to render an Envoy bootstrap", key="mesh.envoy_admin", source=config.source)
     http = [svc for svc in config.services.values() if svc.protocol == "http"]
+    thrift = [svc for svc in config.services.values() if svc.protocol == "thrift"]
     hcm = {
         "@type": _HCM,
         "stat_prefix": "egress_http",
@@ -88,9 +126,11 @@ def envoy_bootstrap(config: MeshConfig) -> dict[str, Any]:
                     ],
                 }
             ],
-            "clusters": [_cluster(s) for s in http],
+            "clusters": [_cluster(s) for s in [*http, *thrift]],
         },
     }
+    if thrift:
+        bootstrap["static_resources"]["listeners"].append(_thrift_listener(config, thrift))
     if config.header_prefix != "x-envoy":
         bootstrap["header_prefix"] = config.header_prefix
     return bootstrap

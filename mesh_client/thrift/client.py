@@ -1,0 +1,406 @@
+"""Thrift clients routed through the mesh: Envoy's ``thrift_proxy`` or the service's HAProxy port.
+
+``mesh.thrift_client(users_thrift.Users, "users-thrift")`` returns a :class:`ThriftClient` with the
+methods of the thriftpy2 service. Each call:
+
+- is planned by :mod:`mesh_client.core` like an HTTP call (flag, deadline, policy), with the client
+  enforcing timeouts and retries on **both** routes: Envoy's thrift_proxy has neither;
+- is retried only for ``idempotent_methods`` (or when nothing can have been sent);
+- carries ``x-request-id``, the OpenTelemetry fields, ``x-mesh-timeout-ms`` and the registry's
+  context headers as THeader headers when the service uses ``transport = "header"`` (plain framed
+  Thrift has nowhere to put them);
+- checks the sequence id of every reply, and never reuses a connection after a timeout, a
+  transport error or an error reply (thriftpy2's own client would return a previous call's reply).
+
+Envoy routes framed calls by a service-name prefix (``users-thrift:get``, stripped before the
+server sees it) and header calls by the ``x-mesh-service`` header; see
+:func:`mesh_client.sidecar.render.envoy_bootstrap`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, Final
+
+import thriftpy2.protocol
+import thriftpy2.transport
+from thriftpy2.thrift import TApplicationException, TMessageType, args_to_kwargs
+from thriftpy2.transport import TTransportException
+
+from ..core import Attempt, Broken, Done, Failure, Responded, drive
+from ..errors import MeshTimeoutError, ThriftRoutingError, as_mesh_error
+from ..policy import Route
+from ..registry import Address, ServiceConfig
+from .theader import FrameError, decode_header_frame, encode_framed, encode_header_frame, read_frame
+
+__all__ = ["ThriftClient"]
+
+# thriftpy2's Cython classes are untyped: use them through Any
+_protocol: Any = thriftpy2.protocol
+_transport: Any = thriftpy2.transport
+
+#: THeader header naming the destination service, matched by the rendered Envoy routes.
+SERVICE_HEADER: Final = "x-mesh-service"
+DEFAULT_MAX_CONNECTIONS: Final = 32
+_MAX_IDLE: Final = 8
+
+#: Envoy thrift_proxy error replies (TApplicationException messages) -> (kind, status-like code).
+#: The codes only feed the shared retry rules; callers see exceptions, never codes.
+_ENVOY_REPLIES: Final = (
+    ("no healthy upstream", "no_healthy_upstream", 503),
+    ("connection failure", "upstream_reset", 503),  # also after the server read the call: ambiguous
+    ("no route for method", "no_route", 404),
+    ("unknown cluster", "no_cluster", 503),
+    ("maintenance mode", "overloaded", 503),
+    ("too many connections", "overloaded", 503),
+)
+#: whether an Envoy reply of that kind proves the call never reached the server
+_NOT_DELIVERED: Final = {"no_healthy_upstream": True, "no_route": True, "no_cluster": True, "overloaded": True}
+
+
+class _Connection:
+    """One socket to a proxy, used by one call at a time."""
+
+    def __init__(self, sock: socket.socket, address: Address) -> None:
+        self.sock = sock
+        self.address = address
+        self.seqid = 0
+
+    def next_seqid(self) -> int:
+        self.seqid = self.seqid % 0x7FFFFFFF + 1
+        return self.seqid
+
+    def dropped(self) -> bool:
+        """Whether the peer closed (or sent something unasked) while the connection was idle."""
+        try:
+            readable, _, _ = select.select([self.sock], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        return bool(readable)
+
+    def exchange(self, frame: bytes, until: float, oneway: bool) -> bytes | None:
+        """Send ``frame``; return the reply frame's body (None for oneway), all before ``until``."""
+        self._settimeout(until)
+        self.sock.sendall(frame)
+        if oneway:
+            return None
+
+        def recv_exactly(n: int) -> bytes:
+            chunks = bytearray()
+            while len(chunks) < n:
+                self._settimeout(until)
+                chunk = self.sock.recv(n - len(chunks))
+                if not chunk:
+                    raise ConnectionResetError("the proxy closed the connection before the whole reply")
+                chunks += chunk
+            return bytes(chunks)
+
+        body: bytes = read_frame(recv_exactly)
+        return body
+
+    def _settimeout(self, until: float) -> None:
+        left = until - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("timed out")
+        self.sock.settimeout(left)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):  # closing must not raise
+            self.sock.close()
+
+
+class _Pool:
+    """Connections to one address: at most ``limit`` in use, a few idle ones kept (thread-safe)."""
+
+    def __init__(self, address: Address, limit: int) -> None:
+        self.address = address
+        self._idle: list[_Connection] = []
+        self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(limit)
+        self._limit = limit
+        self.closed = False
+
+    def acquire(self, until: float) -> _Connection:
+        if not self._slots.acquire(timeout=max(0.0, until - time.monotonic())):
+            raise _PoolExhausted(f"all {self._limit} connections to {self.address} are busy")
+        try:
+            while True:
+                with self._lock:
+                    conn = self._idle.pop() if self._idle else None
+                if conn is None:
+                    break
+                if not conn.dropped():
+                    return conn
+                conn.close()
+            left = until - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("timed out before connecting")
+            sock = socket.create_connection((self.address.host, self.address.port), timeout=left)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return _Connection(sock, self.address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def release(self, conn: _Connection, reusable: bool) -> None:
+        keep = False
+        if reusable and not self.closed:
+            with self._lock:
+                if len(self._idle) < _MAX_IDLE:
+                    self._idle.append(conn)
+                    keep = True
+        if not keep:
+            conn.close()
+        self._slots.release()
+
+    def close(self) -> None:
+        self.closed = True
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+
+class _PoolExhausted(TimeoutError):
+    pass
+
+
+class _Reply:
+    """A decoded reply: the result struct, or a TApplicationException."""
+
+    __slots__ = ("error", "result")
+
+    def __init__(self, result: Any = None, error: TApplicationException | None = None) -> None:
+        self.result = result
+        self.error = error
+
+
+def _classify_envoy_reply(error: TApplicationException) -> tuple[str, int] | None:
+    message = str(getattr(error, "message", "") or "")
+    for text, kind, status in _ENVOY_REPLIES:
+        if text in message:
+            return kind, status
+    return None
+
+
+class ThriftClient:
+    """A thriftpy2-style client for one Thrift service of the mesh. Thread-safe.
+
+    Call the service's methods on it as on ``thriftpy2.rpc.make_client(...)``. ``close()`` (or a
+    ``with`` block) closes its connections.
+    """
+
+    def __init__(
+        self,
+        mesh: Any,
+        service: Any,
+        config: ServiceConfig,
+        *,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    ) -> None:
+        self._mesh = mesh
+        self._service = service
+        self._config = config
+        self._header = config.transport == "header"
+        self._max_connections = max_connections
+        self._pools: dict[Address, _Pool] = {}
+        self._pools_lock = threading.Lock()
+        self._proto: Any = _protocol.TBinaryProtocolFactory()  # Cython-accelerated when available
+
+    # -- the thriftpy2 client surface --------------------------------------------------------------
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        if name in self._service.thrift_services:
+            return functools.partial(self._call, name)
+        if name == "tclose":  # thriftpy2's spelling for a service method named "close"
+            return functools.partial(self._call, "close")
+        raise AttributeError(f"{self._service.__name__} has no method {name!r}")
+
+    def __dir__(self) -> list[str]:
+        return [*self._service.thrift_services, "close"]
+
+    def close(self) -> None:
+        """Close every pooled connection (calls still in flight finish on theirs)."""
+        with self._pools_lock:
+            pools = list(self._pools.values())
+        for pool in pools:
+            pool.close()
+
+    def __enter__(self) -> ThriftClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- one call ----------------------------------------------------------------------------------
+
+    def _call(self, api: str, *args: Any, **kwargs: Any) -> Any:
+        service = self._service
+        try:
+            fields = args_to_kwargs(getattr(service, api + "_args").thrift_spec, *args, **kwargs)
+        except ValueError as exc:  # as thriftpy2's TClient does
+            raise TApplicationException(
+                TApplicationException.UNKNOWN_METHOD,
+                f"{exc.args[0]} is required argument for {service.__name__}.{api}",
+            ) from None
+        call_args = getattr(service, api + "_args")(**fields)
+        result_cls = getattr(service, api + "_result")
+        oneway = bool(getattr(result_cls, "oneway", False))
+        run = self._mesh.start_call(self._config, api)
+
+        def send(attempt: Attempt) -> Responded[_Reply] | Broken:
+            return self._attempt(attempt, api, call_args, result_cls, oneway)
+
+        result = drive(run, send, lambda reply: None)
+        if not isinstance(result, Done):
+            native: BaseException
+            if result.cause is not None:
+                native = result.cause
+            elif issubclass(result.error, MeshTimeoutError):
+                native = TimeoutError("timed out")
+            else:
+                native = TTransportException(TTransportException.NOT_OPEN, result.message)
+            raise as_mesh_error(result.error, native, result.message, result.info) from result.cause
+        reply: _Reply = result.response
+        if reply.error is not None:
+            self._raise_error_reply(reply.error, result.info, api)
+        if oneway:
+            return None
+        return self._unpack(reply.result)
+
+    def _raise_error_reply(self, error: TApplicationException, info: Any, api: str) -> None:
+        envoy = _classify_envoy_reply(error) if info.route is Route.ENVOY else None
+        if envoy is None:
+            raise error  # the server's own TApplicationException, as thriftpy2 raises it
+        kind = envoy[0]
+        delivered = not _NOT_DELIVERED.get(kind, False)
+        where = "may have reached the server" if delivered else "did not reach the server"
+        message = (
+            f"{self._config.name}.{api} via Envoy at {self._mesh.config.envoy_thrift}: Envoy answered "
+            f"{error.message!r} ({kind}); the call {where}"
+        )
+        err = as_mesh_error(ThriftRoutingError, error, message, info)
+        assert isinstance(err, ThriftRoutingError)
+        err.kind = kind
+        err.may_have_reached_server = delivered
+        setattr(err, "message", message)  # noqa: B010 - TApplicationException prints its message field
+        raise err from None
+
+    @staticmethod
+    def _unpack(result: Any) -> Any:
+        if getattr(result, "success", None) is not None:
+            return result.success
+        if len(result.thrift_spec) == 0:  # void without throws
+            return None
+        for name, value in result.__dict__.items():
+            if name != "success" and value:
+                raise value  # a declared exception, as thriftpy2 raises it
+        if hasattr(result, "success"):
+            raise TApplicationException(TApplicationException.MISSING_RESULT)
+        return None
+
+    def _pool(self, address: Address) -> _Pool:
+        pool = self._pools.get(address)
+        if pool is None:
+            with self._pools_lock:
+                pool = self._pools.setdefault(address, _Pool(address, self._max_connections))
+        return pool
+
+    def _attempt(
+        self, attempt: Attempt, api: str, call_args: Any, result_cls: Any, oneway: bool
+    ) -> Responded[_Reply] | Broken:
+        until = time.monotonic() + attempt.timeout
+        pool = self._pool(attempt.address)
+        try:
+            conn = pool.acquire(until)
+        except _PoolExhausted as exc:
+            return Broken(Failure.TIMEOUT, exc, str(exc))
+        except TimeoutError as exc:
+            return Broken(Failure.CONNECT, exc, "connect timeout")
+        except OSError as exc:
+            return Broken(Failure.CONNECT, exc, exc.strerror or type(exc).__name__)
+        reusable = False
+        try:
+            seqid = conn.next_seqid()
+            envoy_route = attempt.route is Route.ENVOY
+            # framed calls through Envoy carry the service as a multiplex prefix, which Envoy strips
+            name = f"{self._config.name}:{api}" if envoy_route and not self._header else api
+            payload = self._encode_call(name, call_args, seqid, oneway)
+            if self._header:
+                headers = [(k.lower(), v) for k, v in attempt.set_headers if k.lower() != "host"]
+                if envoy_route:
+                    headers.append((SERVICE_HEADER, self._config.name))
+                frame = encode_header_frame(payload, seqid=seqid, headers=headers)
+            else:
+                frame = encode_framed(payload)
+            try:
+                body = conn.exchange(frame, until, oneway)
+            except TimeoutError as exc:
+                return Broken(Failure.TIMEOUT, exc, "no reply in time")
+            except FrameError as exc:
+                return Broken(Failure.RESET, exc, str(exc))
+            except OSError as exc:
+                return Broken(Failure.RESET, exc, exc.strerror or str(exc) or type(exc).__name__)
+            if body is None:
+                reusable = True
+                return Responded(_Reply(), 200, {})
+            try:
+                reply = self._decode_reply(body, seqid, result_cls)
+            except (FrameError, _StaleReply) as exc:
+                return Broken(Failure.RESET, exc, str(exc))
+            if reply.error is None:
+                reusable = True
+                return Responded(reply, 200, {})
+            envoy = _classify_envoy_reply(reply.error) if envoy_route else None
+            if envoy is None:
+                return Responded(reply, 500, {})
+            return Responded(reply, envoy[1], {}, proxy_error=envoy[0])
+        finally:
+            pool.release(conn, reusable)
+
+    def _encode_call(self, name: str, call_args: Any, seqid: int, oneway: bool) -> bytes:
+        buf: Any = _transport.TMemoryBuffer()
+        proto = self._proto.get_protocol(buf)
+        proto.write_message_begin(name, TMessageType.ONEWAY if oneway else TMessageType.CALL, seqid)
+        call_args.write(proto)
+        proto.write_message_end()
+        return bytes(buf.getvalue())
+
+    def _decode_reply(self, body: bytes, seqid: int, result_cls: Any) -> _Reply:
+        if self._header:
+            frame = decode_header_frame(body)
+            if frame.seqid != seqid:
+                raise _StaleReply(f"THeader frame for call {frame.seqid}, expected {seqid}")
+            body = frame.payload
+        proto = self._proto.get_protocol(_transport.TMemoryBuffer(body))
+        try:
+            _name, mtype, rseqid = proto.read_message_begin()
+        except Exception as exc:
+            raise FrameError(f"cannot read the reply's message header: {exc}") from None
+        if rseqid != seqid:
+            raise _StaleReply(f"reply for call {rseqid}, expected {seqid}: a stale reply, discarded")
+        try:
+            if mtype == TMessageType.EXCEPTION:
+                error = TApplicationException()
+                error.read(proto)
+                proto.read_message_end()
+                return _Reply(error=error)
+            result = result_cls()
+            result.read(proto)
+            proto.read_message_end()
+        except Exception as exc:
+            raise FrameError(f"cannot decode the reply: {exc}") from None
+        return _Reply(result=result)
+
+
+class _StaleReply(Exception):
+    pass

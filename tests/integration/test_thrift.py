@@ -1,0 +1,308 @@
+"""Thrift through real Envoy (thrift_proxy) and real HAProxy (tcp), framed and THeader."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import thriftpy2
+from opentelemetry import trace
+from thriftpy2.thrift import TApplicationException
+
+import mesh_client
+from mesh_client import Mesh, MeshTimeoutError, Route, ThriftRoutingError, call_options
+from mesh_client.context import current_inbound
+from mesh_client.registry import load_mapping
+from mesh_client.routing import route_flag, write_flag_file
+from mesh_client.sidecar import free_port, start_envoy, start_haproxy
+from mesh_client.thrift.server import make_server
+
+IDL = """
+struct User {1: i64 id, 2: string name}
+exception NotFound {1: string message}
+service Users {
+    User get(1: i64 id) throws (1: NotFound nf),
+    void sleep(1: i32 ms),
+    string whoami(),
+    i32 bump(1: string key),
+}
+"""
+
+ROUTES = [Route.ENVOY, Route.HAPROXY]
+TRANSPORTS = ["framed", "header"]
+
+
+@pytest.fixture(scope="module")
+def users_thrift(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    path = tmp_path_factory.mktemp("idl") / "users.thrift"
+    path.write_text(IDL)
+    return thriftpy2.load(str(path), module_name="users_thrift")
+
+
+class Handler:
+    def __init__(self, users: Any) -> None:
+        self.users = users
+        self.bumps: Counter[str] = Counter()
+        self.lock = threading.Lock()
+
+    def get(self, id: int) -> Any:
+        if id < 0:
+            raise self.users.NotFound(message=f"no user {id}")
+        return self.users.User(id=id, name=f"user-{id}")
+
+    def sleep(self, ms: int) -> None:
+        time.sleep(ms / 1000)
+
+    def whoami(self) -> str:
+        inbound = current_inbound()
+        left = mesh_client.time_left()
+        return json.dumps(
+            {
+                "request_id": inbound.request_id if inbound else None,
+                "replaced": inbound.replaced_request_id if inbound else None,
+                "left_ms": left * 1000 if left is not None else None,
+                "context": dict(inbound.context_headers) if inbound else {},
+                "trace_id": format(trace.get_current_span().get_span_context().trace_id, "032x"),
+            }
+        )
+
+    def bump(self, key: str) -> int:
+        with self.lock:
+            self.bumps[key] += 1
+        raise RuntimeError("bump always fails")  # the server answers TApplicationException INTERNAL_ERROR
+
+
+@dataclass
+class ThriftWorld:
+    users: Any
+    handler: Handler
+    mesh: Mesh
+    config: Any
+    flags_path: Path
+
+
+def _serve(stack: ExitStack, users: Any, handler: Handler, mesh: Mesh, transport: str, port: int) -> None:
+    server = make_server(users.Users, handler, "127.0.0.1", port, mesh=mesh, transport=transport)
+    thread = threading.Thread(target=server.serve, daemon=True)
+    thread.start()
+    stack.callback(thread.join, 5)
+    stack.callback(server.close)
+
+
+@pytest.fixture(scope="module")
+def thrift_world(
+    tmp_path_factory: pytest.TempPathFactory, users_thrift: Any, envoy_bin: str, haproxy_bin: str
+) -> Iterator[ThriftWorld]:
+    work = tmp_path_factory.mktemp("thrift")
+    flags_path = work / "flags.json"
+    write_flag_file(flags_path, [route_flag("mesh-route-users-framed", "haproxy")])
+    framed_port, header_port, hop2_port = free_port(), free_port(), free_port()
+    common = {
+        "timeout": 1.0,
+        "retries": 2,
+        "retry_on": ["connect-failure", "5xx"],
+        "idempotent_methods": ["get", "sleep", "whoami"],
+    }
+    data = {
+        "mesh": {
+            "caller": "checkout",
+            "envoy_http": f"127.0.0.1:{free_port()}",
+            "envoy_thrift": f"127.0.0.1:{free_port()}",
+            "envoy_admin": f"127.0.0.1:{free_port()}",
+            "context_headers": ["x-tenant"],
+        },
+        "flags": {"source": "file", "path": str(flags_path), "poll_interval": 0.1},
+        "services": {
+            "users-framed": {
+                "protocol": "thrift",
+                "transport": "framed",
+                "haproxy": f"127.0.0.1:{free_port()}",
+                "endpoints": [f"127.0.0.1:{framed_port}"],
+                **common,
+            },
+            "users-header": {
+                "protocol": "thrift",
+                "transport": "header",
+                "haproxy": f"127.0.0.1:{free_port()}",
+                "endpoints": [f"127.0.0.1:{header_port}"],
+                **common,
+            },
+            "users-empty": {"protocol": "thrift", "transport": "header", "haproxy": f"127.0.0.1:{free_port()}"},
+            # through a second Envoy (hop 2), which forwards to the header server
+            "users-hop": {
+                "protocol": "thrift",
+                "transport": "header",
+                "haproxy": f"127.0.0.1:{free_port()}",
+                "endpoints": [f"127.0.0.1:{hop2_port}"],
+                **common,
+            },
+        },
+    }
+    config = load_mapping(data)
+    hop2 = load_mapping(
+        {
+            "mesh": {
+                "caller": "hop2",
+                "envoy_http": f"127.0.0.1:{free_port()}",
+                "envoy_thrift": f"127.0.0.1:{hop2_port}",
+                "envoy_admin": f"127.0.0.1:{free_port()}",
+            },
+            "services": {
+                "users-hop": {
+                    "protocol": "thrift",
+                    "transport": "header",
+                    "haproxy": f"127.0.0.1:{free_port()}",
+                    "endpoints": [f"127.0.0.1:{header_port}"],
+                }
+            },
+        }
+    )
+    handler = Handler(users_thrift)
+    with ExitStack() as stack:
+        mesh = stack.enter_context(Mesh(config))
+        _serve(stack, users_thrift, handler, mesh, "framed", framed_port)
+        _serve(stack, users_thrift, handler, mesh, "header", header_port)
+        stack.enter_context(start_envoy(config, work / "envoy", binary=envoy_bin))
+        stack.enter_context(start_envoy(hop2, work / "envoy-hop2", binary=envoy_bin))
+        stack.enter_context(start_haproxy(config, work / "haproxy", binary=haproxy_bin))
+        yield ThriftWorld(users_thrift, handler, mesh, config, flags_path)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("route", ROUTES, ids=str)
+def test_calls_and_declared_exceptions_on_every_route(thrift_world: ThriftWorld, route: Route, transport: str) -> None:
+    with (
+        thrift_world.mesh.thrift_client(thrift_world.users.Users, f"users-{transport}") as client,
+        call_options(route=route),
+    ):
+        assert client.get(7) == thrift_world.users.User(id=7, name="user-7")
+        with pytest.raises(thrift_world.users.NotFound):
+            client.get(-1)
+        assert client.get(8).id == 8  # the connection stays usable after a declared exception
+
+
+def test_the_flag_switches_thrift_routes(thrift_world: ThriftWorld) -> None:
+    mesh = thrift_world.mesh
+    with mesh.thrift_client(thrift_world.users.Users, "users-framed") as client:
+        for route in ("envoy", "haproxy"):
+            write_flag_file(thrift_world.flags_path, [route_flag("mesh-route-users-framed", route, version=3)])
+            until = time.monotonic() + 3
+            while mesh.route_for("users-framed").route.value != route:
+                assert time.monotonic() < until
+                time.sleep(0.01)
+            assert client.get(1).name == "user-1"
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=str)
+def test_theader_carries_request_id_deadline_trace_and_context(thrift_world: ThriftWorld, route: Route) -> None:
+    tracer = trace.get_tracer("test")
+    inbound = {"x-request-id": "thrift-req-1", "x-envoy-expected-rq-timeout-ms": "700", "x-tenant": "acme"}
+    end = mesh_client.context.begin_request(inbound, header_prefix="x-envoy", context_headers=["x-tenant"])
+    try:
+        with tracer.start_as_current_span("test-root") as root, call_options(route=route):
+            with thrift_world.mesh.thrift_client(thrift_world.users.Users, "users-header") as client:
+                seen = json.loads(client.whoami())
+            trace_id = format(root.get_span_context().trace_id, "032x")
+    finally:
+        end()
+    assert seen["request_id"] == "thrift-req-1"
+    assert seen["context"] == {"x-tenant": "acme"}
+    assert 0 < seen["left_ms"] <= 700
+    if trace_id != "0" * 32:  # a recording SDK is installed in this session
+        assert seen["trace_id"] == trace_id
+
+
+def test_headers_cross_two_envoy_hops(thrift_world: ThriftWorld) -> None:
+    inbound = {"x-request-id": "two-hops", "x-tenant": "acme"}
+    end = mesh_client.context.begin_request(inbound, header_prefix="x-envoy", context_headers=["x-tenant"])
+    try:
+        with (
+            thrift_world.mesh.thrift_client(thrift_world.users.Users, "users-hop") as client,
+            call_options(route="envoy"),
+        ):
+            seen = json.loads(client.whoami())
+    finally:
+        end()
+    # client -> Envoy (routes on x-mesh-service) -> Envoy hop 2 (routes on it again) -> server
+    assert seen["request_id"] == "two-hops"
+    assert seen["context"] == {"x-tenant": "acme"}
+    assert seen["left_ms"] is not None
+
+
+def test_framed_transport_carries_no_context(thrift_world: ThriftWorld) -> None:
+    with (
+        thrift_world.mesh.thrift_client(thrift_world.users.Users, "users-framed") as client,
+        call_options(route="envoy"),
+    ):
+        seen = json.loads(client.whoami())
+    assert seen["replaced"] is True  # the server had to make up a request id
+    assert seen["left_ms"] is None
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("route", ROUTES, ids=str)
+def test_timeout_then_the_next_call_gets_its_own_reply(thrift_world: ThriftWorld, route: Route, transport: str) -> None:
+    with (
+        thrift_world.mesh.thrift_client(thrift_world.users.Users, f"users-{transport}") as client,
+        call_options(route=route),
+    ):
+        started = time.monotonic()
+        with call_options(timeout=0.3, retries=0), pytest.raises(TimeoutError) as raised:
+            client.sleep(800)
+        assert isinstance(raised.value, MeshTimeoutError)
+        assert 0.25 <= time.monotonic() - started <= 0.7
+        # keep calling until well after the late reply to sleep() was sent: it must never be
+        # taken for one of these (thriftpy2's own client would return it to the next call)
+        i, until = 0, time.monotonic() + 0.8
+        while time.monotonic() < until:
+            i += 1
+            assert client.get(i).id == i
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=str)
+def test_non_idempotent_method_is_attempted_once(thrift_world: ThriftWorld, route: Route) -> None:
+    key = f"bump-{route}"
+    with (
+        thrift_world.mesh.thrift_client(thrift_world.users.Users, "users-header") as client,
+        call_options(route=route),
+        pytest.raises(TApplicationException),
+    ):
+        client.bump(key)
+    assert thrift_world.handler.bumps[key] == 1
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=str)
+def test_a_call_declared_idempotent_is_retried_on_server_errors(thrift_world: ThriftWorld, route: Route) -> None:
+    # the server's TApplicationException counts as a 5xx: retried for idempotent calls only
+    with (
+        thrift_world.mesh.thrift_client(thrift_world.users.Users, "users-header") as client,
+        call_options(route=route, idempotent=True),
+    ):
+        key = f"bump-idem-{route}"
+        with pytest.raises(TApplicationException):
+            client.bump(key)
+    assert thrift_world.handler.bumps[key] == 3  # 1 + retries=2
+
+
+def test_envoy_no_healthy_upstream_is_a_clear_error(thrift_world: ThriftWorld) -> None:
+    with (
+        thrift_world.mesh.thrift_client(thrift_world.users.Users, "users-empty") as client,
+        call_options(route="envoy"),
+    ):
+        with pytest.raises(TApplicationException) as raised:
+            client.get(1)
+        err = raised.value
+        assert isinstance(err, ThriftRoutingError)
+        assert err.kind == "no_healthy_upstream"
+        assert err.may_have_reached_server is False
+        assert "did not reach the server" in str(err)
+        assert err.info is not None
+        assert err.info.envoy_error == "no_healthy_upstream"
