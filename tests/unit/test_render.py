@@ -70,5 +70,5 @@ def test_haproxy_thrift_services_are_tcp() -> None:
 
 def test_admin_address_is_needed_to_render_envoy() -> None:
     data = {**REGISTRY, "mesh": {k: v for k, v in REGISTRY["mesh"].items() if k != "envoy_admin"}}
-    with pytest.raises(ConfigError, match="mesh.envoy_admin"):
+    with pytest.raises(ConfigError, match=r"mesh\.envoy_admin"):
         envoy_bootstrap(load_mapping(data))
