@@ -21,6 +21,8 @@ Route semantics:
 - **HAProxy**: no ``x-envoy-*`` header; the client enforces the total and per-try timeouts and
   retries with the same retry-on meaning and Envoy's back-off (full jitter, 25 ms base, 250 ms
   cap), all inside the total timeout.
+- **Thrift** (``envoy_enforces=False``): Envoy's thrift_proxy has no timeouts or retries, so the
+  client enforces them as on the HAProxy route on both routes; only the address differs.
 """
 
 from __future__ import annotations
