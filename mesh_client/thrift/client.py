@@ -30,12 +30,14 @@ from types import TracebackType
 from typing import Any, Final
 
 import thriftpy2.protocol
+import thriftpy2.protocol.binary
 import thriftpy2.transport
+import thriftpy2.transport.memory
 from thriftpy2.thrift import TApplicationException, TMessageType, args_to_kwargs
 from thriftpy2.transport import TTransportException
 
 from ..core import Attempt, Broken, Done, Failure, Responded, drive
-from ..errors import MeshTimeoutError, ThriftRoutingError, as_mesh_error
+from ..errors import MeshConnectError, MeshTimeoutError, ThriftRoutingError, as_mesh_error
 from ..policy import Route
 from ..registry import Address, ServiceConfig
 from .theader import FrameError, decode_header_frame, encode_framed, encode_header_frame, read_frame
@@ -45,21 +47,24 @@ __all__ = ["ThriftClient"]
 # thriftpy2's Cython classes are untyped: use them through Any
 _protocol: Any = thriftpy2.protocol
 _transport: Any = thriftpy2.transport
+_binary: Any = thriftpy2.protocol.binary
+_memory: Any = thriftpy2.transport.memory
 
 #: THeader header naming the destination service, matched by the rendered Envoy routes.
 SERVICE_HEADER: Final = "x-mesh-service"
 DEFAULT_MAX_CONNECTIONS: Final = 32
 _MAX_IDLE: Final = 8
 
-#: Envoy thrift_proxy error replies (TApplicationException messages) -> (kind, status-like code).
-#: The codes only feed the shared retry rules; callers see exceptions, never codes.
+#: Envoy thrift_proxy's own error replies: (TApplicationException type, message start, kind,
+#: status-like code). The codes only feed the shared retry rules; callers see exceptions.
 _ENVOY_REPLIES: Final = (
-    ("no healthy upstream", "no_healthy_upstream", 503),
-    ("connection failure", "upstream_reset", 503),  # also after the server read the call: ambiguous
-    ("no route for method", "no_route", 404),
-    ("unknown cluster", "no_cluster", 503),
-    ("maintenance mode", "overloaded", 503),
-    ("too many connections", "overloaded", 503),
+    (TApplicationException.INTERNAL_ERROR, "no healthy upstream for '", "no_healthy_upstream", 503),
+    # also when the server read the call and then closed the connection: ambiguous
+    (TApplicationException.INTERNAL_ERROR, "connection failure", "upstream_reset", 503),
+    (TApplicationException.UNKNOWN_METHOD, "no route for method '", "no_route", 404),
+    (TApplicationException.INTERNAL_ERROR, "unknown cluster '", "no_cluster", 503),
+    (TApplicationException.INTERNAL_ERROR, "maintenance mode for cluster '", "overloaded", 503),
+    (TApplicationException.INTERNAL_ERROR, "thrift upstream request: too many connections", "overloaded", 503),
 )
 #: whether an Envoy reply of that kind proves the call never reached the server
 _NOT_DELIVERED: Final = {"no_healthy_upstream": True, "no_route": True, "no_cluster": True, "overloaded": True}
@@ -183,9 +188,10 @@ class _Reply:
 
 
 def _classify_envoy_reply(error: TApplicationException) -> tuple[str, int] | None:
+    """(kind, code) when ``error`` has the exact shape of one of Envoy's own replies."""
     message = str(getattr(error, "message", "") or "")
-    for text, kind, status in _ENVOY_REPLIES:
-        if text in message:
+    for error_type, start, kind, status in _ENVOY_REPLIES:
+        if error.type == error_type and message.startswith(start):
             return kind, status
     return None
 
@@ -262,13 +268,15 @@ class ThriftClient:
 
         result = drive(run, send, lambda reply: None)
         if not isinstance(result, Done):
+            # the classes a thriftpy2 client raises: builtin TimeoutError for timeouts, else
+            # TTransportException (the socket error stays visible as the cause)
             native: BaseException
-            if result.cause is not None:
-                native = result.cause
-            elif issubclass(result.error, MeshTimeoutError):
+            if issubclass(result.error, MeshTimeoutError):
                 native = TimeoutError("timed out")
-            else:
+            elif issubclass(result.error, MeshConnectError):
                 native = TTransportException(TTransportException.NOT_OPEN, result.message)
+            else:
+                native = TTransportException(TTransportException.END_OF_FILE, result.message)
             raise as_mesh_error(result.error, native, result.message, result.info) from result.cause
         reply: _Reply = result.response
         if reply.error is not None:
@@ -381,7 +389,9 @@ class ThriftClient:
             if frame.seqid != seqid:
                 raise _StaleReply(f"THeader frame for call {frame.seqid}, expected {seqid}")
             body = frame.payload
-        proto = self._proto.get_protocol(_transport.TMemoryBuffer(body))
+        # the pure-Python protocol: thriftpy2's Cython one reads past the end of a short buffer
+        # and returns made-up values instead of failing
+        proto = _binary.TBinaryProtocol(_memory.TMemoryBuffer(body))
         try:
             _name, mtype, rseqid = proto.read_message_begin()
         except Exception as exc:

@@ -16,9 +16,10 @@ import pytest
 import thriftpy2
 from opentelemetry import trace
 from thriftpy2.thrift import TApplicationException
+from thriftpy2.transport import TTransportException
 
 import mesh_client
-from mesh_client import Mesh, MeshTimeoutError, Route, ThriftRoutingError, call_options
+from mesh_client import Mesh, MeshConnectError, MeshTimeoutError, Route, ThriftRoutingError, call_options
 from mesh_client.context import current_inbound
 from mesh_client.registry import load_mapping
 from mesh_client.routing import route_flag, write_flag_file
@@ -306,3 +307,17 @@ def test_envoy_no_healthy_upstream_is_a_clear_error(thrift_world: ThriftWorld) -
         assert "did not reach the server" in str(err)
         assert err.info is not None
         assert err.info.envoy_error == "no_healthy_upstream"
+
+
+def test_nothing_listening_is_a_connect_error_thriftpy2_code_can_catch(thrift_world: ThriftWorld) -> None:
+    data = {
+        "mesh": {"caller": "checkout", "envoy_http": "127.0.0.1:9", "envoy_thrift": f"127.0.0.1:{free_port()}"},
+        "services": {"users-gone": {"protocol": "thrift", "haproxy": f"127.0.0.1:{free_port()}", "retries": 1}},
+    }
+    with Mesh.from_dict(data) as mesh, mesh.thrift_client(thrift_world.users.Users, "users-gone") as client:
+        for route in ROUTES:
+            with call_options(route=route), pytest.raises(TTransportException) as raised:
+                client.get(1)
+            assert isinstance(raised.value, MeshConnectError)
+            assert raised.value.info is not None
+            assert raised.value.info.attempts == 2  # connect failures are retried for every method

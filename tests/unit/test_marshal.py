@@ -52,3 +52,10 @@ def test_any_user_round_trips(users: Any, id: int, name: str, tags: list[str]) -
     user = users.User(id=id, name=name, tags=tags)
     for protocol in ("binary", "compact"):
         assert deserialize(users.User, serialize(user, protocol), protocol) == user  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("cut", [0, 1, 5, 12])
+def test_truncated_binary_data_is_an_error_not_a_partial_struct(users: Any, cut: int) -> None:
+    data = serialize(users.User(id=7, name="ada lovelace", tags=["x"]), "binary")
+    with pytest.raises(ValueError, match="not a valid binary User"):
+        deserialize(users.User, data[:cut], "binary")

@@ -1,0 +1,130 @@
+"""``mesh-client demo`` runs as a user would run it, with real Envoy and HAProxy, and proves its walk."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from mesh_client import demo
+from mesh_client.cli import main
+
+# step, service, flag, callers on Envoy / callers, expected, observed, backend, checked calls, errors, result
+SUMMARY_ROW = re.compile(
+    r"^(?P<step>\d)/(?P<steps>\d)\s+(?P<service>users|orders)\s+(?P<flag>\d+% Envoy|HAProxy|Envoy)\s+"
+    r"(?P<envoy_callers>\d+)/(?P<callers>\d+)\s+(?P<expected>[\d.]+)%\s+(?P<observed>[\d.]+)%\s+"
+    r"(?P<backend>[\d.]+)%\s+(?P<checked>\d+)\s+(?P<errors>\d+)\s+(?P<result>.+)$",
+    re.M,
+)
+
+
+def run_demo(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mesh_client", "demo", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.mark.usefixtures("envoy_bin", "haproxy_bin")
+def test_demo_walks_the_flag_with_no_failed_call_and_the_split_the_flag_gave() -> None:
+    done = run_demo("--duration", "6")
+    out = done.stdout
+    assert done.returncode == 0, out + done.stderr
+    rows = [m.groupdict() for m in SUMMARY_ROW.finditer(out)]
+    assert [(r["step"], r["service"]) for r in rows] == [
+        (str(step), service) for step in range(1, 6) for service in ("users", "orders")
+    ], out
+    for row in rows:
+        assert row["result"] == "ok", row
+        assert row["errors"] == "0", row
+        assert int(row["checked"]) > 0, row
+        assert row["expected"] == row["observed"] == row["backend"], row
+        assert row["callers"] == "10", row
+    users = [r for r in rows if r["service"] == "users"]
+    assert [r["flag"] for r in users] == ["0% Envoy", "10% Envoy", "50% Envoy", "100% Envoy", "0% Envoy"]
+    envoy_callers = [int(r["envoy_callers"]) for r in users]
+    assert envoy_callers[0] == envoy_callers[4] == 0, users  # all via HAProxy, then the rollback
+    assert envoy_callers[3] == 10, users  # all via Envoy
+    assert 0 < envoy_callers[1] <= envoy_callers[2] < 10, users  # a growing share in between
+    assert [r["observed"] for r in users][::4] == ["0.0", "0.0"]
+    assert users[3]["observed"] == "100.0"
+    # the service whose flag is not walked stays on HAProxy throughout
+    assert {(r["flag"], r["observed"]) for r in rows if r["service"] == "orders"} == {("HAProxy", "0.0")}
+    assert re.search(
+        r"^total: \d+ calls, 0 failed; \d+ made while the callers were loading a new flag, 0 of them", out, re.M
+    )
+    assert re.search(
+        r"^OK: \d+ calls, none failed, also during the flips; every step's split followed the flag", out, re.M
+    )
+    pids = [int(pid) for pid in re.findall(r"^  (?:Envoy|HAProxy)\s+pid (\d+):", out, re.M)]
+    assert len(pids) == 2, out
+    assert all(gone(pid) for pid in pids), "the demo left a sidecar running"
+
+
+@pytest.mark.usefixtures("envoy_bin")
+def test_without_haproxy_the_demo_says_so_and_shows_the_envoy_side(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(demo, "haproxy_binary", lambda: None)
+    assert main(["demo", "--duration", "3", "--services", "users,orders"]) == 0
+    out = capsys.readouterr().out
+    assert "HAProxy is not installed (apt-get install -y haproxy)" in out
+    rows = [m.groupdict() for m in SUMMARY_ROW.finditer(out)]
+    assert [(r["step"], r["steps"], r["service"], r["observed"], r["backend"]) for r in rows] == [
+        ("1", "1", "users", "100.0", "100.0"),
+        ("1", "1", "orders", "100.0", "100.0"),
+    ], out
+    assert all(r["result"] == "ok" and r["errors"] == "0" for r in rows), out
+
+
+def test_a_negative_duration_exits_2_with_a_clear_message() -> None:
+    done = run_demo("--duration", "-1", timeout=30)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "argument --duration: must be at least 2.5 seconds" in done.stderr
+    assert done.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--duration", "soon"], "argument --duration: 'soon' is not a number of seconds"),
+        (["--duration", "inf"], "argument --duration: must be at least 2.5 seconds"),
+        (["--services", "payments"], "argument --services: no demo service 'payments' (known: users, orders, or all)"),
+        (["--services", "users,,orders"], "argument --services: 'users,,orders': give service names separated by"),
+    ],
+)
+def test_bad_demo_arguments_exit_2_naming_the_argument(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as raised:
+        main(["demo", *args])
+    assert raised.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_demo_services_option_accepts_a_list_and_all() -> None:
+    args = demo_args("--services", "orders,users,orders")
+    assert args.services == ("orders", "users")
+    assert demo_args("--services", "all").services == ("users", "orders")
+    assert demo_args().services == ("users",)
+    assert demo_args().duration == demo.DEFAULT_DURATION
+
+
+def demo_args(*argv: str) -> demo.DemoOptions:
+    from mesh_client.cli import parser
+
+    return demo.options_from_args(parser().parse_args(["demo", *argv]))
