@@ -27,6 +27,7 @@ Route semantics:
 
 from __future__ import annotations
 
+import email.utils
 import enum
 import random
 import time
@@ -35,6 +36,8 @@ from dataclasses import dataclass
 from typing import Final, Generic, TypeVar
 
 from . import envoy, haproxy
+from .budget import RetryBudget
+from .circuit import SidecarCircuit
 from .context import MESH_TIMEOUT_HEADER
 from .deadline import time_left
 from .errors import DeadlineExceeded, MeshConnectError, MeshTimeoutError, MeshTransportError
@@ -173,6 +176,20 @@ class Fail:
 Step = Attempt | Done[R] | Fail
 
 
+def parse_retry_after(value: str) -> float | None:
+    """Seconds from a ``Retry-After`` value (delta-seconds or an HTTP date), None if unusable."""
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(int(value))
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
 def backoff_upper_bound(retry_number: int) -> float:
     """Envoy's back-off ceiling before retry ``retry_number`` (1-based): (2^n - 1) x 25 ms, max 250 ms."""
     return min(BACKOFF_CAP_MS, ((1 << retry_number) - 1) * BACKOFF_BASE_MS) / 1000
@@ -196,6 +213,8 @@ class CallRun(Generic[R]):
         telemetry: CallTelemetry | None = None,
         envoy_address: Address | None = None,
         envoy_enforces: bool = True,
+        budget: RetryBudget | None = None,
+        circuit: SidecarCircuit | None = None,
         clock: Callable[[], float] = time.monotonic,
         jitter: Callable[[float, float], float] = random.uniform,
     ) -> None:
@@ -215,6 +234,11 @@ class CallRun(Generic[R]):
         #: Envoy applies timeouts and retries itself (HTTP); False: the client does it on both
         #: routes, because the proxy cannot (Envoy's thrift_proxy has neither)
         self.envoy_enforces = envoy_enforces
+        self.budget = budget
+        self.budget_exhausted = False
+        self.circuit = circuit
+        if budget is not None:
+            budget.deposit()
         self.tokens = policy.retry_tokens_for(method, idempotent)
         now = clock()
         self.started = now
@@ -243,6 +267,10 @@ class CallRun(Generic[R]):
                     f"the deadline passed {-self.deadline_left * 1000:.0f} ms ago; nothing was sent",
                     None,
                 )
+            if self.route is Route.ENVOY and self.mesh.failover and self.circuit is not None and self.circuit.is_open():
+                self.route = Route.HAPROXY
+                self.failed_over = True
+                self.route_reason += "; the Envoy sidecar refused connections recently (circuit open): via HAProxy"
             return self._attempt(0.0)
         if isinstance(outcome, Responded):
             return self._on_response(outcome)
@@ -256,15 +284,19 @@ class CallRun(Generic[R]):
         return haproxy.may_be_local_reply(status, headers)
 
     def _on_response(self, outcome: Responded[R]) -> Step[R]:
+        if self.route is Route.ENVOY and self.circuit is not None:
+            self.circuit.answered()
         if self.route is Route.ENVOY and self.envoy_enforces:
             reported = envoy.attempt_count(outcome.headers, self._prefix)
+            if reported and self.budget is not None:
+                self.budget.spend(reported - 1)  # Envoy's retries draw on the same budget
             info = self._info(
                 attempts=reported or self.attempts,
                 upstream_service_time=envoy.upstream_service_time(outcome.headers, self._prefix),
                 envoy_error=envoy.classify_reply(outcome.status, outcome.headers, outcome.body, self._prefix),
             )
             return self._done(outcome, info)
-        if self._response_retryable(outcome) and (nxt := self._retry()) is not None:
+        if self._response_retryable(outcome) and (nxt := self._retry(self._retry_after(outcome))) is not None:
             return nxt
         envoy_error = outcome.proxy_error if self.route is Route.ENVOY else None
         return self._done(outcome, self._info(envoy_error=envoy_error))
@@ -274,6 +306,8 @@ class CallRun(Generic[R]):
         assert attempt is not None, "advance(None) must come first"
         where = f"{attempt.route.value} at {attempt.address}"
         detail = f" ({outcome.detail})" if outcome.detail else ""
+        if self.route is Route.ENVOY and outcome.kind is Failure.CONNECT and self.circuit is not None:
+            self.circuit.refused()
         if self.route is Route.ENVOY and outcome.kind is Failure.CONNECT and self.mesh.failover:
             self.route = Route.HAPROXY
             self.failed_over = True
@@ -324,6 +358,10 @@ class CallRun(Generic[R]):
             return True
         if proxy_said in ("no_route", "no_cluster", "overloaded"):  # retrying cannot help, or hurts
             return False
+        if f"{self._prefix}-overloaded" in outcome.headers:  # shed load: retrying would add to it
+            return False
+        if (status == 429 or "retry-after" in outcome.headers) and self._retry_after(outcome) is None:
+            return False  # the server asked for a pause longer than the call has left
         return (
             ("5xx" in tokens and status >= 500)
             or ("gateway-error" in tokens and status in (502, 503, 504))
@@ -343,12 +381,26 @@ class CallRun(Generic[R]):
             return attempt.per_try_limited and bool(tokens & _RESET_KINDS)
         return bool(tokens & _RESET_KINDS)
 
-    def _retry(self) -> Attempt | None:
+    def _retry_after(self, outcome: Responded[R]) -> float | None:
+        """Seconds the response asks to wait (``Retry-After``), 0 when it asks nothing, None when
+        the pause would not fit in the time the call has left."""
+        value = outcome.headers.get("retry-after")
+        if value is None:
+            return 0.0
+        seconds = parse_retry_after(value)
+        if seconds is None:
+            return 0.0
+        return seconds if self.clock() + seconds < self.end - MIN_ATTEMPT else None
+
+    def _retry(self, at_least: float | None = 0.0) -> Attempt | None:
         if self.retries_done >= self.policy.retries:
             return None
-        delay = float(self.jitter(0.0, backoff_upper_bound(self.retries_done + 1)))
+        delay = max(at_least or 0.0, float(self.jitter(0.0, backoff_upper_bound(self.retries_done + 1))))
         now = self.clock()
         if self.end - now - delay < MIN_ATTEMPT:
+            return None
+        if self.budget is not None and not self.budget.try_withdraw():
+            self.budget_exhausted = True
             return None
         self.retries_done += 1
         attempt = self._attempt(delay, now)
@@ -369,11 +421,17 @@ class CallRun(Generic[R]):
         self.attempts += 1
         svc = self.service
         if self.route is Route.ENVOY and self.envoy_enforces:
+            retries = self.policy.retries
+            if self.budget is not None and self.tokens and retries > 0:
+                available = self.budget.available()
+                if available < retries:
+                    retries = available
+                    self.budget_exhausted = available == 0
             headers = envoy.policy_headers(
                 self._prefix,
                 timeout=remaining,
                 per_try_timeout=self.policy.per_try_timeout,
-                retries=self.policy.retries,
+                retries=retries,
                 retry_on=self.tokens,
                 retriable_status_codes=self.policy.retriable_status_codes,
             )
@@ -427,6 +485,7 @@ class CallRun(Generic[R]):
             envoy_error=envoy_error,
             route_reason=self.route_reason,
             elapsed=self.clock() - self.started,
+            retry_budget_exhausted=self.budget_exhausted,
         )
 
     def abort(self, error: BaseException) -> None:

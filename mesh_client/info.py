@@ -31,6 +31,8 @@ class CallInfo:
       ``"connect_failure"``, ``"overloaded"``, ``"rate_limited"``, ``"no_route"``...
     - ``route_reason``: why this route was chosen (flag value, fallback, forced per call).
     - ``elapsed``: seconds the whole call took in the client, retries included.
+    - ``retry_budget_exhausted``: a retry the policy allowed was skipped (or Envoy was told not
+      to retry) because the service's retry budget was empty.
     """
 
     service: str
@@ -41,6 +43,7 @@ class CallInfo:
     envoy_error: str | None = None
     route_reason: str = ""
     elapsed: float = 0.0
+    retry_budget_exhausted: bool = False
 
 
 def call_info(response: Any) -> CallInfo | None:

@@ -9,11 +9,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .budget import RetryBudget
+from .circuit import SidecarCircuit
 from .context import outbound_headers
 from .core import CallRun
 from .errors import InvalidServiceURL, MeshError
 from .policy import UNSET, CallOptions, current_options
-from .registry import MeshConfig, ServiceConfig, load_file, load_mapping
+from .registry import Address, MeshConfig, ServiceConfig, load_file, load_mapping
 from .routing import FlagRouter, RouteDecision, Router, make_router
 from .telemetry import CallTelemetry
 
@@ -46,6 +48,8 @@ class Mesh:
         self._closed = False
         self._lock = threading.Lock()
         self._clients: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._budgets: dict[str, RetryBudget] = {}
+        self._circuits: dict[Address, SidecarCircuit] = {}
 
     @classmethod
     def from_file(cls, path: str | Path, **kwargs: Any) -> Mesh:
@@ -122,6 +126,7 @@ class Mesh:
         except ValueError:
             telemetry.span.end()
             raise
+        envoy_address = self.config.envoy_thrift if thrift else self.config.envoy_http
         return CallRun(
             mesh=self.config,
             service=service,
@@ -134,9 +139,28 @@ class Mesh:
             context_headers=tuple(context_headers),
             telemetry=telemetry,
             # Envoy's thrift_proxy has no timeouts or retries: the client keeps them on both routes
-            envoy_address=self.config.envoy_thrift if thrift else self.config.envoy_http,
+            envoy_address=envoy_address,
             envoy_enforces=not thrift,
+            budget=self.retry_budget(service.name),
+            circuit=self._circuit(envoy_address),
         )
+
+    def retry_budget(self, service: str) -> RetryBudget:
+        """The retry budget shared by every call to ``service`` made through this mesh."""
+        budget = self._budgets.get(service)
+        if budget is None:
+            with self._lock:
+                budget = self._budgets.setdefault(service, RetryBudget(self.config.service(service).retry_budget))
+        return budget
+
+    def _circuit(self, address: Address | None) -> SidecarCircuit | None:
+        if address is None:
+            return None
+        circuit = self._circuits.get(address)
+        if circuit is None:
+            with self._lock:
+                circuit = self._circuits.setdefault(address, SidecarCircuit())
+        return circuit
 
     # -- clients ----------------------------------------------------------------------------------
 

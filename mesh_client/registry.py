@@ -15,6 +15,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final, Literal
 
+from .budget import DEFAULT_BUDGET, RetryBudgetConfig
 from .context import check_header_name
 from .errors import ConfigError
 from .policy import (
@@ -127,6 +128,7 @@ class ServiceConfig:
     policy: CallPolicy = field(default_factory=CallPolicy)
     endpoints: tuple[Address, ...] = ()
     transport: ThriftTransport = "framed"
+    retry_budget: RetryBudgetConfig = DEFAULT_BUDGET
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +177,7 @@ _SERVICE_KEYS: Final = {
     "idempotent_methods",
     "endpoints",
     "transport",
+    "retry_budget",
 }
 
 
@@ -390,6 +393,13 @@ def _service(name: str, table: object, source: str) -> ServiceConfig:
         ),
         idempotent_methods=methods,
     )
+    budget_reader = _Reader(
+        r.table.get("retry_budget", {}), f"{prefix}.retry_budget", source, {"percent", "min_per_second", "ttl"}
+    )
+    try:
+        budget = RetryBudgetConfig(**budget_reader.table)
+    except ValueError as exc:
+        raise r.fail("retry_budget", str(exc).removeprefix("retry_budget.")) from None
     return ServiceConfig(
         name=name,
         protocol=protocol,  # type: ignore[arg-type]
@@ -398,4 +408,5 @@ def _service(name: str, table: object, source: str) -> ServiceConfig:
         policy=policy,
         endpoints=tuple(r.convert("endpoints", Address.parse, e) for e in endpoints_value),
         transport=transport,  # type: ignore[arg-type]
+        retry_budget=budget,
     )

@@ -1,0 +1,105 @@
+"""Retry budgets: retries as a bounded share of recent calls, per service.
+
+In the spirit of Finagle's ``RetryBudget``: every call deposits ``percent`` % of a token, every
+retry withdraws one, deposits expire after ``ttl`` seconds, and a floor of ``min_per_second``
+retries per second is always allowed so a quiet service can still retry. When the budget is
+empty, the client retries nothing more (HAProxy route, Thrift, failover) and asks Envoy for
+``x-envoy-max-retries: 0``; Envoy's own retries (reported in ``x-envoy-attempt-count``) are
+withdrawn afterwards, so both layers draw on the same budget.
+
+So retries can add at most ``percent`` % to a service's load, plus the floor: a failing
+dependency sees about ``1 + percent/100`` requests per call instead of ``1 + retries``, and
+stacked layers multiply by ``1 + percent/100`` each, not by ``1 + retries``.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+__all__ = ["DEFAULT_BUDGET", "RetryBudget", "RetryBudgetConfig"]
+
+_BUCKETS: Final = 10
+
+
+@dataclass(frozen=True, slots=True)
+class RetryBudgetConfig:
+    """``percent`` of recent calls may be retried, plus ``min_per_second`` retries per second;
+    "recent" is the last ``ttl`` seconds."""
+
+    percent: float = 20.0
+    min_per_second: float = 10.0
+    ttl: float = 10.0
+
+    def __post_init__(self) -> None:
+        for name in ("percent", "min_per_second"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or value < 0:
+                raise ValueError(f"retry_budget.{name} must be a number >= 0, got {value!r}")
+        if self.percent > 1000:
+            raise ValueError(f"retry_budget.percent must be at most 1000, got {self.percent!r}")
+        if isinstance(self.ttl, bool) or not isinstance(self.ttl, (int, float)) or not 1 <= self.ttl <= 60:
+            raise ValueError(f"retry_budget.ttl must be between 1 and 60 seconds, got {self.ttl!r}")
+
+
+DEFAULT_BUDGET: Final = RetryBudgetConfig()
+
+
+class RetryBudget:
+    """A thread-safe retry budget for one service (shared by every call, thread and task)."""
+
+    def __init__(self, config: RetryBudgetConfig = DEFAULT_BUDGET, clock: Callable[[], float] = time.monotonic):
+        self.config = config
+        self._clock = clock
+        self._width = config.ttl / _BUCKETS
+        self._calls = [0] * _BUCKETS
+        self._retries = [0] * _BUCKETS
+        self._epoch = int(clock() / self._width)
+        self._lock = threading.Lock()
+
+    def _roll(self) -> None:
+        """Expire the buckets older than ``ttl`` (call with the lock held)."""
+        epoch = int(self._clock() / self._width)
+        steps = min(epoch - self._epoch, _BUCKETS)
+        for i in range(1, steps + 1):
+            slot = (self._epoch + i) % _BUCKETS
+            self._calls[slot] = 0
+            self._retries[slot] = 0
+        self._epoch = max(epoch, self._epoch)
+
+    def _balance(self) -> float:
+        allowed = self.config.min_per_second * self.config.ttl + sum(self._calls) * self.config.percent / 100
+        return allowed - sum(self._retries)
+
+    def deposit(self) -> None:
+        """Count one call."""
+        with self._lock:
+            self._roll()
+            self._calls[self._epoch % _BUCKETS] += 1
+
+    def try_withdraw(self) -> bool:
+        """Take one retry if the budget allows it."""
+        with self._lock:
+            self._roll()
+            if self._balance() < 1:
+                return False
+            self._retries[self._epoch % _BUCKETS] += 1
+            return True
+
+    def spend(self, retries: int) -> None:
+        """Count retries that happened anyway (Envoy's), even past the budget."""
+        if retries <= 0:
+            return
+        with self._lock:
+            self._roll()
+            self._retries[self._epoch % _BUCKETS] += retries
+
+    def available(self) -> int:
+        """Whole retries left now."""
+        with self._lock:
+            self._roll()
+            return max(0, int(self._balance()))

@@ -1,0 +1,47 @@
+"""The circuit in front of a local sidecar that refuses connections."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+__all__ = ["SidecarCircuit"]
+
+
+class SidecarCircuit:
+    """Remembers that a local sidecar refused connections, so calls skip it for a while.
+
+    After a refused connection the circuit opens for ``base`` seconds (doubling on each failed
+    probe, up to ``cap``); while open, calls that may fail over go straight to HAProxy instead of
+    each paying a connect attempt. The first call after the pause probes the sidecar again; an
+    answer closes the circuit.
+    """
+
+    def __init__(self, base: float = 1.0, cap: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._base = base
+        self._cap = cap
+        self._clock = clock
+        self._pause = 0.0
+        self._open_until = 0.0
+        self._lock = threading.Lock()
+
+    def is_open(self) -> bool:
+        """Whether calls should skip the sidecar now (False once the pause is over: probe)."""
+        return self._clock() < self._open_until
+
+    @property
+    def failing(self) -> bool:
+        """Whether the last contact with the sidecar was a refused connection."""
+        return self._pause > 0
+
+    def refused(self) -> None:
+        with self._lock:
+            self._pause = self._base if self._pause == 0 else min(self._cap, self._pause * 2)
+            self._open_until = self._clock() + self._pause
+
+    def answered(self) -> None:
+        if self._pause:
+            with self._lock:
+                self._pause = 0.0
+                self._open_until = 0.0

@@ -1,0 +1,180 @@
+"""Retry budgets, the sidecar circuit and overload signals, through the core's decisions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from mesh_client import ConfigError, Route
+from mesh_client.budget import RetryBudget, RetryBudgetConfig
+from mesh_client.circuit import SidecarCircuit
+from mesh_client.core import Attempt, Broken, CallRun, Done, Failure, Responded, parse_retry_after
+from mesh_client.registry import load_mapping
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def config(**service: Any) -> Any:
+    return load_mapping(
+        {
+            "mesh": {"caller": "checkout", "envoy_http": "127.0.0.1:9001"},
+            "services": {"users": {"haproxy": "127.0.0.1:20001", "timeout": 1.0, **service}},
+        }
+    )
+
+
+def run(
+    route: Route, budget: RetryBudget | None = None, circuit: SidecarCircuit | None = None, **service: Any
+) -> CallRun[str]:
+    cfg = config(**service)
+    return CallRun(
+        mesh=cfg,
+        service=cfg.services["users"],
+        method="GET",
+        policy=cfg.services["users"].policy,
+        route=route,
+        route_reason="test",
+        budget=budget,
+        circuit=circuit,
+        clock=Clock(),
+        jitter=lambda low, high: 0.0,
+    )
+
+
+def test_budget_allows_the_floor_then_a_share_of_calls() -> None:
+    clock = Clock()
+    budget = RetryBudget(RetryBudgetConfig(percent=20, min_per_second=0.5, ttl=10), clock)
+    assert budget.available() == 5  # the floor: 0.5/s over 10 s
+    for _ in range(100):
+        budget.deposit()
+    assert budget.available() == 25  # + 20 % of 100 calls
+    assert sum(budget.try_withdraw() for _ in range(40)) == 25
+    clock.now += 11  # deposits and withdrawals expire after ttl
+    assert budget.available() == 5
+
+
+def test_a_failing_dependency_sees_at_most_the_budget() -> None:
+    budget = RetryBudget(RetryBudgetConfig(percent=20, min_per_second=0, ttl=10), Clock())
+    sent = 0
+    for _ in range(1000):
+        r = run(Route.HAPROXY, budget=budget, retries=3, retry_on=["5xx"])
+        step = r.advance(None)
+        while isinstance(step, Attempt):
+            sent += 1
+            step = r.advance(Responded("503", 503, {}))
+    # without a budget: 4 attempts per call; with it: about 1.2
+    assert 1000 <= sent <= 1200
+    assert isinstance(step, Done)
+    assert step.info.retry_budget_exhausted
+
+
+def test_empty_budget_tells_envoy_not_to_retry_and_envoy_retries_are_spent() -> None:
+    budget = RetryBudget(RetryBudgetConfig(percent=0, min_per_second=0.2, ttl=10), Clock())  # 2 retries
+    first = run(Route.ENVOY, budget=budget, retries=3, retry_on=["5xx"])
+    a = first.advance(None)
+    assert isinstance(a, Attempt)
+    assert dict(a.set_headers)["x-envoy-max-retries"] == "2"  # capped to what the budget holds
+    first.advance(Responded("503", 503, {"x-envoy-attempt-count": "3"}))
+    assert budget.available() == 0
+    second = run(Route.ENVOY, budget=budget, retries=3, retry_on=["5xx"])
+    b = second.advance(None)
+    assert isinstance(b, Attempt)
+    assert dict(b.set_headers)["x-envoy-max-retries"] == "0"
+    done = second.advance(Responded("503", 503, {}))
+    assert isinstance(done, Done)
+    assert done.info.retry_budget_exhausted
+
+
+def test_overloaded_responses_are_never_retried() -> None:
+    r = run(Route.HAPROXY, retries=3, retry_on=["5xx"])
+    r.advance(None)
+    assert isinstance(r.advance(Responded("503", 503, {"x-envoy-overloaded": "true"})), Done)
+
+
+def test_retry_after_within_the_deadline_is_honoured() -> None:
+    r = run(Route.HAPROXY, retries=2, retry_on=["retriable-status-codes"], retriable_status_codes=[429])
+    r.advance(None)
+    step = r.advance(Responded("429", 429, {"retry-after": "0"}))
+    assert isinstance(step, Attempt)
+    r2 = run(Route.HAPROXY, retries=2, retry_on=["retriable-status-codes"], retriable_status_codes=[503], timeout=3.0)
+    r2.advance(None)
+    step = r2.advance(Responded("503", 503, {"retry-after": "1"}))
+    assert isinstance(step, Attempt)
+    assert step.delay == pytest.approx(1.0)
+
+
+def test_retry_after_beyond_the_deadline_ends_the_call() -> None:
+    r = run(Route.HAPROXY, retries=2, retry_on=["retriable-status-codes"], retriable_status_codes=[429])
+    r.advance(None)
+    done = r.advance(Responded("429", 429, {"retry-after": "5"}))  # the call has 1 s in all
+    assert isinstance(done, Done)
+    assert done.info.attempts == 1
+
+
+@pytest.mark.parametrize(("value", "seconds"), [("3", 3.0), (" 0 ", 0.0), ("soon", None), ("-1", None)])
+def test_parse_retry_after(value: str, seconds: float | None) -> None:
+    assert parse_retry_after(value) == seconds
+
+
+def test_parse_retry_after_http_date_in_the_past_is_zero() -> None:
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+
+
+def test_circuit_sends_calls_straight_to_haproxy_after_a_refusal() -> None:
+    clock = Clock()
+    circuit = SidecarCircuit(base=1.0, cap=4.0, clock=clock)
+    first = run(Route.ENVOY, circuit=circuit)
+    first.advance(None)
+    failover = first.advance(Broken(Failure.CONNECT, ConnectionRefusedError()))
+    assert isinstance(failover, Attempt)
+    assert failover.route is Route.HAPROXY
+    # the next call does not try Envoy at all while the circuit is open
+    second = run(Route.ENVOY, circuit=circuit)
+    step = second.advance(None)
+    assert isinstance(step, Attempt)
+    assert step.route is Route.HAPROXY
+    assert "circuit open" in second.route_reason
+    # after the pause, one call probes Envoy; an answer closes the circuit
+    clock.now += 1.5
+    probe = run(Route.ENVOY, circuit=circuit)
+    p = probe.advance(None)
+    assert isinstance(p, Attempt)
+    assert p.route is Route.ENVOY
+    probe.advance(Responded("ok", 200, {}))
+    assert not circuit.failing
+
+
+def test_circuit_pause_doubles_up_to_the_cap() -> None:
+    clock = Clock()
+    circuit = SidecarCircuit(base=1.0, cap=4.0, clock=clock)
+    pauses = []
+    for _ in range(4):
+        circuit.refused()
+        start = clock.now
+        while circuit.is_open():
+            clock.now += 0.5
+        pauses.append(clock.now - start)
+    assert pauses == [1.0, 2.0, 4.0, 4.0]
+
+
+@pytest.mark.parametrize(
+    ("budget", "problem"),
+    [
+        ({"percent": -1}, "percent"),
+        ({"ttl": 0}, "ttl"),
+        ({"min_per_second": "x"}, "min_per_second"),
+        ({"burst": 1}, "unknown key"),
+        ("lots", "must be a table"),
+    ],
+)
+def test_bad_retry_budget_is_a_config_error(budget: Any, problem: str) -> None:
+    with pytest.raises(ConfigError, match=problem) as raised:
+        config(retry_budget=budget)
+    assert "services.users.retry_budget" in str(raised.value)
