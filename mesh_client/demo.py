@@ -845,6 +845,10 @@ class _Demo:
             " observed: call_info(r).route;"
         )
         show.print(f"  backend: calls that reached the service with {ENVOY_MARK} (only Envoy adds it)")
+        show.print(
+            "  a rollout buckets callers by a hash of their name: with 10 callers a 10% rollout may put 0, 1, 2 or"
+            " more on Envoy"
+        )
         head = _SUM.format(
             step="step",
             service="service",
@@ -984,6 +988,11 @@ def _run(options: DemoOptions, display: _Display) -> int:
     finally:
         with _interrupts_ignored():
             stack.close()
+    return _verdict(demo, display, interrupted=interrupted)
+
+
+def _verdict(demo: _Demo, display: _Display, *, interrupted: bool) -> int:
+    """Say how it went, once every process is stopped; return the exit code."""
     stopped = []
     for name, process in demo.processes:
         if process.poll() is None:  # cannot happen: stop() kills after its timeout
@@ -1000,6 +1009,8 @@ def _run(options: DemoOptions, display: _Display) -> int:
         display.print("FAILED:", "red", "bold")
         for problem in demo.problems[:20]:
             display.print(f"  {problem}", "red")
+        if len(demo.problems) > 20:
+            display.print(f"  ... and {len(demo.problems) - 20} more", "red")
         display.print(stopped_text[0].upper() + stopped_text[1:])
         return 1
     display.print()
