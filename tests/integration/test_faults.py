@@ -1,0 +1,112 @@
+"""Fault injection with real Envoy: retries stacked at several layers, with and without budgets.
+
+A -> B -> C, each hop through the real Envoy sidecar with ``retries = 2`` on ``5xx``, and C
+failing every request. Without a budget each layer multiplies: C receives (1 + 2)^2 = 9 requests
+per request A receives. With mesh_client's retry budget (20 % of calls, a negligible floor), each
+layer adds at most 20 %, so C receives at most about 1.2^2 = 1.44 per request.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import pytest
+import requests
+
+import mesh_client
+from mesh_client import Mesh
+from mesh_client.sidecar import free_port, start_envoy
+from mesh_client.testing import Backend
+
+from .servers import serve_wsgi
+
+CALLS = 100
+BUDGETS = {
+    # mesh_client's budget: 20 % of recent calls, a floor of one retry per 10 s
+    "budget": {"percent": 20, "min_per_second": 0.1, "ttl": 10},
+    # what plain per-layer Envoy retry headers give: no limit in practice
+    "plain": {"percent": 1000, "min_per_second": 1000, "ttl": 10},
+}
+
+
+def make_caller(sessions: dict[str, requests.Session], target: str, extra: str = "") -> Any:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        mode = parse_qs(environ.get("QUERY_STRING", ""))["mode"][0]
+        r = sessions[mode].get(f"http://{target}/work?mode={mode}{extra}")
+        body = json.dumps({"status": r.status_code}).encode()
+        start_response(f"{r.status_code} X", [("content-type", "application/json"), ("content-length", str(len(body)))])
+        return [body]
+
+    return app
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory: pytest.TempPathFactory, envoy_bin: str) -> Iterator[dict[str, Any]]:
+    work: Path = tmp_path_factory.mktemp("faults")
+    with ExitStack() as stack:
+        c = stack.enter_context(Backend("c"))
+        sessions: dict[str, dict[str, requests.Session]] = {"a": {}, "b": {}}
+        apps: dict[str, Any] = {}
+
+        def late(name: str) -> Any:
+            def app(environ: Any, start_response: Any) -> Any:
+                return apps[name](environ, start_response)
+
+            return app
+
+        a_addr = stack.enter_context(serve_wsgi(late("a")))
+        b_addr = stack.enter_context(serve_wsgi(late("b")))
+        envoy_http, envoy_admin = free_port(), free_port()
+        meshes: dict[tuple[str, str], Mesh] = {}
+        for mode, budget in BUDGETS.items():
+            services = {
+                name: {
+                    "haproxy": f"127.0.0.1:{free_port()}",
+                    "endpoints": [str(addr)],
+                    "timeout": 5.0,
+                    "retries": 2,
+                    "retry_on": ["5xx"],
+                    "retry_budget": budget,
+                }
+                for name, addr in (("b", b_addr), ("c", c.address))
+            }
+            for caller in ("a", "b"):
+                data = {
+                    "mesh": {
+                        "caller": caller,
+                        "envoy_http": f"127.0.0.1:{envoy_http}",
+                        "envoy_admin": f"127.0.0.1:{envoy_admin}",
+                        "default_route": "envoy",
+                    },
+                    "services": services,
+                }
+                meshes[(mode, caller)] = stack.enter_context(Mesh.from_dict(data))
+                sessions[caller][mode] = stack.enter_context(meshes[(mode, caller)].requests_session())
+        stack.enter_context(start_envoy(meshes[("budget", "a")].config, work / "envoy", binary=envoy_bin))
+        apps["a"] = mesh_client.wsgi.MeshMiddleware(make_caller(sessions["a"], "b"), meshes[("budget", "a")])
+        apps["b"] = mesh_client.wsgi.MeshMiddleware(
+            make_caller(sessions["b"], "c", "&status=503"), meshes[("budget", "b")]
+        )
+        yield {"a": a_addr, "c": c}
+
+
+@pytest.mark.parametrize("mode", ["plain", "budget"])
+def test_retry_amplification_through_three_layers(chain: dict[str, Any], mode: str) -> None:
+    c: Backend = chain["c"]
+    before = len(c.records())
+    with requests.Session() as session:
+        for _ in range(CALLS):
+            r = session.get(f"http://{chain['a']}/start?mode={mode}", timeout=10)
+            assert r.status_code == 503  # C fails every request
+    at_c = len(c.records()) - before
+    per_call = at_c / CALLS
+    print(f"{mode}: C received {at_c} requests for {CALLS} requests to A ({per_call:.2f} per request)")
+    if mode == "plain":
+        assert per_call == pytest.approx(9.0, abs=0.01)
+    else:
+        assert per_call <= 1.2 * 1.2 + 0.1
