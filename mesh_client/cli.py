@@ -6,7 +6,11 @@ Commands (see ``docs/cli.md``):
 - ``mesh-client route MESH.toml [--service S]``: what the flags decide now, per service, and why;
 - ``mesh-client demo [--duration S] [--services NAMES] [--keep] [--no-color]``: a live migration
   from HAProxy to Envoy on this machine, with real proxies, checked by its own numbers
-  (:mod:`mesh_client.demo`).
+  (:mod:`mesh_client.demo`);
+- ``mesh-client doctor MESH.toml``: checks the sidecars, that Envoy honours the client's headers,
+  and the flag source, with a verdict and a fix per check (:mod:`mesh_client.doctor`);
+- ``mesh-client call MESH.toml SERVICE METHOD PATH``: one call, with its route, attempts and
+  ``call_info`` (:mod:`mesh_client.call_cmd`).
 
 Exit codes: 0 success; 1 invalid registry, failed command or failed demo; 2 bad arguments;
 130 interrupted (Ctrl-C or SIGTERM).
@@ -18,7 +22,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import demo
+from . import call_cmd, demo, doctor
 from .errors import ConfigError
 from .mesh import Mesh
 from .registry import load_file
@@ -93,6 +97,8 @@ def parser() -> argparse.ArgumentParser:
     )
     demo.add_arguments(run_demo)
     run_demo.set_defaults(run=_demo)
+    doctor.add_parser(sub)
+    call_cmd.add_parser(sub)
     return p
 
 

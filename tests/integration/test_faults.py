@@ -9,6 +9,7 @@ layer adds at most 20 %, so C receives at most about 1.2^2 = 1.44 per request.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -19,10 +20,11 @@ import pytest
 import requests
 
 import mesh_client
-from mesh_client import Mesh
+from mesh_client import Mesh, Route, call_info
 from mesh_client.sidecar import free_port, start_envoy
 from mesh_client.testing import Backend
 
+from .conftest import MeshWorld
 from .servers import serve_wsgi
 
 CALLS = 100
@@ -110,3 +112,30 @@ def test_retry_amplification_through_three_layers(chain: dict[str, Any], mode: s
         assert per_call == pytest.approx(9.0, abs=0.01)
     else:
         assert per_call <= 1.2 * 1.2 + 0.1
+
+
+def test_flag_file_corrupted_deleted_and_restored_during_traffic(world: MeshWorld, key: str) -> None:
+    world.set_route(Route.ENVOY)
+    session = world.mesh.requests_session()
+    good = world.flags_path.read_text()
+    events = [
+        ("corrupted", lambda: world.flags_path.write_text('{"flags": {"mesh-route-users": {')),
+        ("deleted", world.flags_path.unlink),
+        ("restored", lambda: world.flags_path.write_text(good)),
+    ]
+    routes: list[str] = []
+    failures = 0
+    for name, change in events:
+        change()
+        until = time.monotonic() + 0.5  # several of the flag client's 0.1 s polls
+        while time.monotonic() < until:
+            r = session.get(f"http://users/chaos?key={key}")
+            failures += r.status_code != 200
+            info = call_info(r)
+            assert info is not None
+            routes.append(f"{name}:{info.route.value}")
+    session.close()
+    print(f"flag chaos: {len(routes)} calls, {failures} failed, routes {sorted(set(routes))}")
+    assert failures == 0
+    # the last good flags (Envoy) stayed in force through the corruption and the deletion
+    assert {r.split(":")[1] for r in routes} == {"envoy"}

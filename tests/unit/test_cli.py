@@ -95,3 +95,12 @@ def test_module_entry_point_runs(registry: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "frontend users" in done.stdout
+
+
+def test_every_command_has_help() -> None:
+    for command in ("render", "route", "demo", "doctor", "call"):
+        done = subprocess.run(
+            [sys.executable, "-m", "mesh_client", command, "--help"], capture_output=True, text=True, check=False
+        )
+        assert done.returncode == 0, done.stderr
+        assert command in done.stdout
