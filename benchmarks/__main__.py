@@ -1,7 +1,8 @@
 """``python -m benchmarks [--quick] [--out PATH] [--profile] [--only 1,2,...] [--memory-calls N]``
 
 Sections: 1 per-call overhead (sequential), 2 decision path (+ cProfile), 3 async concurrency
-sweep, 4 memory, 5 with the OpenTelemetry SDK (always last: it installs global SDK providers).
+sweep, 4 memory, 6 Thrift framed vs THeader vs thriftpy2, 5 with the OpenTelemetry SDK (always
+last: it installs global SDK providers).
 Targets are printed as met / NOT met; they never change the exit code. The exit code is non-zero
 only when a section fails to run.
 """
@@ -25,7 +26,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import concurrency, decision, memory, otel, report, sequential
+from . import concurrency, decision, memory, otel, report, sequential, thrift
 from .world import World, start_world
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results.json"
@@ -59,6 +60,8 @@ class Plan:
     otel_rounds: int
     otel_calls: int
     otel_warmup: int
+    thrift_rounds: int = 6
+    thrift_calls: int = 300
 
 
 FULL = Plan(
@@ -90,6 +93,8 @@ QUICK = Plan(
     otel_rounds=2,
     otel_calls=30,
     otel_warmup=10,
+    thrift_rounds=2,
+    thrift_calls=50,
 )
 
 
@@ -140,7 +145,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true", help="print the decision path's cProfile top 15")
     parser.add_argument(
         "--only",
-        default="1,2,3,4,5",
+        default="1,2,3,4,6,5",
         help="comma-separated sections to run (default: all); 5 always runs last",
     )
     parser.add_argument(
@@ -151,8 +156,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.sections = sorted({int(s) for s in args.only.split(",") if s.strip()})
     except ValueError:
         parser.error("--only takes section numbers, e.g. --only 1,2")
-    if not set(args.sections) <= {1, 2, 3, 4, 5}:
-        parser.error("sections are 1 to 5")
+    if not set(args.sections) <= {1, 2, 3, 4, 5, 6}:
+        parser.error("sections are 1 to 6")
+    # 5 installs global SDK providers, so it runs last
+    args.sections = [s for s in args.sections if s != 5] + ([5] if 5 in args.sections else [])
     return args
 
 
@@ -198,6 +205,11 @@ def main(argv: list[str] | None = None) -> int:
                 "memory",
                 lambda: memory.run(world, calls=plan.memory_calls, warmup=plan.memory_warmup),
                 memory.render,
+            ),
+            6: (
+                "thrift",
+                lambda: thrift.run(rounds=plan.thrift_rounds, calls=plan.thrift_calls, warmup=20),
+                thrift.render,
             ),
             5: (
                 "otel_sdk",
