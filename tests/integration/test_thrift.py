@@ -321,3 +321,58 @@ def test_nothing_listening_is_a_connect_error_thriftpy2_code_can_catch(thrift_wo
             assert isinstance(raised.value, MeshConnectError)
             assert raised.value.info is not None
             assert raised.value.info.attempts == 2  # connect failures are retried for every method
+
+
+def test_direct_to_the_server_without_any_proxy(thrift_world: ThriftWorld) -> None:
+    # a service whose "HAProxy" address is the server itself: the client needs no proxy at all
+    server = thrift_world.config.services["users-header"].endpoints[0]
+    data = {
+        "mesh": {"caller": "checkout", "envoy_http": "127.0.0.1:9", "envoy_thrift": "127.0.0.1:9"},
+        "services": {"users-direct": {"protocol": "thrift", "transport": "header", "haproxy": str(server)}},
+    }
+    with (
+        Mesh.from_dict(data) as mesh,
+        mesh.thrift_client(thrift_world.users.Users, "users-direct") as client,
+        call_options(route="haproxy"),
+    ):
+        assert client.get(3).name == "user-3"
+
+
+def test_envoy_routing_by_method_name_and_header(thrift_world: ThriftWorld, tmp_path: Path, envoy_bin: str) -> None:
+    # a sidecar whose route for the header service also matches the method name: get is routed,
+    # whoami gets Envoy's "no route" reply, mapped to a clear error that says nothing was delivered
+    from mesh_client.sidecar.render import envoy_bootstrap
+
+    header_server = thrift_world.config.services["users-header"].endpoints[0]
+    data = {
+        "mesh": {
+            "caller": "checkout",
+            "envoy_http": f"127.0.0.1:{free_port()}",
+            "envoy_thrift": f"127.0.0.1:{free_port()}",
+            "envoy_admin": f"127.0.0.1:{free_port()}",
+        },
+        "services": {
+            "users-header": {
+                "protocol": "thrift",
+                "transport": "header",
+                "haproxy": f"127.0.0.1:{free_port()}",
+                "endpoints": [str(header_server)],
+            }
+        },
+    }
+    config = load_mapping(data)
+    bootstrap = envoy_bootstrap(config)
+    thrift_listener = bootstrap["static_resources"]["listeners"][1]
+    route = thrift_listener["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["routes"][0]
+    route["match"]["method_name"] = "get"
+    with (
+        start_envoy(config, tmp_path, binary=envoy_bin, bootstrap=bootstrap),
+        Mesh(config) as mesh,
+        mesh.thrift_client(thrift_world.users.Users, "users-header") as client,
+        call_options(route="envoy"),
+    ):
+        assert client.get(5).id == 5
+        with pytest.raises(ThriftRoutingError) as raised:
+            client.whoami()
+    assert raised.value.kind == "no_route"
+    assert raised.value.may_have_reached_server is False
