@@ -31,7 +31,7 @@ from werkzeug.serving import make_server
 
 import mesh_client
 from mesh_client import Mesh
-from mesh_client.sidecar import envoy_binary, free_port, haproxy_binary, start_envoy, start_haproxy
+from mesh_client.sidecar import envoy_binary, free_port, haproxy_binary, interrupts_held, start_envoy, start_haproxy
 from mesh_client.testing import Backend, Record
 
 # -- the app: this is the part to copy ----------------------------------------------------------
@@ -102,23 +102,6 @@ def serve(app: flask.Flask) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join(5)
-
-
-@contextmanager
-def interrupts_held() -> Iterator[None]:
-    """Hold Ctrl-C and SIGTERM while a sidecar starts: interrupted inside ``start_envoy`` or
-    ``start_haproxy``, the process would run on with no handle to stop it. A signal that arrives
-    meanwhile is raised as KeyboardInterrupt once the handle is on the ExitStack."""
-    caught: list[int] = []
-    held = (signal.SIGINT, signal.SIGTERM)
-    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum)) for sig in held}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    if caught:
-        raise KeyboardInterrupt
 
 
 def report(seen: list[Record], route: str, body: dict[str, Any]) -> list[str]:

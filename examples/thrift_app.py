@@ -23,8 +23,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,7 @@ import mesh_client
 from mesh_client import Mesh, MeshTimeoutError
 from mesh_client.context import begin_request
 from mesh_client.registry import Address
-from mesh_client.sidecar import envoy_binary, free_port, haproxy_binary, start_envoy, start_haproxy
+from mesh_client.sidecar import envoy_binary, free_port, haproxy_binary, interrupts_held, start_envoy, start_haproxy
 from mesh_client.thrift.server import MeshThriftServer, make_server
 
 IDL = """\
@@ -131,23 +130,6 @@ def registry(server_port: int, route: str, transport: str) -> dict[str, Any]:
             }
         },
     }
-
-
-@contextmanager
-def interrupts_held() -> Iterator[None]:
-    """Hold Ctrl-C and SIGTERM while a sidecar starts: interrupted inside ``start_envoy`` or
-    ``start_haproxy``, the process would run on with no handle to stop it. A signal that arrives
-    meanwhile is raised as KeyboardInterrupt once the handle is on the ExitStack."""
-    caught: list[int] = []
-    held = (signal.SIGINT, signal.SIGTERM)
-    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum)) for sig in held}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    if caught:
-        raise KeyboardInterrupt
 
 
 def envoy_thrift_calls(admin: Address) -> int:

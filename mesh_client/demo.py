@@ -67,7 +67,15 @@ from .mesh import Mesh
 from .policy import Route
 from .registry import Address, MeshConfig, load_file
 from .routing import FlagRouter, rollout_flag, route_flag, write_flag_file
-from .sidecar import SidecarProcess, envoy_binary, free_port, haproxy_binary, start_envoy, start_haproxy
+from .sidecar import (
+    SidecarProcess,
+    envoy_binary,
+    free_port,
+    haproxy_binary,
+    interrupts_held,
+    start_envoy,
+    start_haproxy,
+)
 
 __all__ = [
     "DEFAULT_DURATION",
@@ -546,31 +554,6 @@ def _flag_text(step: _Step, service: str, flipped: tuple[str, ...], base: Route)
 
 
 @contextmanager
-def _interrupts_held() -> Iterator[None]:
-    """Hold Ctrl-C and SIGTERM while a resource is acquired and put on the ExitStack: interrupted
-    in between, a process would run on with no handle to stop it. A signal that arrives meanwhile
-    is raised as KeyboardInterrupt afterwards (also instead of an error it caused: Ctrl-C on a
-    terminal reaches a sidecar that is starting too)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught: list[int] = []
-    held = (signal.SIGINT, signal.SIGTERM)
-    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum)) for sig in held}
-    try:
-        yield
-    except Exception as exc:
-        if caught:
-            raise KeyboardInterrupt from exc
-        raise
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    if caught:
-        raise KeyboardInterrupt
-
-
-@contextmanager
 def _interrupts_ignored() -> Iterator[list[int]]:
     """Ignore Ctrl-C and SIGTERM while every process is being stopped (a second Ctrl-C must not cut
     the clean-up short); yields the list of signals that arrived."""
@@ -660,11 +643,11 @@ class _Demo:
                 "showing the Envoy side only (every caller via Envoy, no walk, no rollback).",
                 "yellow",
             )
-        with _interrupts_held():
+        with interrupts_held():
             folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mesh-demo-")))
         services: dict[str, DemoService] = {}
         for name in DEMO_SERVICES:
-            with _interrupts_held():
+            with interrupts_held():
                 services[name] = stack.enter_context(DemoService(name))
         base = Route.HAPROXY if have_haproxy else Route.ENVOY
         text = REGISTRY.format(
@@ -687,7 +670,7 @@ class _Demo:
 
         callers: list[_Caller] = []
         for name in CALLERS:
-            with _interrupts_held():
+            with interrupts_held():
                 mesh = stack.enter_context(
                     Mesh(dataclasses.replace(config, caller=name, source=f"{registry} as {name}"))
                 )
@@ -697,12 +680,12 @@ class _Demo:
             + ", ".join(f"{name} on {svc.address}" for name, svc in services.items())
             + " (demo backends)"
         )
-        with _interrupts_held():
+        with interrupts_held():
             envoy = stack.enter_context(start_envoy(config, folder / "envoy", binary=envoy_bin))
         self._track(envoy)
         show.print(f"  Envoy     pid {envoy.pid}: egress {config.envoy_http}, admin {config.envoy_admin}")
         if have_haproxy:
-            with _interrupts_held():
+            with interrupts_held():
                 haproxy = stack.enter_context(start_haproxy(config, folder / "haproxy"))
             self._track(haproxy)
             ports = ", ".join(f"{name} on {svc.haproxy}" for name, svc in config.services.items())

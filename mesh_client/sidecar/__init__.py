@@ -5,7 +5,15 @@ mesh's control plane owns these configs; the renderings here are the reference f
 client needs from them (above all Envoy's internal-address settings).
 """
 
-from .process import SidecarProcess, envoy_binary, free_port, haproxy_binary, start_envoy, start_haproxy
+from .process import (
+    SidecarProcess,
+    envoy_binary,
+    free_port,
+    haproxy_binary,
+    interrupts_held,
+    start_envoy,
+    start_haproxy,
+)
 from .render import envoy_bootstrap, envoy_bootstrap_json, haproxy_config
 
 __all__ = [
@@ -16,6 +24,7 @@ __all__ = [
     "free_port",
     "haproxy_binary",
     "haproxy_config",
+    "interrupts_held",
     "start_envoy",
     "start_haproxy",
 ]

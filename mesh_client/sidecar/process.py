@@ -7,10 +7,13 @@ import http.client
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -18,7 +21,15 @@ from typing import Any
 from ..registry import Address, MeshConfig
 from .render import envoy_bootstrap_json, haproxy_config
 
-__all__ = ["SidecarProcess", "envoy_binary", "free_port", "haproxy_binary", "start_envoy", "start_haproxy"]
+__all__ = [
+    "SidecarProcess",
+    "envoy_binary",
+    "free_port",
+    "haproxy_binary",
+    "interrupts_held",
+    "start_envoy",
+    "start_haproxy",
+]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -169,3 +180,32 @@ def start_haproxy(
     ports = [svc.haproxy for svc in config.services.values()]
     proc = SidecarProcess("haproxy", [binary, "-db", "-f", str(path)], workdir / "haproxy.log", _tcp_ready(ports))
     return proc.start(timeout)
+
+
+@contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM while a sidecar starts and is put on an ExitStack: interrupted in
+       between, the process would run on with no handle to stop it::
+
+           with interrupts_held():
+               envoy = stack.enter_context(start_envoy(config, folder))
+    A signal that arrives meanwhile
+       is raised as KeyboardInterrupt afterwards (also instead of an error it caused: Ctrl-C on a
+       terminal reaches a sidecar that is starting too)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum)) for sig in held}
+    try:
+        yield
+    except Exception as exc:
+        if caught:
+            raise KeyboardInterrupt from exc
+        raise
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if caught:
+        raise KeyboardInterrupt
