@@ -11,6 +11,7 @@ The two classes share everything except the lines that ``await``.
 
 from __future__ import annotations
 
+import urllib.request
 from typing import Any
 
 import httpx
@@ -175,7 +176,12 @@ def _build(mesh: Mesh, kwargs: dict[str, Any], client_cls: Any, inner_cls: Any, 
     if inner is None:
         inner = inner_cls(**{k: kwargs[k] for k in _TRANSPORT_KWARGS if k in kwargs})
     transport = mesh_cls(mesh, inner)
-    names = [name for name, svc in mesh.config.services.items() if svc.protocol == "http"]
-    mounts = {f"all://{name}": transport for name in names}
+    mounts: dict[str, Any] = {}
+    if kwargs.get("trust_env", True) and urllib.request.getproxies():
+        # httpx mounts proxy transports from the environment, and mounts win over `transport`:
+        # mount the mesh transport for each service so no proxy captures mesh calls (only then:
+        # every mount is matched on every request)
+        names = [name for name, svc in mesh.config.services.items() if svc.protocol == "http"]
+        mounts = {f"all://{name}": transport for name in names}
     mounts.update(kwargs.pop("mounts", None) or {})
     return client_cls(transport=transport, mounts=mounts, **kwargs)

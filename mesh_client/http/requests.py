@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -122,8 +123,12 @@ class MeshSession(requests.Session):
         self.mesh_adapter = MeshAdapter(mesh)
 
     def _is_mesh_url(self, url: str) -> bool:
-        host = parse_url(url).host
-        return host is not None and host.lower().rstrip(".") in self.mesh.config.services
+        # urlsplit is cached by the standard library: several times cheaper than parse_url here
+        try:
+            host = urlsplit(url).hostname
+        except ValueError:
+            return False
+        return host is not None and host.rstrip(".") in self.mesh.config.services
 
     def get_adapter(self, url: str) -> requests.adapters.BaseAdapter:
         if self._is_mesh_url(url):

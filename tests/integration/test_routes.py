@@ -249,3 +249,19 @@ def test_envoy_stopped_without_failover_is_a_clear_error(
     assert "Envoy sidecar" in str(err)
     assert "failover is off" in str(err)
     assert world.backend.records(key) == []
+
+
+@pytest.mark.parametrize("kind", ["requests", "httpx", "httpx-async"])
+def test_proxy_environment_variables_never_capture_mesh_calls(
+    world: MeshWorld, make_caller: Callable[[str, Mesh], Caller], monkeypatch: pytest.MonkeyPatch, kind: str, key: str
+) -> None:
+    # a proxy that does not exist: a mesh call sent to it would fail
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    world.set_route(Route.HAPROXY)
+    c = make_caller(kind, world.mesh)
+    r = c.request("GET", f"http://users/through-proxy-env?key={key}")
+    assert r.status_code == 200
+    assert len(world.backend.records(key)) == 1
