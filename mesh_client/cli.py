@@ -44,7 +44,7 @@ def _route(args: argparse.Namespace) -> int:
             if name not in mesh.config.services:
                 known = ", ".join(sorted(mesh.config.services)) or "none"
                 print(f"mesh-client route: no service {name!r} in {args.registry} (services: {known})", file=sys.stderr)
-                return 1
+                return 2  # a bad argument, as for `call`
             decision = mesh.route_for(name)
             print(f"{name:24} {decision.route.value:8} {decision.reason}")
     return 0

@@ -67,7 +67,7 @@ def test_route_shows_the_flag_decision_and_the_fallback(registry: Path, capsys: 
 
 
 def test_unknown_service_is_an_error(registry: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["route", str(registry), "--service", "nope"]) == 1
+    assert main(["route", str(registry), "--service", "nope"]) == 2
     assert "no service 'nope'" in capsys.readouterr().err
 
 
