@@ -9,7 +9,12 @@ layer adds at most 20 %, so C receives at most about 1.2^2 = 1.44 per request.
 from __future__ import annotations
 
 import json
+import socket
+import socketserver
+import struct
+import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -21,7 +26,7 @@ import requests
 
 import mesh_client
 from mesh_client import Mesh, Route, call_info
-from mesh_client.sidecar import free_port, start_envoy
+from mesh_client.sidecar import free_port, start_envoy, start_haproxy
 from mesh_client.testing import Backend
 
 from .conftest import MeshWorld
@@ -139,3 +144,101 @@ def test_flag_file_corrupted_deleted_and_restored_during_traffic(world: MeshWorl
     assert failures == 0
     # the last good flags (Envoy) stayed in force through the corruption and the deletion
     assert {r.split(":")[1] for r in routes} == {"envoy"}
+
+
+class _ApplyThenFail(socketserver.BaseRequestHandler):
+    """Reads one request, applies it (records its x-request-id), then resets the connection or
+    answers too late, as a server that crashed or stalled after doing the work would."""
+
+    server: _FaultServer
+
+    def handle(self) -> None:
+        sock = self.request
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        headers = dict(line.decode("latin-1").split(":", 1) for line in head.split(b"\r\n")[1:] if b":" in line)
+        headers = {k.strip().lower(): v.strip() for k, v in headers.items()}
+        length = int(headers.get("content-length", "0"))
+        while len(body) < length:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return
+            body += chunk
+        with self.server.lock:
+            self.server.applied.append(headers.get("x-request-id", ""))
+        if self.server.mode == "reset":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()  # RST: the client cannot know the write was applied
+        else:
+            self.server.stop.wait(self.server.stall)  # answer after the client gave up
+
+
+class _FaultServer(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, mode: str, stall: float = 0.0) -> None:
+        super().__init__(("127.0.0.1", 0), _ApplyThenFail)
+        self.mode = mode
+        self.stall = stall
+        self.applied: list[str] = []
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+
+
+@pytest.mark.parametrize(("mode", "posts"), [("reset", 1000), ("timeout", 40)])
+@pytest.mark.parametrize("route", ["envoy", "haproxy"])
+def test_no_write_is_applied_twice(
+    tmp_path: Path, envoy_bin: str, haproxy_bin: str, route: str, mode: str, posts: int
+) -> None:
+    server = _FaultServer(mode, stall=1.0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    data = {
+        "mesh": {
+            "caller": "checkout",
+            "envoy_http": f"127.0.0.1:{free_port()}",
+            "envoy_admin": f"127.0.0.1:{free_port()}",
+            "default_route": route,
+        },
+        "services": {
+            "orders": {
+                "haproxy": f"127.0.0.1:{free_port()}",
+                "endpoints": [f"127.0.0.1:{server.server_address[1]}"],
+                "timeout": 0.15,
+                # everything that could replay a request, had POST been idempotent
+                "retries": 3,
+                "retry_on": ["5xx", "reset", "connect-failure", "gateway-error"],
+            }
+        },
+    }
+    outcomes: Counter[str] = Counter()
+    try:
+        with ExitStack() as stack:
+            mesh = stack.enter_context(Mesh.from_dict(data))
+            stack.enter_context(start_envoy(mesh.config, tmp_path / "envoy", binary=envoy_bin))
+            stack.enter_context(start_haproxy(mesh.config, tmp_path / "haproxy", binary=haproxy_bin))
+            session = stack.enter_context(mesh.requests_session())
+            for _ in range(posts):
+                try:
+                    r = session.post("http://orders/v1/orders", data=b'{"item": 1}')
+                    outcomes[f"status {r.status_code}"] += 1
+                except requests.RequestException as exc:
+                    outcomes[type(exc).__mro__[1].__name__] += 1
+    finally:
+        server.stop.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    applied = Counter(server.applied)
+    twice = [rid for rid, n in applied.items() if n > 1]
+    print(
+        f"{route}/{mode}: {posts} POSTs, applied {len(server.applied)}, twice {len(twice)}, outcomes {dict(outcomes)}"
+    )
+    assert len(server.applied) == posts
+    assert twice == []
