@@ -143,19 +143,7 @@ def test_doctor_fails_the_header_check_of_an_envoy_without_internal_address_conf
     bootstrap = envoy_bootstrap(config)
     hcm = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     del hcm["internal_address_config"]  # what an Envoy >= 1.36 configured before the change looks like
-    (tmp_path / "envoy.json").write_text(json.dumps(bootstrap))
-    argv = [
-        envoy_bin,
-        "-c",
-        str(tmp_path / "envoy.json"),
-        "--disable-hot-restart",
-        "--concurrency",
-        "1",
-        "-l",
-        "warning",
-    ]
-    with SidecarProcess("envoy", argv, tmp_path / "envoy.log", _admin_ready(config)) as envoy:
-        envoy.start()
+    with start_envoy(config, tmp_path, binary=envoy_bin, bootstrap=bootstrap):
         assert run(["doctor", str(path)]) == 1
     out = capsys.readouterr().out
     found = verdicts(out)
@@ -169,25 +157,6 @@ def test_doctor_fails_the_header_check_of_an_envoy_without_internal_address_conf
         "-> fix: on the egress HTTP connection manager set use_remote_address: true and internal_address_config" in line
     )
     assert "127.0.0.0, prefix_len: 8" in line
-
-
-def _admin_ready(config: MeshConfig) -> Any:
-    import http.client
-
-    assert config.envoy_admin is not None
-    admin = config.envoy_admin
-
-    def ready() -> bool:
-        conn = http.client.HTTPConnection(admin.host, admin.port, timeout=0.5)
-        try:
-            conn.request("GET", "/ready")
-            return conn.getresponse().status == 200
-        except OSError:
-            return False
-        finally:
-            conn.close()
-
-    return ready
 
 
 def test_doctor_fails_the_port_of_a_stopped_haproxy(
