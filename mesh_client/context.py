@@ -44,6 +44,9 @@ __all__ = [
 #: ``x-envoy-expected-rq-timeout-ms``) and read back by the middleware.
 MESH_TIMEOUT_HEADER: Final = "x-mesh-timeout-ms"
 REQUEST_ID_HEADER: Final = "x-request-id"
+#: The THeader header naming a Thrift call's destination service; the rendered Envoy Thrift
+#: listener routes THeader calls on it.
+MESH_SERVICE_HEADER: Final = "x-mesh-service"
 
 #: Headers that are never copied from an inbound request to an outbound one, nor named in the
 #: registry's ``context_headers``. (``x-envoy-*`` and ``x-forwarded-*`` are refused as prefixes.)
@@ -64,6 +67,7 @@ NEVER_FORWARDED: Final = frozenset(
         "upgrade",
         "grpc-timeout",
         MESH_TIMEOUT_HEADER,
+        MESH_SERVICE_HEADER,
         REQUEST_ID_HEADER,  # carried by mesh_client itself
     }
 )

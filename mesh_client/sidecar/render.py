@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ..context import MESH_SERVICE_HEADER
 from ..errors import ConfigError
 from ..registry import Address, MeshConfig, ServiceConfig
 
@@ -24,8 +25,7 @@ _ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 _THRIFT = "type.googleapis.com/envoy.extensions.filters.network.thrift_proxy.v3.ThriftProxy"
 _THRIFT_OPTIONS = "type.googleapis.com/envoy.extensions.filters.network.thrift_proxy.v3.ThriftProtocolOptions"
 _THRIFT_ROUTER = "type.googleapis.com/envoy.extensions.filters.network.thrift_proxy.router.v3.Router"
-#: THeader header naming the destination service (set by mesh_client's Thrift client)
-THRIFT_SERVICE_HEADER = "x-mesh-service"
+
 #: Envoy's connect timeout to an upstream instance.
 CONNECT_TIMEOUT = "0.25s"
 
@@ -53,7 +53,7 @@ def _cluster(svc: ServiceConfig) -> dict[str, Any]:
 def _thrift_route(svc: ServiceConfig) -> dict[str, Any]:
     if svc.transport == "header":
         # THeader calls name their service in a header; the server sees the plain method name
-        header = {"name": THRIFT_SERVICE_HEADER, "string_match": {"exact": svc.name}}
+        header = {"name": MESH_SERVICE_HEADER, "string_match": {"exact": svc.name}}
         return {"match": {"method_name": "", "headers": [header]}, "route": {"cluster": svc.name}}
     # framed calls carry "<service>:<method>"; Envoy strips the prefix before the server sees it
     return {"match": {"service_name": svc.name}, "route": {"cluster": svc.name, "strip_service_name": True}}

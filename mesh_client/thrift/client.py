@@ -36,6 +36,7 @@ import thriftpy2.transport.memory
 from thriftpy2.thrift import TApplicationException, TMessageType, args_to_kwargs
 from thriftpy2.transport import TTransportException
 
+from ..context import MESH_SERVICE_HEADER
 from ..core import Attempt, Broken, Done, Failure, Responded, drive
 from ..errors import MeshConnectError, MeshTimeoutError, ThriftRoutingError, as_mesh_error
 from ..policy import Route
@@ -50,8 +51,6 @@ _transport: Any = thriftpy2.transport
 _binary: Any = thriftpy2.protocol.binary
 _memory: Any = thriftpy2.transport.memory
 
-#: THeader header naming the destination service, matched by the rendered Envoy routes.
-SERVICE_HEADER: Final = "x-mesh-service"
 DEFAULT_MAX_CONNECTIONS: Final = 32
 _MAX_IDLE: Final = 8
 
@@ -346,7 +345,7 @@ class ThriftClient:
             if self._header:
                 headers = [(k.lower(), v) for k, v in attempt.set_headers if k.lower() != "host"]
                 if envoy_route:
-                    headers.append((SERVICE_HEADER, self._config.name))
+                    headers.append((MESH_SERVICE_HEADER, self._config.name))
                 frame = encode_header_frame(payload, seqid=seqid, headers=headers)
             else:
                 frame = encode_framed(payload)
