@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
+
+from . import clock as _clock
 
 __all__ = ["DEFAULT_BUDGET", "RetryBudget", "RetryBudgetConfig"]
 
@@ -52,7 +53,7 @@ DEFAULT_BUDGET: Final = RetryBudgetConfig()
 class RetryBudget:
     """A thread-safe retry budget for one service (shared by every call, thread and task)."""
 
-    def __init__(self, config: RetryBudgetConfig = DEFAULT_BUDGET, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, config: RetryBudgetConfig = DEFAULT_BUDGET, clock: Callable[[], float] = _clock.monotonic):
         self.config = config
         self._clock = clock
         self._width = config.ttl / _BUCKETS

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
+
+from . import clock as _clock
 
 __all__ = ["SidecarCircuit"]
 
@@ -18,7 +19,7 @@ class SidecarCircuit:
     answer closes the circuit.
     """
 
-    def __init__(self, base: float = 1.0, cap: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, base: float = 1.0, cap: float = 30.0, clock: Callable[[], float] = _clock.monotonic) -> None:
         self._base = base
         self._cap = cap
         self._clock = clock

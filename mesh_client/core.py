@@ -30,11 +30,11 @@ from __future__ import annotations
 import email.utils
 import enum
 import random
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Final, Generic, TypeVar
 
+from . import clock as _clock
 from . import envoy, haproxy
 from .budget import RetryBudget
 from .circuit import SidecarCircuit
@@ -187,7 +187,7 @@ def parse_retry_after(value: str) -> float | None:
         return None
     if when.tzinfo is None:
         return None
-    return max(0.0, when.timestamp() - time.time())
+    return max(0.0, when.timestamp() - _clock.wall())
 
 
 def backoff_upper_bound(retry_number: int) -> float:
@@ -215,7 +215,7 @@ class CallRun(Generic[R]):
         envoy_enforces: bool = True,
         budget: RetryBudget | None = None,
         circuit: SidecarCircuit | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = _clock.monotonic,
         jitter: Callable[[float, float], float] = random.uniform,
     ) -> None:
         self.mesh = mesh
@@ -529,7 +529,7 @@ def drive(
     run: CallRun[R],
     send: Callable[[Attempt], Responded[R] | Broken],
     discard: Callable[[R], None],
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], None] = _clock.sleep,
 ) -> Done[R] | Fail:
     """Run a call to its end, synchronously. ``send`` does one attempt and classifies the result;
     ``discard`` releases a response that is being retried."""
@@ -556,9 +556,7 @@ async def drive_async(
 ) -> Done[R] | Fail:
     """:func:`drive` for asyncio (or any loop ``sleep`` supports)."""
     if sleep is None:
-        import asyncio
-
-        sleep = asyncio.sleep
+        sleep = _clock.async_sleep
     step = run.advance(None)
     try:
         while isinstance(step, Attempt):

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import time
 from collections.abc import Iterator
 
+from . import clock
 from .policy import check_seconds
 
 __all__ = ["current_deadline", "deadline", "time_left"]
@@ -21,7 +21,7 @@ _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("mesh_c
 
 
 def current_deadline() -> float | None:
-    """The current deadline as a :func:`time.monotonic` value, or None when there is none."""
+    """The current deadline as a :func:`mesh_client.clock.monotonic` value, or None when there is none."""
     return _deadline.get()
 
 
@@ -30,7 +30,7 @@ def time_left(now: float | None = None) -> float | None:
     at = _deadline.get()
     if at is None:
         return None
-    return at - (time.monotonic() if now is None else now)
+    return at - (clock.monotonic() if now is None else now)
 
 
 @contextlib.contextmanager
@@ -38,7 +38,7 @@ def deadline(seconds: float) -> Iterator[float]:
     """Run the block with at most ``seconds`` left for all the mesh calls made inside it.
 
     An enclosing deadline that ends sooner wins: nesting only ever shrinks the time left.
-    Yields the absolute deadline (on the :func:`time.monotonic` clock).
+    Yields the absolute deadline (on the :func:`mesh_client.clock.monotonic` clock).
     """
     seconds = check_seconds(seconds, "deadline") or 0.0
     token = shrink_deadline(seconds)
@@ -51,7 +51,7 @@ def deadline(seconds: float) -> Iterator[float]:
 def shrink_deadline(seconds: float) -> contextvars.Token[float | None]:
     """Set the deadline to ``seconds`` from now unless the current one ends sooner; return the
     token to restore the previous one with :func:`restore_deadline`."""
-    at = time.monotonic() + seconds
+    at = clock.monotonic() + seconds
     outer = _deadline.get()
     if outer is not None and outer < at:
         at = outer

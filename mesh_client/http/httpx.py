@@ -11,8 +11,9 @@ The two classes share everything except the lines that ``await``.
 
 from __future__ import annotations
 
+import http.client
 import urllib.request
-from typing import Any
+from typing import Any, Final
 
 import httpx
 
@@ -22,6 +23,7 @@ from ..info import INFO_KEY
 from ..mesh import Mesh
 from ..policy import CallOptions
 from ..telemetry import no_http_instrumentation
+from ..wire import Wire, WireFailure, WireRequest, current_wire
 
 __all__ = ["EXTENSION_KEY", "AsyncMeshTransport", "MeshTransport", "build_async_client", "build_client"]
 
@@ -68,6 +70,33 @@ class _MeshTransportMixin:
         return httpx.Request(request.method, url, headers=headers, stream=request.stream, extensions=extensions)
 
     @staticmethod
+    def _over_wire(
+        wire: Wire, run: CallRun[httpx.Response], attempt: Attempt, request: httpx.Request
+    ) -> Responded[httpx.Response] | Broken:
+        """One attempt over an installed :class:`~mesh_client.wire.Wire` (a fake mesh); the
+        request's body has been read."""
+        sent = WireRequest.of(
+            attempt,
+            service=run.service.name,
+            method=request.method,
+            target=request.url.raw_path.decode("ascii"),
+            headers=tuple(request.headers.multi_items()),
+            body=request.content,
+        )
+        reply = wire.exchange(sent)
+        if isinstance(reply, WireFailure):
+            return Broken(reply.kind, _WIRE_ERRORS[reply.kind](reply.message, request=request), reply.message)
+        reason = reply.reason or http.client.responses.get(reply.status, "")
+        response = httpx.Response(
+            reply.status,
+            headers=list(reply.headers),
+            content=reply.body,
+            request=request,
+            extensions={"reason_phrase": reason.encode("ascii", "replace"), "http_version": b"HTTP/1.1"},
+        )
+        return Responded(response, response.status_code, response.headers, response.content)
+
+    @staticmethod
     def _responded(run: CallRun[httpx.Response], response: httpx.Response) -> Responded[httpx.Response] | None:
         """The outcome, or None when the (small) body must be read first to classify it."""
         if run.wants_body(response.status_code, response.headers):
@@ -100,9 +129,15 @@ class MeshTransport(_MeshTransportMixin, httpx.BaseTransport):
         if run is None:
             return self.transport.handle_request(request)
 
+        wire = current_wire()
+
         def send(attempt: Attempt) -> Responded[httpx.Response] | Broken:
+            attempt_request = self._attempt_request(request, attempt)
+            if wire is not None:
+                attempt_request.read()
+                return self._over_wire(wire, run, attempt, attempt_request)
             try:
-                response = self.transport.handle_request(self._attempt_request(request, attempt))
+                response = self.transport.handle_request(attempt_request)
             except httpx.TransportError as exc:
                 return _failure(exc) or _reraise(exc)
             outcome = self._responded(run, response)
@@ -130,9 +165,15 @@ class AsyncMeshTransport(_MeshTransportMixin, httpx.AsyncBaseTransport):
         if run is None:
             return await self.transport.handle_async_request(request)
 
+        wire = current_wire()
+
         async def send(attempt: Attempt) -> Responded[httpx.Response] | Broken:
+            attempt_request = self._attempt_request(request, attempt)
+            if wire is not None:
+                await attempt_request.aread()
+                return self._over_wire(wire, run, attempt, attempt_request)
             try:
-                response = await self.transport.handle_async_request(self._attempt_request(request, attempt))
+                response = await self.transport.handle_async_request(attempt_request)
             except httpx.TransportError as exc:
                 return _failure(exc) or _reraise(exc)
             outcome = self._responded(run, response)
@@ -149,6 +190,14 @@ class AsyncMeshTransport(_MeshTransportMixin, httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self.transport.aclose()
+
+
+#: the httpx exception for each way an attempt can fail over a wire
+_WIRE_ERRORS: Final = {
+    Failure.CONNECT: httpx.ConnectError,
+    Failure.TIMEOUT: httpx.ReadTimeout,
+    Failure.RESET: httpx.RemoteProtocolError,
+}
 
 
 def _reraise(exc: BaseException) -> Broken:

@@ -10,11 +10,14 @@ ignored for them too: the registry and :func:`mesh_client.call_options` decide.
 
 from __future__ import annotations
 
+import http.client
+import io
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import NewConnectionError
 from urllib3.util import parse_url
@@ -24,6 +27,7 @@ from ..errors import MeshTimeoutError, as_mesh_error
 from ..info import INFO_KEY
 from ..mesh import Mesh
 from ..telemetry import no_http_instrumentation
+from ..wire import Wire, WireFailure, WireRequest, current_wire
 
 __all__ = ["MeshAdapter", "MeshSession"]
 
@@ -73,6 +77,7 @@ class MeshAdapter(HTTPAdapter):
             service, request.method or "GET", replayable=body is None or isinstance(body, (bytes, str))
         )
         path = url.request_uri
+        wire = current_wire()
 
         def send_attempt(attempt: Attempt) -> Responded[requests.Response] | Broken:
             prepared = request.copy()
@@ -80,15 +85,21 @@ class MeshAdapter(HTTPAdapter):
             for name in [n for n in prepared.headers if attempt.drops(n)]:
                 del prepared.headers[name]
             prepared.headers.update(attempt.set_headers)
-            try:
-                response = super(MeshAdapter, self).send(
-                    prepared, stream=stream, timeout=attempt.timeout, verify=verify, cert=cert, proxies={}
-                )
-            except requests.RequestException as exc:
-                broken = _failure(exc)
-                if broken is None:
-                    raise
-                return broken
+            if wire is not None:
+                sent = self._over_wire(wire, prepared, attempt, service.name, path)
+                if isinstance(sent, Broken):
+                    return sent
+                response = sent
+            else:
+                try:
+                    response = super(MeshAdapter, self).send(
+                        prepared, stream=stream, timeout=attempt.timeout, verify=verify, cert=cert, proxies={}
+                    )
+                except requests.RequestException as exc:
+                    broken = _failure(exc)
+                    if broken is None:
+                        raise
+                    return broken
             status, headers = response.status_code, response.headers
             body = response.content if run.wants_body(status, headers) else None
             return Responded(response, status, headers, body)
@@ -108,6 +119,50 @@ class MeshAdapter(HTTPAdapter):
         response.request = request
         setattr(response, INFO_KEY, result.info)
         return response
+
+    def _over_wire(
+        self, wire: Wire, prepared: requests.PreparedRequest, attempt: Attempt, service: str, path: str
+    ) -> requests.Response | Broken:
+        """Send one attempt over an installed :class:`~mesh_client.wire.Wire` (a fake mesh)."""
+        body: Any = prepared.body  # typed bytes | str | None, but may be a file or an iterator
+        if body is None:
+            data = b""
+        elif isinstance(body, bytes):
+            data = body
+        elif isinstance(body, str):
+            data = body.encode("utf-8")
+        else:  # a file or an iterator: what requests would stream
+            data = body.read() if hasattr(body, "read") else b"".join(bytes(c) for c in body)
+            data = data.encode("utf-8") if isinstance(data, str) else data
+        request = WireRequest.of(
+            attempt,
+            service=service,
+            method=prepared.method or "GET",
+            target=path,
+            headers=tuple(prepared.headers.items()),
+            body=data,
+        )
+        reply = wire.exchange(request)
+        if isinstance(reply, WireFailure):
+            return Broken(reply.kind, _WIRE_ERRORS[reply.kind](reply.message, request=prepared), reply.message)
+        raw = urllib3.HTTPResponse(
+            body=io.BytesIO(reply.body),
+            headers=urllib3.HTTPHeaderDict(reply.headers),
+            status=reply.status,
+            reason=reply.reason or http.client.responses.get(reply.status, ""),
+            preload_content=False,
+            decode_content=True,
+            request_method=prepared.method,
+        )
+        return self.build_response(prepared, raw)
+
+
+#: the requests exception for each way an attempt can fail over a wire
+_WIRE_ERRORS: Final = {
+    Failure.CONNECT: requests.ConnectionError,
+    Failure.TIMEOUT: requests.ReadTimeout,
+    Failure.RESET: requests.exceptions.ChunkedEncodingError,
+}
 
 
 class MeshSession(requests.Session):

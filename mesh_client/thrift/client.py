@@ -41,6 +41,7 @@ from ..core import Attempt, Broken, Done, Failure, Responded, drive
 from ..errors import MeshConnectError, MeshTimeoutError, ThriftRoutingError, as_mesh_error
 from ..policy import Route
 from ..registry import Address, ServiceConfig
+from ..wire import ThriftCall, Wire, WireFailure, WireRequest, current_wire
 from .theader import FrameError, decode_header_frame, encode_framed, encode_header_frame, read_frame
 
 __all__ = ["ThriftClient"]
@@ -261,8 +262,11 @@ class ThriftClient:
         result_cls = getattr(service, api + "_result")
         oneway = bool(getattr(result_cls, "oneway", False))
         run = self._mesh.start_call(self._config, api)
+        wire = current_wire()
 
         def send(attempt: Attempt) -> Responded[_Reply] | Broken:
+            if wire is not None:
+                return self._over_wire(wire, attempt, api, call_args, oneway)
             return self._attempt(attempt, api, call_args, result_cls, oneway)
 
         result = drive(run, send, lambda reply: None)
@@ -339,14 +343,9 @@ class ThriftClient:
         try:
             seqid = conn.next_seqid()
             envoy_route = attempt.route is Route.ENVOY
-            # framed calls through Envoy carry the service as a multiplex prefix, which Envoy strips
-            name = f"{self._config.name}:{api}" if envoy_route and not self._header else api
-            payload = self._encode_call(name, call_args, seqid, oneway)
+            payload = self._encode_call(self._wire_name(attempt, api), call_args, seqid, oneway)
             if self._header:
-                headers = [(k.lower(), v) for k, v in attempt.set_headers if k.lower() != "host"]
-                if envoy_route:
-                    headers.append((MESH_SERVICE_HEADER, self._config.name))
-                frame = encode_header_frame(payload, seqid=seqid, headers=headers)
+                frame = encode_header_frame(payload, seqid=seqid, headers=self._theader_headers(attempt))
             else:
                 frame = encode_framed(payload)
             try:
@@ -364,15 +363,52 @@ class ThriftClient:
                 reply = self._decode_reply(body, seqid, result_cls)
             except (FrameError, _StaleReply) as exc:
                 return Broken(Failure.RESET, exc, str(exc))
-            if reply.error is None:
-                reusable = True
-                return Responded(reply, 200, {})
-            envoy = _classify_envoy_reply(reply.error) if envoy_route else None
-            if envoy is None:
-                return Responded(reply, 500, {})
-            return Responded(reply, envoy[1], {}, proxy_error=envoy[0])
+            reusable = reply.error is None
+            return self._outcome(reply, envoy_route)
         finally:
             pool.release(conn, reusable)
+
+    def _wire_name(self, attempt: Attempt, api: str) -> str:
+        """The method name as sent: framed calls through Envoy carry the service as a multiplex
+        prefix, which Envoy strips."""
+        return f"{self._config.name}:{api}" if attempt.route is Route.ENVOY and not self._header else api
+
+    def _theader_headers(self, attempt: Attempt) -> list[tuple[str, str]]:
+        headers = [(k.lower(), v) for k, v in attempt.set_headers if k.lower() != "host"]
+        if attempt.route is Route.ENVOY:
+            headers.append((MESH_SERVICE_HEADER, self._config.name))
+        return headers
+
+    @staticmethod
+    def _outcome(reply: _Reply, envoy_route: bool) -> Responded[_Reply]:
+        if reply.error is None:
+            return Responded(reply, 200, {})
+        envoy = _classify_envoy_reply(reply.error) if envoy_route else None
+        if envoy is None:
+            return Responded(reply, 500, {})
+        return Responded(reply, envoy[1], {}, proxy_error=envoy[0])
+
+    def _over_wire(
+        self, wire: Wire, attempt: Attempt, api: str, call_args: Any, oneway: bool
+    ) -> Responded[_Reply] | Broken:
+        """One attempt over an installed :class:`~mesh_client.wire.Wire` (a fake mesh)."""
+        sent = WireRequest.of(
+            attempt,
+            service=self._config.name,
+            method=api,
+            target=self._wire_name(attempt, api),
+            headers=tuple(self._theader_headers(attempt)) if self._header else (),
+            thrift=ThriftCall(self._service, api, call_args, oneway),
+        )
+        reply = wire.exchange(sent)
+        if isinstance(reply, WireFailure):
+            return Broken(reply.kind, _WIRE_ERRORS[reply.kind](reply.message), reply.message)
+        if oneway:
+            return Responded(_Reply(), 200, {})
+        result = reply.thrift_reply
+        if isinstance(result, TApplicationException):
+            return self._outcome(_Reply(error=result), attempt.route is Route.ENVOY)
+        return self._outcome(_Reply(result=result), attempt.route is Route.ENVOY)
 
     def _encode_call(self, name: str, call_args: Any, seqid: int, oneway: bool) -> bytes:
         buf: Any = _transport.TMemoryBuffer()
@@ -409,6 +445,14 @@ class ThriftClient:
         except Exception as exc:
             raise FrameError(f"cannot decode the reply: {exc}") from None
         return _Reply(result=result)
+
+
+#: the exception a socket would raise for each way an attempt can fail over a wire
+_WIRE_ERRORS: Final[dict[Failure, type[OSError]]] = {
+    Failure.CONNECT: ConnectionRefusedError,
+    Failure.TIMEOUT: TimeoutError,
+    Failure.RESET: ConnectionResetError,
+}
 
 
 class _StaleReply(Exception):
