@@ -177,7 +177,11 @@ def no_io(
         )
         ma = world.mesh.httpx_async_client(transport=httpx.MockTransport(_canned))
         pa = httpx.AsyncClient(transport=httpx.MockTransport(_canned))
-        clients.sync += [ms, ps, mc, pc]
+        # the mesh session skips requests' reading of the proxy environment for mesh URLs (they
+        # never use a proxy); with trust_env off on both sides, what is left is mesh_client's own cost
+        ms_quiet, ps_quiet = world.mesh.requests_session(), requests.Session()
+        ms_quiet.trust_env = ps_quiet.trust_env = False
+        clients.sync += [ms, ps, mc, pc, ms_quiet, ps_quiet]
         clients.async_ += [ma, pa]
 
         async def mesh_async() -> None:
@@ -196,6 +200,10 @@ def no_io(
                 Variant("plain", lambda: _check(pc.get(plain_url, headers=headers).status_code)),
             ),
             "httpx-async": (Variant("mesh", acall=mesh_async), Variant("plain", acall=plain_async)),
+            "requests, trust_env off": (
+                Variant("mesh", lambda: _check(ms_quiet.get(mesh_url).status_code)),
+                Variant("plain", lambda: _check(ps_quiet.get(plain_url, headers=headers, timeout=timeout).status_code)),
+            ),
         }
         for kind, (mesh_v, plain_v) in pairs.items():
             alternate([mesh_v, plain_v], rounds=rounds, calls=calls, warmup=warmup, loop=loop)

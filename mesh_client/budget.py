@@ -39,8 +39,9 @@ class RetryBudgetConfig:
     def __post_init__(self) -> None:
         for name in ("percent", "min_per_second"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or value < 0:
-                raise ValueError(f"retry_budget.{name} must be a number >= 0, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                # (infinity would pass "value >= 0" and make every call's budget arithmetic overflow)
+                raise ValueError(f"retry_budget.{name} must be a finite number >= 0, got {value!r}")
         if self.percent > 1000:
             raise ValueError(f"retry_budget.percent must be at most 1000, got {self.percent!r}")
         if isinstance(self.ttl, bool) or not isinstance(self.ttl, (int, float)) or not 1 <= self.ttl <= 60:
@@ -59,28 +60,39 @@ class RetryBudget:
         self._width = config.ttl / _BUCKETS
         self._calls = [0] * _BUCKETS
         self._retries = [0] * _BUCKETS
+        # running sums of the buckets, so the balance is read without summing them
+        self._calls_total = 0
+        self._retries_total = 0
         self._epoch = int(clock() / self._width)
         self._lock = threading.Lock()
 
     def _roll(self) -> None:
         """Expire the buckets older than ``ttl`` (call with the lock held)."""
         epoch = int(self._clock() / self._width)
+        if epoch <= self._epoch:
+            return
         steps = min(epoch - self._epoch, _BUCKETS)
+        calls, retries = self._calls_total, self._retries_total
         for i in range(1, steps + 1):
             slot = (self._epoch + i) % _BUCKETS
+            calls -= self._calls[slot]
+            retries -= self._retries[slot]
             self._calls[slot] = 0
             self._retries[slot] = 0
-        self._epoch = max(epoch, self._epoch)
+        self._calls_total, self._retries_total = calls, retries
+        self._epoch = epoch
 
     def _balance(self) -> float:
-        allowed = self.config.min_per_second * self.config.ttl + sum(self._calls) * self.config.percent / 100
-        return allowed - sum(self._retries)
+        allowed = self.config.min_per_second * self.config.ttl + self._calls_total * self.config.percent / 100
+        return allowed - self._retries_total
 
     def deposit(self) -> None:
         """Count one call."""
         with self._lock:
-            self._roll()
+            if int(self._clock() / self._width) > self._epoch:
+                self._roll()
             self._calls[self._epoch % _BUCKETS] += 1
+            self._calls_total += 1
 
     def try_withdraw(self) -> bool:
         """Take one retry if the budget allows it."""
@@ -89,6 +101,7 @@ class RetryBudget:
             if self._balance() < 1:
                 return False
             self._retries[self._epoch % _BUCKETS] += 1
+            self._retries_total += 1
             return True
 
     def spend(self, retries: int) -> None:
@@ -98,9 +111,14 @@ class RetryBudget:
         with self._lock:
             self._roll()
             self._retries[self._epoch % _BUCKETS] += retries
+            self._retries_total += retries
 
     def available(self) -> int:
         """Whole retries left now."""
+        if int(self._clock() / self._width) <= self._epoch:
+            # no bucket to expire: a read of two counters needs no lock (every call asks this)
+            balance = int(self._balance())
+            return balance if balance > 0 else 0
         with self._lock:
             self._roll()
             return max(0, int(self._balance()))

@@ -37,9 +37,16 @@ class SidecarCircuit:
         return self._pause > 0
 
     def refused(self) -> None:
+        """A connection to the sidecar was refused: open the circuit for ``base`` seconds, or for
+        twice the last pause when the pause had ended (a failed probe). A refusal while the circuit
+        is open changes nothing: it comes from a call that set out before it opened, and the many
+        concurrent calls a sidecar restart catches must not double the pause once each."""
         with self._lock:
+            now = self._clock()
+            if now < self._open_until:
+                return
             self._pause = self._base if self._pause == 0 else min(self._cap, self._pause * 2)
-            self._open_until = self._clock() + self._pause
+            self._open_until = now + self._pause
 
     def answered(self) -> None:
         if self._pause:

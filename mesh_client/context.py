@@ -19,13 +19,18 @@ name them); ``authorization`` and ``cookie`` only when the registry names them.
 from __future__ import annotations
 
 import contextvars
+import os
+import random
 import re
-import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from opentelemetry.baggage import get_all as _get_all_baggage
+from opentelemetry.context import get_current as _otel_current
 from opentelemetry.propagators.textmap import Setter
+from opentelemetry.trace import INVALID_SPAN_CONTEXT as _INVALID_SPAN_CONTEXT
+from opentelemetry.trace import get_current_span as _get_current_span
 
 __all__ = [
     "MESH_TIMEOUT_HEADER",
@@ -193,8 +198,20 @@ def read_inbound(headers: Mapping[str, str], *, header_prefix: str, context_head
     )
 
 
+# request ids come from a generator of mesh_client's own, seeded from os.urandom and reseeded in
+# every forked child: the application seeding `random` must not make two processes' ids collide
+_ids = random.Random()
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_ids.seed)
+_UUID4_CLEAR: Final = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID4_SET: Final = (0x4000 << 64) | (0x8000 << 48)
+
+
 def new_request_id() -> str:
-    return str(uuid.uuid4())
+    """A fresh random UUID4, as text (without :func:`uuid.uuid4`'s system call per id: a request
+    id must be unique, not secret)."""
+    h = "%032x" % ((_ids.getrandbits(128) & _UUID4_CLEAR) | _UUID4_SET)
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 class _Setter(Setter[list[tuple[str, str]]]):
@@ -207,22 +224,65 @@ class _Setter(Setter[list[tuple[str, str]]]):
 _SETTER: Final = _Setter()
 
 
+#: (propagator, whether it is OpenTelemetry's default: W3C trace context and baggage only)
+_default_textmap: tuple[object, bool] = (None, False)
+_propagate_module: Any = None
+
+
+def _propagate() -> Any:
+    """``opentelemetry.propagate``, imported on first use (it reads ``OTEL_PROPAGATORS`` then)."""
+    global _propagate_module
+    if _propagate_module is None:
+        from opentelemetry import propagate
+
+        _propagate_module = propagate
+    return _propagate_module
+
+
+def _nothing_to_inject() -> bool:
+    """Whether injecting the current OpenTelemetry context would add no header: the default
+    propagators, no span context and no baggage (no SDK and no inbound trace). Saves the
+    ``propagate.inject`` walk on every call of an application without OpenTelemetry."""
+    global _default_textmap
+    textmap = _propagate().get_global_textmap()
+    checked, is_default = _default_textmap
+    if textmap is not checked:
+        from opentelemetry.baggage.propagation import W3CBaggagePropagator
+        from opentelemetry.propagators.composite import CompositePropagator
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+        known = (TraceContextTextMapPropagator, W3CBaggagePropagator)
+        parts = getattr(textmap, "_propagators", None) if type(textmap) is CompositePropagator else [textmap]
+        is_default = parts is not None and all(type(p) in known for p in parts)
+        _default_textmap = (textmap, is_default)
+    if not is_default:
+        return False
+    current = _otel_current()
+    if not current:  # an empty context: no span, no baggage
+        return True
+    # the exact tests of TraceContextTextMapPropagator.inject and W3CBaggagePropagator.inject
+    return _get_current_span(current).get_span_context() == _INVALID_SPAN_CONTEXT and not _get_all_baggage(current)
+
+
 def outbound_headers(otel_context: Any | None = None) -> list[tuple[str, str]]:
     """The context headers for one logical call, validated.
 
     ``otel_context`` is the OpenTelemetry context to propagate (the client span's); by default the
     current one.
     """
-    from opentelemetry import propagate
-
     headers: list[tuple[str, str]] = []
-    propagate.inject(headers, context=otel_context, setter=_SETTER)
+    if otel_context is not None or not _nothing_to_inject():
+        _propagate().inject(headers, context=otel_context, setter=_SETTER)
+        for name, value in headers:
+            check_header_value(name, value)
     inbound = _inbound.get()
-    headers.append((REQUEST_ID_HEADER, inbound.request_id if inbound else new_request_id()))
-    if inbound is not None:
-        headers.extend(inbound.context_headers)
-    for name, value in headers:
+    if inbound is None:
+        headers.append((REQUEST_ID_HEADER, new_request_id()))  # well-formed by construction
+        return headers
+    carried = [(REQUEST_ID_HEADER, inbound.request_id), *inbound.context_headers]
+    for name, value in carried:
         check_header_value(name, value)
+    headers += carried
     return headers
 
 

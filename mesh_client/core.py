@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import email.utils
 import enum
+import itertools
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from . import clock as _clock
 from . import envoy, haproxy
 from .budget import RetryBudget
 from .circuit import SidecarCircuit
-from .context import MESH_TIMEOUT_HEADER
+from .context import MESH_TIMEOUT_HEADER, REQUEST_ID_HEADER
 from .deadline import time_left
 from .errors import DeadlineExceeded, MeshConnectError, MeshTimeoutError, MeshTransportError
 from .info import CallInfo
@@ -95,6 +96,10 @@ _NEVER_SENT_KINDS = frozenset({"5xx", "gateway-error", "reset", "reset-before-re
 _RESET_KINDS = frozenset({"5xx", "gateway-error", "reset"})
 
 
+_serials = itertools.count(1)
+_ENVOY: Final = Route.ENVOY  # a module global is read faster than an enum member, on every call
+
+
 class Failure(str, enum.Enum):
     """How an attempt failed below HTTP, as the wrapper saw it."""
 
@@ -127,6 +132,8 @@ class Broken:
     kind: Failure
     error: BaseException
     detail: str = ""
+    #: the status and headers had arrived, the body did not complete (in time)
+    response_started: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +151,8 @@ class Attempt:
     delay: float = 0.0
     #: the attempt's timeout is its per-try timeout (time for another attempt remains after it)
     per_try_limited: bool = False
+    #: the call this attempt belongs to (unique in the process): every attempt of a call shares it
+    call: int = 0
 
     def drops(self, name: str) -> bool:
         """Whether a header the caller set must not go out on this attempt."""
@@ -180,7 +189,7 @@ def parse_retry_after(value: str) -> float | None:
     """Seconds from a ``Retry-After`` value (delta-seconds or an HTTP date), None if unusable."""
     value = value.strip()
     if value.isascii() and value.isdigit():
-        return float(int(value))
+        return float(value)  # not float(int(value)): that overflows for absurdly many digits (inf here)
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
@@ -188,6 +197,36 @@ def parse_retry_after(value: str) -> float | None:
     if when.tzinfo is None:
         return None
     return max(0.0, when.timestamp() - _clock.wall())
+
+
+_DROP_PREFIXES: dict[str, tuple[str, ...]] = {}
+_DROP_NAMES: dict[tuple[str, ...], frozenset[str]] = {}
+_DROP_WITH_REQUEST_ID: Final = DROPPED_HEADERS | {REQUEST_ID_HEADER}
+
+
+def _drop_prefixes(header_prefix: str) -> tuple[str, ...]:
+    """Caller-set Envoy control headers never go out (configured or stock prefix), nor a previous
+    hop's X-Forwarded-* claims (with X-Forwarded-For, Envoy would ignore every x-envoy-* header)."""
+    prefixes = _DROP_PREFIXES.get(header_prefix)
+    if prefixes is None:
+        prefixes = tuple(dict.fromkeys((header_prefix + "-", "x-envoy-", "x-forwarded-", "proxy-")))
+        _DROP_PREFIXES[header_prefix] = prefixes
+    return prefixes
+
+
+def _drop_names(context_headers: tuple[tuple[str, str], ...]) -> frozenset[str]:
+    """:data:`DROPPED_HEADERS` and the context headers' names (which mesh_client sets itself),
+    made once per set of names rather than once per call."""
+    if len(context_headers) == 1 and context_headers[0][0] == REQUEST_ID_HEADER:
+        return _DROP_WITH_REQUEST_ID  # the usual case: no trace context, no inbound request
+    key = tuple([name for name, _ in context_headers])
+    names = _DROP_NAMES.get(key)
+    if names is None:
+        names = DROPPED_HEADERS | {name.lower() for name in key}
+        if len(_DROP_NAMES) >= 256:  # the names come from propagators and the registry: a few sets
+            _DROP_NAMES.clear()
+        _DROP_NAMES[key] = names
+    return names
 
 
 def backoff_upper_bound(retry_number: int) -> float:
@@ -246,15 +285,14 @@ class CallRun(Generic[R]):
         self.deadline_left = left
         total = policy.timeout if left is None else min(policy.timeout, left)
         self.end = now + total
+        self.serial = next(_serials)
         self.attempts = 0
         self.retries_done = 0
         self.failed_over = False
         self._last_attempt: Attempt | None = None
         self._prefix = mesh.header_prefix
-        # caller-set Envoy control headers never go out (configured or stock prefix), nor a previous
-        # hop's X-Forwarded-* claims (with X-Forwarded-For, Envoy would ignore every x-envoy-* header)
-        self._drop_prefixes = tuple(dict.fromkeys((mesh.header_prefix + "-", "x-envoy-", "x-forwarded-", "proxy-")))
-        self._drop_names = DROPPED_HEADERS | {name.lower() for name, _ in context_headers}
+        self._drop_prefixes = _drop_prefixes(mesh.header_prefix)
+        self._drop_names = _drop_names(context_headers)
 
     # -- the state machine ---------------------------------------------------------------------
 
@@ -267,7 +305,7 @@ class CallRun(Generic[R]):
                     f"the deadline passed {-self.deadline_left * 1000:.0f} ms ago; nothing was sent",
                     None,
                 )
-            if self.route is Route.ENVOY and self.mesh.failover and self.circuit is not None and self.circuit.is_open():
+            if self.route is _ENVOY and self.mesh.failover and self.circuit is not None and self.circuit.is_open():
                 self.route = Route.HAPROXY
                 self.failed_over = True
                 self.route_reason += "; the Envoy sidecar refused connections recently (circuit open): via HAProxy"
@@ -322,6 +360,14 @@ class CallRun(Generic[R]):
                     f"(failover is off in {self.mesh.source})",
                     outcome.error,
                 )
+            if outcome.kind is Failure.TIMEOUT and outcome.response_started:
+                return self._fail(
+                    MeshTimeoutError,
+                    f"the response from the Envoy sidecar at {attempt.address} was not complete within "
+                    f"{attempt.timeout:.3f} s{detail}: Envoy was asked to give up after "
+                    f"{self._envoy_timeout_text(attempt)} and passes no more of the body on after that",
+                    outcome.error,
+                )
             if outcome.kind is Failure.TIMEOUT:
                 return self._fail(
                     MeshTimeoutError,
@@ -337,10 +383,12 @@ class CallRun(Generic[R]):
             return self._fail(MeshConnectError, f"cannot connect to {where}{detail} after {tries}", outcome.error)
         if outcome.kind is Failure.TIMEOUT:
             elapsed = self.clock() - self.started
+            what = f"the response via {where} was not complete{detail}"
+            if not outcome.response_started:
+                what = f"no answer via {where}"
             return self._fail(
                 MeshTimeoutError,
-                f"no answer via {where} after {elapsed:.3f} s and {tries} "
-                f"(timeout {self._timeout_text()}){self._deadline_text()}",
+                f"{what} after {elapsed:.3f} s and {tries} (timeout {self._timeout_text()}){self._deadline_text()}",
                 outcome.error,
             )
         return self._fail(MeshTransportError, f"the connection to {where} broke{detail} after {tries}", outcome.error)
@@ -420,32 +468,42 @@ class CallRun(Generic[R]):
             )
         self.attempts += 1
         svc = self.service
-        if self.route is Route.ENVOY and self.envoy_enforces:
-            retries = self.policy.retries
+        if self.route is _ENVOY and self.envoy_enforces:
+            policy = self.policy
+            retries = policy.retries
             if self.budget is not None and self.tokens and retries > 0:
                 available = self.budget.available()
                 if available < retries:
                     retries = available
                     self.budget_exhausted = available == 0
-            headers = envoy.policy_headers(
+            # envoy.policy_headers, with the parts that do not change from call to call cached
+            per_try = policy.per_try_timeout
+            timeout_header, policy_rest = envoy.policy_header_template(
                 self._prefix,
-                timeout=remaining,
-                per_try_timeout=self.policy.per_try_timeout,
-                retries=retries,
-                retry_on=self.tokens,
-                retriable_status_codes=self.policy.retriable_status_codes,
+                per_try if per_try is not None and per_try < remaining else None,
+                retries,
+                self.tokens,
+                policy.retriable_status_codes,
             )
-            margin = min(ENVOY_MARGIN_MAX, max(ENVOY_MARGIN_MIN, remaining * ENVOY_MARGIN_SHARE))
+            margin = remaining * ENVOY_MARGIN_SHARE  # within [ENVOY_MARGIN_MIN, ENVOY_MARGIN_MAX]
+            margin = ENVOY_MARGIN_MIN if margin < ENVOY_MARGIN_MIN else min(margin, ENVOY_MARGIN_MAX)
             attempt = Attempt(
                 number=self.attempts,
-                route=Route.ENVOY,
+                route=_ENVOY,
                 address=self.envoy_address,
                 host=svc.envoy_host,
-                set_headers=(("Host", svc.envoy_host), *self.context_headers, *headers),
+                set_headers=(
+                    ("Host", svc.envoy_host),
+                    *self.context_headers,
+                    # envoy.timeout_ms(remaining), inline: remaining >= MIN_ATTEMPT, so never below 1 ms
+                    (timeout_header, str(int(remaining * 1000 + 1e-6))),
+                    *policy_rest,
+                ),
                 drop_prefixes=self._drop_prefixes,
                 drop_names=self._drop_names,
                 timeout=remaining + margin,
                 delay=delay,
+                call=self.serial,
             )
         else:
             per_try = self.policy.per_try_timeout
@@ -463,6 +521,7 @@ class CallRun(Generic[R]):
                 timeout=timeout,
                 delay=delay,
                 per_try_limited=per_try is not None and per_try < remaining,
+                call=self.serial,
             )
         self._last_attempt = attempt
         return attempt

@@ -12,6 +12,7 @@ switch off a retry policy configured on the route; retry-on tokens are comma-sep
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Final
 
@@ -21,6 +22,7 @@ __all__ = [
     "classify_reply",
     "control_header_names",
     "may_be_local_reply",
+    "policy_header_template",
     "policy_headers",
     "timeout_ms",
     "upstream_service_time",
@@ -68,18 +70,29 @@ def policy_headers(
     ``retry_on`` the tokens that apply to this call (already filtered for idempotency). When no
     retry applies, ``max-retries: 0`` is sent so a retry policy on the route cannot retry either.
     """
-    headers = [(f"{prefix}-upstream-rq-timeout-ms", str(timeout_ms(timeout)))]
-    if per_try_timeout is not None and per_try_timeout < timeout:
+    per_try = per_try_timeout if per_try_timeout is not None and per_try_timeout < timeout else None
+    name, rest = policy_header_template(prefix, per_try, retries, tuple(retry_on), tuple(retriable_status_codes))
+    return [(name, str(timeout_ms(timeout))), *rest]
+
+
+@functools.lru_cache(maxsize=512)
+def policy_header_template(
+    prefix: str, per_try_timeout: float | None, retries: int, retry_on: tuple[str, ...], codes: tuple[int, ...]
+) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """:func:`policy_headers` in two parts: the name of the timeout header (whose value is the
+    only per-call part) and the headers that follow it, made once per policy and cached.
+    ``per_try_timeout`` is None when it is not below the call's timeout (no per-try header)."""
+    headers = []
+    if per_try_timeout is not None:
         headers.append((f"{prefix}-upstream-rq-per-try-timeout-ms", str(timeout_ms(per_try_timeout))))
     if retries > 0 and retry_on:
         headers.append((f"{prefix}-retry-on", ",".join(retry_on)))
         headers.append((f"{prefix}-max-retries", str(retries)))
-        if "retriable-status-codes" in retry_on and retriable_status_codes:
-            codes = ",".join(str(c) for c in retriable_status_codes)
-            headers.append((f"{prefix}-retriable-status-codes", codes))
+        if "retriable-status-codes" in retry_on and codes:
+            headers.append((f"{prefix}-retriable-status-codes", ",".join(str(c) for c in codes)))
     else:
         headers.append((f"{prefix}-max-retries", "0"))
-    return headers
+    return f"{prefix}-upstream-rq-timeout-ms", tuple(headers)
 
 
 def control_header_names(prefix: str, names: list[str] | tuple[str, ...] | set[str]) -> list[str]:
@@ -95,9 +108,9 @@ def upstream_service_time(headers: Mapping[str, str], prefix: str) -> float | No
         return None
     try:
         ms = int(value.strip())
-    except ValueError:
+        return ms / 1000.0 if ms >= 0 else None
+    except (ValueError, OverflowError):  # OverflowError: more digits than a float holds
         return None
-    return ms / 1000.0 if ms >= 0 else None
 
 
 def attempt_count(headers: Mapping[str, str], prefix: str) -> int | None:

@@ -14,7 +14,7 @@ from .circuit import SidecarCircuit
 from .context import outbound_headers
 from .core import CallRun
 from .errors import InvalidServiceURL, MeshError
-from .policy import UNSET, CallOptions, current_options
+from .policy import NO_OPTIONS, UNSET, CallOptions, current_options
 from .registry import Address, MeshConfig, ServiceConfig, load_file, load_mapping
 from .routing import FlagRouter, RouteDecision, Router, make_router
 from .telemetry import CallTelemetry
@@ -50,6 +50,8 @@ class Mesh:
         self._clients: weakref.WeakSet[Any] = weakref.WeakSet()
         self._budgets: dict[str, RetryBudget] = {}
         self._circuits: dict[Address, SidecarCircuit] = {}
+        #: per service: its retry budget and the circuit of the sidecar listener its calls use
+        self._shared: dict[str, tuple[RetryBudget, SidecarCircuit | None]] = {}
 
     @classmethod
     def from_file(cls, path: str | Path, **kwargs: Any) -> Mesh:
@@ -111,7 +113,11 @@ class Mesh:
         options = current_options()
         if extra is not None:
             options = options.merged(extra)
-        policy = options.apply(service.policy)
+        if options is NO_OPTIONS:  # the usual case: the registry's policy, the flag's route
+            policy, idempotent = service.policy, None
+        else:
+            policy = options.apply(service.policy)
+            idempotent = None if options.idempotent is UNSET else options.idempotent
         if options.route is not UNSET:
             route, reason = options.route, f"forced to {options.route.value} by call options"
         else:
@@ -127,6 +133,9 @@ class Mesh:
             telemetry.span.end()
             raise
         envoy_address = self.config.envoy_thrift if thrift else self.config.envoy_http
+        shared = self._shared.get(service.name)
+        if shared is None:
+            shared = self._shared[service.name] = (self.retry_budget(service.name), self._circuit(envoy_address))
         return CallRun(
             mesh=self.config,
             service=service,
@@ -134,15 +143,15 @@ class Mesh:
             policy=policy,
             route=route,
             route_reason=reason,
-            idempotent=None if options.idempotent is UNSET else options.idempotent,
+            idempotent=idempotent,
             replayable=replayable,
             context_headers=tuple(context_headers),
             telemetry=telemetry,
             # Envoy's thrift_proxy has no timeouts or retries: the client keeps them on both routes
             envoy_address=envoy_address,
             envoy_enforces=not thrift,
-            budget=self.retry_budget(service.name),
-            circuit=self._circuit(envoy_address),
+            budget=shared[0],
+            circuit=shared[1],
         )
 
     def retry_budget(self, service: str) -> RetryBudget:

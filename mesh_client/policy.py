@@ -68,6 +68,11 @@ DEFAULT_RETRIES: Final = 1
 MAX_RETRIES: Final = 10
 
 
+#: The longest duration anything accepts: a day. Socket timeouts stop near 3e9 s and Envoy's route
+#: timeout is a protobuf Duration; no mesh call should wait that long anyway.
+MAX_SECONDS: Final = 86_400
+
+
 def check_seconds(value: object, what: str, *, allow_none: bool = False) -> float | None:
     """Validate a duration in seconds: a finite number > 0 (or None when allowed)."""
     if value is None and allow_none:
@@ -79,6 +84,8 @@ def check_seconds(value: object, what: str, *, allow_none: bool = False) -> floa
         raise ValueError(f"{what} must be a finite number of seconds, got {value!r}")
     if seconds <= 0:
         raise ValueError(f"{what} must be greater than 0 seconds, got {value!r}")
+    if seconds > MAX_SECONDS:  # beyond what sockets and Envoy's route timeout accept
+        raise ValueError(f"{what} must be at most {MAX_SECONDS} seconds (a day), got {value!r}")
     return seconds
 
 

@@ -354,7 +354,7 @@ def _optional_seconds(value: object, what: str) -> float | None:
 
 def _service(name: str, table: object, source: str) -> ServiceConfig:
     prefix = f"services.{name}"
-    if not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.match(name):  # (a dict given to load_mapping may have any keys)
         raise ConfigError(
             "is not a valid service name (lowercase letters, digits, '.', '-', '_'; it is used as a host name)",
             key=prefix,
@@ -367,6 +367,12 @@ def _service(name: str, table: object, source: str) -> ServiceConfig:
     transport = r.choice("transport", ("framed", "header"), "framed")
     envoy_host = r.string("envoy_host", name)
     if not _HOSTNAME.match(envoy_host):
+        if "envoy_host" not in r.table:  # derived from the name, which may hold '_'
+            raise r.fail(
+                "envoy_host",
+                f"the service name {name!r} is not a valid host name, so it cannot be the Host header; "
+                f"set envoy_host (letters, digits, '.', '-'), e.g. {name.replace('_', '-')!r}",
+            )
         raise r.fail("envoy_host", f"{envoy_host!r} is not a valid host name")
 
     timeout = r.convert("timeout", check_seconds, r.table.get("timeout", DEFAULT_TIMEOUT), "timeout")

@@ -17,16 +17,28 @@ called) and ``host`` (this machine's host name); percentage rollouts must name
 Nothing here ever fails a call: a missing flag, an unexpected value, a flag-service outage or a
 malformed file falls back to the last good answer for that service, then to ``default_route``,
 and is logged once (not once per call).
+
+Decisions are cached per service: the evaluation context is the same for every call a router
+makes to a service, so the cached answer is exactly what LaunchDarkly would say now, percentage
+rollouts included. The cache is dropped whenever the flag data changes: for the ``file`` and
+``launchdarkly`` sources by the SDK's feature store (every write, including a file edit that keeps
+a flag's version) and by its flag-change listeners. A router on a client from ``client_factory``
+caches only when asked to (``make_router(config, client_factory=..., cache_routes=True)``): a data
+source such as LaunchDarkly's ``TestData`` writes flags without telling the listeners, so code that
+changes flags that way must call :meth:`FlagRouter.invalidate` after each change. Cached decisions
+are not re-evaluated, so with the ``launchdarkly`` source the SDK records an evaluation (analytics
+event) when a service's decision is made, not on every call.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import socket
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -42,6 +54,7 @@ __all__ = [
     "make_router",
     "rollout_flag",
     "route_flag",
+    "use_flag_client_factory",
     "write_flag_file",
 ]
 
@@ -81,10 +94,22 @@ class _LogOnce:
         log.warning(message, *args)
 
 
-class FlagRouter:
-    """A :class:`Router` backed by a LaunchDarkly client (or by nothing, for ``source = "none"``)."""
+#: LaunchDarkly error kinds that depend only on the flag data (which the cache follows), so such
+#: an answer may be cached; any other error (client not ready, an exception) is evaluated anew
+_CACHEABLE_ERRORS: Final = frozenset({"FLAG_NOT_FOUND", "MALFORMED_FLAG", "WRONG_TYPE", "USER_NOT_SPECIFIED"})
 
-    def __init__(self, config: MeshConfig, client: Any | None, source_label: str) -> None:
+
+class FlagRouter:
+    """A :class:`Router` backed by a LaunchDarkly client (or by nothing, for ``source = "none"``).
+
+    With ``cache_routes``, each service's decision is evaluated once and kept until the flag data
+    changes: the client's flag-change listeners and :meth:`invalidate` drop it (see the module
+    documentation for which sources tell the listeners).
+    """
+
+    def __init__(
+        self, config: MeshConfig, client: Any | None, source_label: str, *, cache_routes: bool = False
+    ) -> None:
         self._flags: FlagsConfig = config.flags
         self._default = config.default_route
         self._client = client
@@ -94,11 +119,61 @@ class FlagRouter:
         self._contexts: dict[str, Any] = {}
         self._caller = config.caller
         self._host = socket.gethostname()
+        self._no_source = RouteDecision(self._default, f"no flag source; default_route {self._default.value}")
+        self._cache: dict[str, RouteDecision] = {}
+        self._cache_lock = threading.Lock()
+        #: bumped by every invalidation: an evaluation that overlapped one is not cached
+        self._generation = 0
+        #: writes to the flag data in progress (see flags_changing): nothing is cached meanwhile
+        self._writers = 0
+        self._caching = cache_routes and client is not None
+        self._listener: Callable[[Any], None] | None = None
+        tracker = getattr(client, "flag_tracker", None) if self._caching else None
+        if tracker is not None:
+            self._listener = self._on_flag_change
+            tracker.add_listener(self._listener)
 
     @property
     def client(self) -> Any | None:
         """The underlying ``ldclient.LDClient`` (None for ``source = "none"``)."""
         return self._client
+
+    @property
+    def caches_routes(self) -> bool:
+        """Whether decisions are cached per service until the flags change."""
+        return self._caching
+
+    def invalidate(self, service: str | None = None) -> None:
+        """Forget the cached decision for ``service`` (None: for every service), so the next call
+        evaluates its flag again. Flag changes the SDK reports invalidate on their own; call this
+        after changing flags in a way that bypasses the SDK's update sink (LaunchDarkly's
+        ``TestData``, writing to the feature store directly)."""
+        with self._cache_lock:
+            self._generation += 1
+            if service is None:
+                self._cache.clear()
+            else:
+                self._cache.pop(service, None)
+
+    @contextlib.contextmanager
+    def flags_changing(self) -> Iterator[None]:
+        """Bracket a write to the flag data: the cache is dropped before and after it, and while it
+        lasts no decision is cached, so none made from the old flags outlives the write."""
+        with self._cache_lock:
+            self._writers += 1
+            self._generation += 1
+            self._cache.clear()
+        try:
+            yield
+        finally:
+            with self._cache_lock:
+                self._writers -= 1
+                self._generation += 1
+                self._cache.clear()
+
+    def _on_flag_change(self, change: Any) -> None:
+        # a flag a route flag depends on (prerequisite, segment) is reported too: forget everything
+        self.invalidate()
 
     def _context(self, service: str) -> Any:
         ctx = self._contexts.get(service)
@@ -116,18 +191,38 @@ class FlagRouter:
         return ctx
 
     def decide(self, service: str) -> RouteDecision:
-        if self._client is None:
-            return RouteDecision(self._default, f"no flag source; default_route {self._default.value}")
+        client = self._client
+        if client is None:
+            return self._no_source
+        cached = self._cache.get(service)
+        if cached is not None:
+            return cached
+        if not self._caching:
+            return self._evaluate(client, service)[0]
+        generation = self._generation
+        decision, cacheable = self._evaluate(client, service)
+        if cacheable:
+            with self._cache_lock:
+                # not if the flags changed while this evaluation ran (it may have read the old ones)
+                if generation == self._generation and not self._writers and self._client is not None:
+                    self._cache[service] = decision
+        return decision
+
+    def _evaluate(self, client: Any, service: str) -> tuple[RouteDecision, bool]:
+        """The flag's decision now, and whether it may be cached until the flags change."""
         key = self._flags.key_for(service)
         try:
-            detail = self._client.variation_detail(key, self._context(service), None)
+            detail = client.variation_detail(key, self._context(service), None)
             value, reason = detail.value, detail.reason or {}
         except Exception as exc:  # never fail a call because of flags
             value, reason = None, {"kind": "ERROR", "errorKind": f"EXCEPTION: {exc!r}"}
+        cacheable = not isinstance(reason, Mapping) or (
+            reason.get("kind") != "ERROR" or reason.get("errorKind") in _CACHEABLE_ERRORS
+        )
         if value in ("envoy", "haproxy"):
             route = Route(value)
             self._last_good[service] = route
-            return RouteDecision(route, f"flag {key} = {value!r} ({_reason_text(reason)})", value)
+            return RouteDecision(route, f"flag {key} = {value!r} ({_reason_text(reason)})", value), cacheable
         if value is None:
             problem = f"flag {key} has no value ({_reason_text(reason)})"
         else:
@@ -137,7 +232,7 @@ class FlagRouter:
         self._log_once(
             service, problem.split(" (")[0], "mesh_client: %s from %s; using the %s", problem, self._label, fallback
         )
-        return RouteDecision(last or self._default, f"{problem}; using {fallback}", value)
+        return RouteDecision(last or self._default, f"{problem}; using {fallback}", value), cacheable
 
     def flag_version(self, service: str) -> int | None:
         """The version of ``service``'s route flag the client holds now (None: no such flag).
@@ -154,12 +249,19 @@ class FlagRouter:
         return version if isinstance(version, int) else None
 
     def close(self) -> None:
-        if self._client is not None:
+        client = self._client
+        if client is not None:
+            self._client = None
+            self.invalidate()
+            if self._listener is not None:
+                try:
+                    client.flag_tracker.remove_listener(self._listener)
+                except Exception:  # pragma: no cover - closing must not raise
+                    log.exception("mesh_client: removing the flag-change listener failed")
             try:
-                self._client.close()
+                client.close()
             except Exception:  # pragma: no cover - closing must not raise
                 log.exception("mesh_client: closing the LaunchDarkly client failed")
-            self._client = None
 
 
 def _reason_text(reason: Mapping[str, Any] | Any) -> str:
@@ -170,11 +272,24 @@ def _reason_text(reason: Mapping[str, Any] | Any) -> str:
     return f"{kind} {extra}".strip()
 
 
-def make_router(config: MeshConfig, *, client_factory: Callable[[FlagsConfig], Any] | None = None) -> FlagRouter:
-    """Build the router for a registry. ``client_factory`` lets tests supply an ``LDClient``."""
+def make_router(
+    config: MeshConfig,
+    *,
+    client_factory: Callable[[FlagsConfig], Any] | None = None,
+    cache_routes: bool | None = None,
+) -> FlagRouter:
+    """Build the router for a registry. ``client_factory`` lets tests supply an ``LDClient``
+    (as does :func:`use_flag_client_factory`, for every router built inside it).
+
+    ``cache_routes`` (default: on for the ``file`` and ``launchdarkly`` sources, off for a client
+    from ``client_factory``) caches each service's decision until the flags change; with a client
+    of your own, turn it on only if its data source reports changes through the SDK's update sink
+    (streaming, polling, file) or if you call :meth:`FlagRouter.invalidate` after each change."""
     flags = config.flags
+    client_factory = client_factory or _client_factory_override
     if client_factory is not None:
-        return FlagRouter(config, client_factory(flags), "a custom flag source")
+        return FlagRouter(config, client_factory(flags), "a custom flag source", cache_routes=bool(cache_routes))
+    cache = cache_routes is None or cache_routes
     if flags.source == "none":
         return FlagRouter(config, None, "no flag source")
     from ldclient import LDClient
@@ -188,13 +303,16 @@ def make_router(config: MeshConfig, *, client_factory: Callable[[FlagsConfig], A
         data_source = Files.new_data_source(
             paths=[str(flags.path)], auto_update=True, poll_interval=flags.poll_interval, force_polling=True
         )
+        watch = _StoreWatch()
         ld_config = Config(
             "mesh-client-local-file",
             update_processor_class=data_source,
             send_events=False,
             diagnostic_opt_out=True,
+            feature_store=watch.store(),
         )
-        return FlagRouter(config, LDClient(ld_config, start_wait=flags.start_wait), f"flag file {flags.path}")
+        client = LDClient(ld_config, start_wait=flags.start_wait)
+        return watch.attach(FlagRouter(config, client, f"flag file {flags.path}", cache_routes=cache))
     sdk_key = os.environ.get(flags.sdk_key_env, "")
     if not sdk_key:
         log.warning(
@@ -203,7 +321,8 @@ def make_router(config: MeshConfig, *, client_factory: Callable[[FlagsConfig], A
             config.default_route.value,
         )
         return FlagRouter(config, None, f"LaunchDarkly (no ${flags.sdk_key_env})")
-    client = LDClient(Config(sdk_key), start_wait=flags.start_wait)
+    watch = _StoreWatch()
+    client = LDClient(Config(sdk_key, feature_store=watch.store()), start_wait=flags.start_wait)
     if not client.is_initialized():
         log.warning(
             "mesh_client: LaunchDarkly did not answer within %.1f s; "
@@ -211,7 +330,67 @@ def make_router(config: MeshConfig, *, client_factory: Callable[[FlagsConfig], A
             flags.start_wait,
             config.default_route.value,
         )
-    return FlagRouter(config, client, "LaunchDarkly")
+    return watch.attach(FlagRouter(config, client, "LaunchDarkly", cache_routes=cache))
+
+
+class _StoreWatch:
+    """A LaunchDarkly feature store (the SDK's in-memory one) around whose every write a router's
+    cached decisions are dropped. The SDK's flag-change listeners fire only for flags whose version
+    went up, and only after the write; the file data source also rewrites flags edited in place
+    with the same version, and a caller that saw the new version (``flag_version``) must not get
+    a decision made from the old flags next."""
+
+    def __init__(self) -> None:
+        self._router: FlagRouter | None = None
+
+    def store(self) -> Any:
+        from ldclient.feature_store import InMemoryFeatureStore
+
+        watch = self
+
+        class WatchedStore(InMemoryFeatureStore):
+            def init(self, all_data: Any) -> None:
+                with watch.writing():
+                    super().init(all_data)  # type: ignore[no-untyped-call]
+
+            def upsert(self, kind: Any, item: Any) -> None:
+                with watch.writing():
+                    super().upsert(kind, item)  # type: ignore[no-untyped-call]
+
+            def delete(self, kind: Any, key: str, version: int) -> None:
+                with watch.writing():
+                    super().delete(kind, key, version)
+
+        return WatchedStore()  # type: ignore[no-untyped-call]
+
+    def attach(self, router: FlagRouter) -> FlagRouter:
+        self._router = router
+        return router
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        router = self._router
+        if router is None:  # (the first load: no decision made yet)
+            yield
+            return
+        with router.flags_changing():
+            yield
+
+
+_client_factory_override: Callable[[FlagsConfig], Any] | None = None
+
+
+@contextlib.contextmanager
+def use_flag_client_factory(factory: Callable[[FlagsConfig], Any]) -> Iterator[None]:
+    """Build every router made inside the block (every new :class:`~mesh_client.Mesh`) on the
+    ``LDClient`` that ``factory`` returns, whatever the registry's flag source (the ``mesh_flags``
+    fixture uses it)."""
+    global _client_factory_override
+    previous, _client_factory_override = _client_factory_override, factory
+    try:
+        yield
+    finally:
+        _client_factory_override = previous
 
 
 def _check_flag_file(path: Path) -> None:

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Final
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
@@ -56,34 +55,72 @@ class _Instruments:
         return cls
 
 
-@contextlib.contextmanager
-def no_http_instrumentation() -> Iterator[None]:
+def tracing_is_noop() -> bool:
+    """Whether no tracer provider (no SDK) is installed, so every span would be a no-op.
+
+    The same test OpenTelemetry's proxy tracer makes on every span; if the API ever stops
+    exposing it, tracing is assumed on (the general path, always correct)."""
+    return getattr(trace, "_TRACER_PROVIDER", True) is None
+
+
+_NOOP_TRACER: Final = trace.NoOpTracer()
+
+
+class _NoHttpInstrumentation:
+    """:func:`no_http_instrumentation`'s context manager (a class: cheaper than a generator)."""
+
+    __slots__ = ("_token",)
+
+    def __enter__(self) -> None:
+        self._token = otel_context.attach(otel_context.set_value(_SUPPRESS_HTTP_KEY, True))
+
+    def __exit__(self, *exc: object) -> None:
+        otel_context.detach(self._token)
+
+
+def no_http_instrumentation() -> contextlib.AbstractContextManager[None]:
     """Suppress OpenTelemetry HTTP instrumentations (requests, httpx...) inside the block."""
-    token = otel_context.attach(otel_context.set_value(_SUPPRESS_HTTP_KEY, True))
-    try:
-        yield
-    finally:
-        otel_context.detach(token)
+    return _NoHttpInstrumentation()
 
 
 class CallTelemetry:
-    """The span and measurements of one logical call."""
+    """The span and measurements of one logical call.
 
-    __slots__ = ("_attributes", "_finished", "span")
+    Without an SDK (no tracer provider), no span is started: the no-op tracer's span would only
+    carry the current span context, which :meth:`propagation_context` then leaves to the current
+    context (the same headers), and :attr:`span` makes it on demand.
+    """
+
+    __slots__ = ("_finished", "_method", "_service", "_span")
 
     def __init__(self, service: str, method: str) -> None:
+        # first: getting the tracer loads a provider named by OTEL_PYTHON_TRACER_PROVIDER
         instruments = _Instruments.get()
         self._finished = False
-        self._attributes: dict[str, Any] = {"mesh.service": service, "http.request.method": method}
-        self.span = instruments.tracer.start_span(
-            f"{method} {service}",
-            kind=trace.SpanKind.CLIENT,
-            attributes={**self._attributes, "peer.service": service},
-        )
+        self._service = service
+        self._method = method
+        self._span: trace.Span | None = None
+        if not tracing_is_noop():
+            self._span = instruments.tracer.start_span(
+                f"{method} {service}",
+                kind=trace.SpanKind.CLIENT,
+                attributes={"mesh.service": service, "http.request.method": method, "peer.service": service},
+            )
 
-    def propagation_context(self) -> otel_context.Context:
-        """The context to inject: the current one with this call's span as parent."""
-        return trace.set_span_in_context(self.span)
+    @property
+    def span(self) -> trace.Span:
+        """The call's CLIENT span (a non-recording one without an SDK)."""
+        span = self._span
+        if span is None:
+            span = self._span = _NOOP_TRACER.start_span(f"{self._method} {self._service}", kind=trace.SpanKind.CLIENT)
+        return span
+
+    def propagation_context(self) -> otel_context.Context | None:
+        """The context to inject: the current one with this call's span as parent (None: the
+        current one as it is, when there is no SDK and so no span of this call's own)."""
+        if self._span is None:
+            return None
+        return trace.set_span_in_context(self._span)
 
     def finish(self, info: CallInfo, *, status: int | None = None, error_kind: str | None = None) -> None:
         """Record the outcome and end the span (once; later calls do nothing)."""
@@ -94,20 +131,21 @@ class CallTelemetry:
         kind = error_kind or info.envoy_error
         route = info.route.value
         outcome = kind or (f"{status // 100}xx" if status is not None else "ok")
-        span = self.span
-        if span.is_recording():
-            span.set_attribute("mesh.route", route)
-            span.set_attribute("mesh.attempts", info.attempts)
-            span.set_attribute("mesh.failed_over", info.failed_over)
-            if info.upstream_service_time is not None:
-                span.set_attribute("mesh.upstream_service_time", info.upstream_service_time)
-            if kind:
-                span.set_attribute("mesh.error_kind", kind)
-            if status is not None:
-                span.set_attribute("http.response.status_code", status)
-            if error_kind is not None or (status is not None and status >= 500):
-                span.set_status(trace.StatusCode.ERROR, kind or f"HTTP {status}")
-        span.end()
+        span = self._span
+        if span is not None:  # None: no SDK, nothing to record or end
+            if span.is_recording():
+                span.set_attribute("mesh.route", route)
+                span.set_attribute("mesh.attempts", info.attempts)
+                span.set_attribute("mesh.failed_over", info.failed_over)
+                if info.upstream_service_time is not None:
+                    span.set_attribute("mesh.upstream_service_time", info.upstream_service_time)
+                if kind:
+                    span.set_attribute("mesh.error_kind", kind)
+                if status is not None:
+                    span.set_attribute("http.response.status_code", status)
+                if error_kind is not None or (status is not None and status >= 500):
+                    span.set_status(trace.StatusCode.ERROR, kind or f"HTTP {status}")
+            span.end()
         labels = {"mesh.service": info.service, "mesh.route": route, "mesh.outcome": outcome}
         instruments.calls.add(1, labels)
         instruments.duration.record(info.elapsed, labels)

@@ -55,6 +55,10 @@ class WireRequest:
     headers: tuple[tuple[str, str], ...]
     body: bytes = b""
     thrift: ThriftCall | None = None
+    #: the call the attempt belongs to: every attempt of one call has the same number
+    call: int = 0
+    #: the registry's ``mesh.header_prefix`` (``x-envoy`` unless the sidecar is configured otherwise)
+    header_prefix: str = "x-envoy"
 
     @classmethod
     def of(
@@ -67,6 +71,7 @@ class WireRequest:
         headers: tuple[tuple[str, str], ...],
         body: bytes = b"",
         thrift: ThriftCall | None = None,
+        header_prefix: str = "x-envoy",
     ) -> WireRequest:
         return cls(
             service=service,
@@ -79,6 +84,8 @@ class WireRequest:
             headers=headers,
             body=body,
             thrift=thrift,
+            call=attempt.call,
+            header_prefix=header_prefix,
         )
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
+import thriftpy2
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -51,3 +53,10 @@ def otel(otel_session: Otel) -> Iterator[Otel]:
     otel_session.spans.clear()
     yield otel_session
     otel_session.spans.clear()
+
+
+def load_idl(tmp_path_factory: pytest.TempPathFactory, idl: str, module_name: str) -> Any:
+    """A thriftpy2 module from IDL text. ``module_name`` must be unique: thriftpy2 caches modules by it."""
+    path = tmp_path_factory.mktemp("idl") / f"{module_name}.thrift"
+    path.write_text(idl)
+    return thriftpy2.load(str(path), module_name=module_name)

@@ -6,15 +6,24 @@ run through :mod:`mesh_client.core`; every other request goes to the wrapped tra
 Per-call overrides ride in ``extensions={"mesh": CallOptions(...)}``. The httpx ``timeout``
 setting is ignored for mesh calls: the registry and call options decide.
 
-The two classes share everything except the lines that ``await``.
+When the caller reads the whole body at once (a client from ``mesh.httpx_client()`` /
+``mesh.httpx_async_client()``, without ``stream=True``), the transport reads it within the
+attempt's time (see :mod:`mesh_client.http._body`): the sync transport bounds each network read,
+the async one the whole body.
+
+The two classes share everything except the lines that ``await`` and how the body's time is kept.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import http.client
 import urllib.request
-from typing import Any, Final
+from collections.abc import AsyncGenerator, Iterator, Mapping
+from typing import Any, Final, cast
 
+import httpcore
 import httpx
 
 from ..core import Attempt, Broken, CallRun, Done, Fail, Failure, Responded, drive, drive_async
@@ -22,8 +31,10 @@ from ..errors import MeshTimeoutError, as_mesh_error
 from ..info import INFO_KEY
 from ..mesh import Mesh
 from ..policy import CallOptions
+from ..registry import Address
 from ..telemetry import no_http_instrumentation
 from ..wire import Wire, WireFailure, WireRequest, current_wire
+from ._body import BodyTimer
 
 __all__ = ["EXTENSION_KEY", "AsyncMeshTransport", "MeshTransport", "build_async_client", "build_client"]
 
@@ -31,6 +42,9 @@ __all__ = ["EXTENSION_KEY", "AsyncMeshTransport", "MeshTransport", "build_async_
 EXTENSION_KEY = "mesh"
 #: Client keyword arguments that configure the default transport rather than the client.
 _TRANSPORT_KWARGS = ("verify", "cert", "trust_env", "http1", "http2", "limits")
+#: True while a client made by mesh_client sends a request without ``stream=True``: the caller
+#: reads the whole body at once, so the transport reads it within the attempt's time instead
+_WHOLE_BODY: contextvars.ContextVar[bool] = contextvars.ContextVar("mesh_client.httpx.whole_body", default=False)
 
 
 def _failure(exc: httpx.TransportError) -> Broken | None:
@@ -62,9 +76,11 @@ class _MeshTransportMixin:
 
     @staticmethod
     def _attempt_request(request: httpx.Request, attempt: Attempt) -> httpx.Request:
-        url = request.url.copy_with(scheme="http", host=attempt.address.host, port=attempt.address.port)
-        headers = [(k, v) for k, v in request.headers.multi_items() if not attempt.drops(k)]
-        headers.extend(attempt.set_headers)
+        url = _proxy_url(request.url, attempt.address)
+        drops = attempt.drops
+        # the caller's headers as the bytes they already are (no decoding and encoding again)
+        headers: list[Any] = [(k, v) for k, v in request.headers.raw if not drops(k.decode("latin-1"))]
+        headers += attempt.set_headers
         t = attempt.timeout
         extensions = {**request.extensions, "timeout": {"connect": t, "read": t, "write": t, "pool": t}}
         return httpx.Request(request.method, url, headers=headers, stream=request.stream, extensions=extensions)
@@ -77,6 +93,7 @@ class _MeshTransportMixin:
         request's body has been read."""
         sent = WireRequest.of(
             attempt,
+            header_prefix=run.mesh.header_prefix,
             service=run.service.name,
             method=request.method,
             target=request.url.raw_path.decode("ascii"),
@@ -101,7 +118,45 @@ class _MeshTransportMixin:
         """The outcome, or None when the (small) body must be read first to classify it."""
         if run.wants_body(response.status_code, response.headers):
             return None
-        return Responded(response, response.status_code, response.headers)
+        return Responded(response, response.status_code, _Headers(response.headers))
+
+    # -- reading the body within the attempt (see mesh_client.http._body) --------------------------
+
+    @staticmethod
+    def _reads_body(response: httpx.Response) -> bool:
+        """Whether to read the body within the attempt: the caller reads it all at once, and it is
+        not in memory already."""
+        return _WHOLE_BODY.get() and not isinstance(response.stream, httpx.ByteStream)
+
+    @staticmethod
+    def _body_begins(request: httpx.Request, timer: BodyTimer) -> float:
+        """Bound the body's reads by the time the attempt has left (httpcore takes the read
+        timeout from the request when the body starts); return that time."""
+        left = max(timer.left(), 0.0)
+        timeouts = request.extensions.get("timeout")
+        if isinstance(timeouts, dict):
+            timeouts["read"] = left
+        return left
+
+    @staticmethod
+    def _body_read(response: httpx.Response, chunks: list[bytes]) -> httpx.Response:
+        """The response to hand on, with its body (as received: decoded when the caller reads it)."""
+        stream = httpx.ByteStream(b"".join(chunks))
+        return httpx.Response(
+            response.status_code, headers=response.headers, stream=stream, extensions=response.extensions
+        )
+
+    @staticmethod
+    def _body_broken(error: httpx.TransportError | None, timer: BodyTimer, request: httpx.Request) -> Broken:
+        """The outcome when the attempt's time ran out (``error`` None or a timeout) or the
+        connection broke during the body."""
+        if error is None:
+            return timer.overrun(httpx.ReadTimeout(timer.message(), request=request))
+        if isinstance(error, httpx.TimeoutException):
+            return timer.overrun(error)
+        if isinstance(error, (httpx.NetworkError, httpx.RemoteProtocolError)):
+            return timer.cut(error)
+        raise error
 
     @staticmethod
     def _finish(result: Done[httpx.Response] | Fail, request: httpx.Request) -> httpx.Response:
@@ -136,10 +191,16 @@ class MeshTransport(_MeshTransportMixin, httpx.BaseTransport):
             if wire is not None:
                 attempt_request.read()
                 return self._over_wire(wire, run, attempt, attempt_request)
+            timer = BodyTimer(attempt)
             try:
                 response = self.transport.handle_request(attempt_request)
             except httpx.TransportError as exc:
                 return _failure(exc) or _reraise(exc)
+            if self._reads_body(response):
+                read = self._read_body(response, attempt_request, timer)
+                if isinstance(read, Broken):
+                    return read
+                response = read
             outcome = self._responded(run, response)
             if outcome is None:
                 outcome = Responded(response, response.status_code, response.headers, response.read())
@@ -148,6 +209,25 @@ class MeshTransport(_MeshTransportMixin, httpx.BaseTransport):
         with no_http_instrumentation():  # one CLIENT span per call: ours
             result = drive(run, send, lambda r: r.close())
         return self._finish(result, request)
+
+    def _read_body(self, response: httpx.Response, request: httpx.Request, timer: BodyTimer) -> httpx.Response | Broken:
+        self._body_begins(request, timer)
+        chunks: list[bytes] = []
+        try:
+            # the stream itself, not iter_raw(): that hands the connection back to the pool as the
+            # body ends, before the bound on its reads is lifted
+            with _each_read_bounded(response, timer):
+                for chunk in cast(httpx.SyncByteStream, response.stream):
+                    chunks.append(chunk)
+                    timer.received += len(chunk)
+                    if timer.left() <= 0:  # (when the reads could not be bounded one by one)
+                        response.close()
+                        return self._body_broken(None, timer, request)
+        except httpx.TransportError as exc:
+            response.close()
+            return self._body_broken(exc, timer, request)
+        response.close()
+        return self._body_read(response, chunks)
 
     def close(self) -> None:
         self.transport.close()
@@ -172,10 +252,29 @@ class AsyncMeshTransport(_MeshTransportMixin, httpx.AsyncBaseTransport):
             if wire is not None:
                 await attempt_request.aread()
                 return self._over_wire(wire, run, attempt, attempt_request)
+            import anyio  # httpx's own dependency (httpcore runs on it)
+
+            timer = BodyTimer(attempt)
+            response: httpx.Response | None = None
             try:
-                response = await self.transport.handle_async_request(attempt_request)
-            except httpx.TransportError as exc:
-                return _failure(exc) or _reraise(exc)
+                # one deadline for the whole attempt: a pool wait, connect, send, wait and body that
+                # each stay within httpx's per-phase timeouts can still add up past it
+                with anyio.fail_after(attempt.timeout):
+                    try:
+                        response = await self.transport.handle_async_request(attempt_request)
+                    except httpx.TransportError as exc:
+                        return _failure(exc) or _reraise(exc)
+                    if self._reads_body(response):
+                        read = await self._read_body(response, attempt_request, timer)
+                        if isinstance(read, Broken):
+                            return read
+                        response = read
+            except TimeoutError:
+                if response is not None:
+                    await response.aclose()
+                    return self._body_broken(None, timer, attempt_request)
+                message = f"no response within {attempt.timeout:.3f} s"
+                return Broken(Failure.TIMEOUT, httpx.ReadTimeout(message, request=attempt_request), message)
             outcome = self._responded(run, response)
             if outcome is None:
                 outcome = Responded(response, response.status_code, response.headers, await response.aread())
@@ -187,6 +286,22 @@ class AsyncMeshTransport(_MeshTransportMixin, httpx.AsyncBaseTransport):
         with no_http_instrumentation():  # one CLIENT span per call: ours
             result = await drive_async(run, send, discard)
         return self._finish(result, request)
+
+    async def _read_body(
+        self, response: httpx.Response, request: httpx.Request, timer: BodyTimer
+    ) -> httpx.Response | Broken:
+        # (the caller's deadline for the whole attempt bounds the body, however it trickles)
+        self._body_begins(request, timer)
+        chunks: list[bytes] = []
+        try:
+            async with contextlib.aclosing(cast(AsyncGenerator[bytes, None], response.aiter_raw())) as stream:
+                async for chunk in stream:
+                    chunks.append(chunk)
+                    timer.received += len(chunk)
+        except httpx.TransportError as exc:
+            await response.aclose()
+            return self._body_broken(exc, timer, request)
+        return self._body_read(response, chunks)
 
     async def aclose(self) -> None:
         await self.transport.aclose()
@@ -200,21 +315,120 @@ _WIRE_ERRORS: Final = {
 }
 
 
+class _Headers(Mapping[str, str]):
+    """A response's headers as the core reads them (five lookups per Envoy response): httpx's
+    ``Headers`` lower-cases, encodes and scans its whole list on every lookup; this reads it
+    once. The same answers: names case-insensitive, values decoded as httpx decodes them,
+    repeated headers joined with ", "."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, headers: httpx.Headers) -> None:
+        items: dict[str, str] = {}
+        for name, value in headers.multi_items():  # (names lower-cased)
+            items[name] = f"{items[name]}, {value}" if name in items else value
+        self._items = items
+
+    def __getitem__(self, key: str) -> str:
+        return self._items[key.lower()]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._items.get(key.lower(), default)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key.lower() in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+#: (the caller's URL, a proxy address) -> the URL the attempt goes to: ``URL.copy_with`` parses
+#: the whole URL again (tens of µs), and a service is usually called with the same URLs again
+_PROXY_URLS: dict[tuple[str, Address], httpx.URL] = {}
+_PROXY_URLS_MAX: Final = 1024
+
+
+def _proxy_url(url: httpx.URL, address: Address) -> httpx.URL:
+    key = (str(url), address)
+    proxied = _PROXY_URLS.get(key)
+    if proxied is None:
+        proxied = url.copy_with(scheme="http", host=address.host, port=address.port)
+        if len(_PROXY_URLS) >= _PROXY_URLS_MAX:
+            _PROXY_URLS.clear()
+        _PROXY_URLS[key] = proxied
+    return proxied
+
+
 def _reraise(exc: BaseException) -> Broken:
     raise exc
+
+
+@contextlib.contextmanager
+def _each_read_bounded(response: httpx.Response, timer: BodyTimer) -> Iterator[None]:
+    """Bound each network read of an HTTP/1 body by the time the attempt has left.
+
+    httpcore takes one read timeout for a whole body, so a body that trickles and then stops
+    (Envoy stops passing one on at its timeout) would wait that long again after its last byte.
+    Its ``network_stream`` is this connection's alone until the response is closed, which the
+    caller does after this block; with HTTP/2 it is shared, so it is left alone (the time is then
+    checked between chunks only)."""
+    stream: Any = response.extensions.get("network_stream")
+    read = getattr(stream, "read", None)
+    if read is None or response.extensions.get("http_version") not in (b"HTTP/1.1", b"HTTP/1.0"):
+        yield
+        return
+
+    def bounded_read(max_bytes: int, timeout: float | None = None) -> bytes:
+        left = timer.left()
+        if left <= 0:
+            raise httpcore.ReadTimeout(timer.message())
+        data: bytes = read(max_bytes, left if timeout is None else min(timeout, left))
+        return data
+
+    stream.read = bounded_read
+    try:
+        yield
+    finally:
+        del stream.read  # the class's own again
+
+
+class _Client(httpx.Client):
+    """An ``httpx.Client`` that lets the mesh transport know when the caller reads a response's
+    whole body right away (``stream=False``), so it reads it within the call's time."""
+
+    def send(self, request: httpx.Request, *, stream: bool = False, **kwargs: Any) -> httpx.Response:
+        token = _WHOLE_BODY.set(not stream)
+        try:
+            return super().send(request, stream=stream, **kwargs)
+        finally:
+            _WHOLE_BODY.reset(token)
+
+
+class _AsyncClient(httpx.AsyncClient):
+    """The asyncio twin of :class:`_Client`."""
+
+    async def send(self, request: httpx.Request, *, stream: bool = False, **kwargs: Any) -> httpx.Response:
+        token = _WHOLE_BODY.set(not stream)
+        try:
+            return await super().send(request, stream=stream, **kwargs)
+        finally:
+            _WHOLE_BODY.reset(token)
 
 
 def build_client(mesh: Mesh, kwargs: dict[str, Any]) -> httpx.Client:
     """``httpx.Client(**kwargs)`` with a :class:`MeshTransport` as its transport and mounted for
     each registered service (so proxy mounts from the environment cannot capture mesh calls)."""
-    client = _build(mesh, kwargs, httpx.Client, httpx.HTTPTransport, MeshTransport)
+    client = _build(mesh, kwargs, _Client, httpx.HTTPTransport, MeshTransport)
     assert isinstance(client, httpx.Client)
     return client
 
 
 def build_async_client(mesh: Mesh, kwargs: dict[str, Any]) -> httpx.AsyncClient:
     """The asyncio twin of :func:`build_client`."""
-    client = _build(mesh, kwargs, httpx.AsyncClient, httpx.AsyncHTTPTransport, AsyncMeshTransport)
+    client = _build(mesh, kwargs, _AsyncClient, httpx.AsyncHTTPTransport, AsyncMeshTransport)
     assert isinstance(client, httpx.AsyncClient)
     return client
 

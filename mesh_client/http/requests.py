@@ -5,7 +5,10 @@ The seam is the adapter: :class:`MeshSession` hands requests for registered serv
 Per attempt the adapter rewrites the URL to the chosen proxy, sets ``Host`` and the policy
 headers the core decided, and sends with ``HTTPAdapter.send``. Proxy environment variables are
 ignored for mesh calls (the sidecar is local), and the ``timeout=`` argument of requests is
-ignored for them too: the registry and :func:`mesh_client.call_options` decide.
+ignored for them too: the registry and :func:`mesh_client.call_options` decide. Unless the caller
+streams (``stream=True``), the adapter reads the body within the attempt's time, instead of
+``Session.send`` reading it afterwards with a timeout per socket read only (see
+:mod:`mesh_client.http._body`).
 """
 
 from __future__ import annotations
@@ -19,17 +22,22 @@ from urllib.parse import urlsplit
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import NewConnectionError
+from urllib3.exceptions import DecodeError, NewConnectionError, ProtocolError, ReadTimeoutError
 from urllib3.util import parse_url
 
 from ..core import Attempt, Broken, Fail, Failure, Responded, drive
 from ..errors import MeshTimeoutError, as_mesh_error
 from ..info import INFO_KEY
 from ..mesh import Mesh
+from ..registry import ServiceConfig
 from ..telemetry import no_http_instrumentation
 from ..wire import Wire, WireFailure, WireRequest, current_wire
+from ._body import CHUNK, BodyTimer
 
 __all__ = ["MeshAdapter", "MeshSession"]
+
+#: URLs whose parsing each session or adapter remembers (then it starts over)
+_CACHED_URLS: Final = 1024
 
 
 def _failure(exc: requests.RequestException) -> Broken | None:
@@ -49,12 +57,60 @@ def _failure(exc: requests.RequestException) -> Broken | None:
     return None
 
 
+def _read_body(response: requests.Response, timer: BodyTimer) -> Broken | None:
+    """Read the whole body now, as ``Session.send`` would once the adapter returned, but each read
+    within the time the attempt has left; the outcome when that fails, else None."""
+    raw: Any = response.raw
+    read = getattr(raw, "read1", None) or raw.read  # read1 (urllib3 >= 2.3): one socket read at most
+    chunks = []
+    try:
+        while True:
+            left = timer.left()
+            if left <= 0:
+                return timer.overrun(requests.ReadTimeout(timer.message(), request=response.request))
+            # the socket's timeout bounds the next read; only while the response still holds the
+            # connection (once complete it is back in the pool, maybe in another thread's hands)
+            sock = getattr(getattr(raw, "connection", None), "sock", None)
+            if sock is not None:
+                sock.settimeout(left)
+            chunk = read(CHUNK, decode_content=True)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            timer.received += len(chunk)
+    except ReadTimeoutError as exc:
+        return timer.overrun(requests.ReadTimeout(exc, request=response.request))
+    except ProtocolError as exc:
+        return timer.cut(requests.exceptions.ChunkedEncodingError(exc, request=response.request))
+    except DecodeError as exc:  # as Session.send would raise it
+        raise requests.exceptions.ContentDecodingError(exc, request=response.request) from exc
+    # what Response.content does with what it reads
+    response._content = b"".join(chunks)
+    response._content_consumed = True  # type: ignore[attr-defined]  # (not in the stubs)
+    return None
+
+
 class MeshAdapter(HTTPAdapter):
     """An ``HTTPAdapter`` that sends requests for registered services through the mesh."""
 
     def __init__(self, mesh: Mesh, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.mesh = mesh
+        self._targets: dict[str, tuple[ServiceConfig | None, str]] = {}
+
+    def _target(self, url: str) -> tuple[ServiceConfig | None, str]:
+        """The registered service a prepared URL addresses (None: another host) and its path and
+        query, parsed once per URL (``parse_url`` costs tens of µs). Raises
+        :class:`~mesh_client.InvalidServiceURL` as :meth:`Mesh.http_service` does."""
+        target = self._targets.get(url)
+        if target is None:
+            parts = parse_url(url)
+            service = self.mesh.http_service(parts.scheme or "http", parts.host or "", parts.port, bool(parts.auth))
+            target = (service, parts.request_uri)
+            if len(self._targets) >= _CACHED_URLS:
+                self._targets.clear()
+            self._targets[url] = target
+        return target
 
     def send(  # noqa: PLR0917 - the signature of HTTPAdapter.send
         self,
@@ -65,8 +121,7 @@ class MeshAdapter(HTTPAdapter):
         cert: Any = None,
         proxies: Mapping[str, str] | None = None,
     ) -> requests.Response:
-        url = parse_url(request.url or "")
-        service = self.mesh.http_service(url.scheme or "http", url.host or "", url.port, bool(url.auth))
+        service, path = self._target(request.url or "")
         if service is None:
             plain: requests.Response = super().send(
                 request, stream=stream, timeout=timeout, verify=verify, cert=cert, proxies=proxies
@@ -76,7 +131,6 @@ class MeshAdapter(HTTPAdapter):
         run = self.mesh.start_call(
             service, request.method or "GET", replayable=body is None or isinstance(body, (bytes, str))
         )
-        path = url.request_uri
         wire = current_wire()
 
         def send_attempt(attempt: Attempt) -> Responded[requests.Response] | Broken:
@@ -91,6 +145,7 @@ class MeshAdapter(HTTPAdapter):
                     return sent
                 response = sent
             else:
+                timer = BodyTimer(attempt)
                 try:
                     response = super(MeshAdapter, self).send(
                         prepared, stream=stream, timeout=attempt.timeout, verify=verify, cert=cert, proxies={}
@@ -100,6 +155,11 @@ class MeshAdapter(HTTPAdapter):
                     if broken is None:
                         raise
                     return broken
+                # Session.send would read the body after this returns, bounded per socket read only
+                cut = None if stream else _read_body(response, timer)
+                if cut is not None:
+                    response.close()
+                    return cut
             status, headers = response.status_code, response.headers
             body = response.content if run.wants_body(status, headers) else None
             return Responded(response, status, headers, body)
@@ -136,6 +196,7 @@ class MeshAdapter(HTTPAdapter):
             data = data.encode("utf-8") if isinstance(data, str) else data
         request = WireRequest.of(
             attempt,
+            header_prefix=self.mesh.config.header_prefix,
             service=service,
             method=prepared.method or "GET",
             target=path,
@@ -176,14 +237,34 @@ class MeshSession(requests.Session):
         super().__init__()
         self.mesh = mesh
         self.mesh_adapter = MeshAdapter(mesh)
+        self._mesh_urls: dict[str, bool] = {}
 
     def _is_mesh_url(self, url: str) -> bool:
-        # urlsplit is cached by the standard library: several times cheaper than parse_url here
-        try:
-            host = urlsplit(url).hostname
-        except ValueError:
-            return False
-        return host is not None and host.rstrip(".") in self.mesh.config.services
+        known = self._mesh_urls.get(url)  # asked three times per request
+        if known is None:
+            try:
+                host = urlsplit(url).hostname
+            except ValueError:
+                host = None
+            known = host is not None and host.rstrip(".") in self.mesh.config.services
+            if len(self._mesh_urls) >= _CACHED_URLS:
+                self._mesh_urls.clear()
+            self._mesh_urls[url] = known
+        return known
+
+    def merge_environment_settings(
+        self, url: str | bytes | None, proxies: Any, stream: Any, verify: Any, cert: Any
+    ) -> Any:
+        if isinstance(url, str) and self._is_mesh_url(url):
+            # a mesh call is plain HTTP to a local proxy: environment proxies and CA bundles never
+            # apply, and reading them (every environment variable, per call) is requests' costliest step
+            return {
+                "proxies": {},
+                "stream": self.stream if stream is None else stream,
+                "verify": self.verify if verify is None else verify,
+                "cert": self.cert if cert is None else cert,
+            }
+        return super().merge_environment_settings(url, proxies, stream, verify, cert)
 
     def get_adapter(self, url: str) -> requests.adapters.BaseAdapter:
         if self._is_mesh_url(url):

@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -69,6 +70,8 @@ class SidecarProcess:
         self.log_path = log_path
         self._ready = ready
         self.process: subprocess.Popen[bytes] | None = None
+        #: HAProxy's stats socket (``show stat``), when it has one
+        self.stats_socket: Path | None = None
 
     @property
     def pid(self) -> int | None:
@@ -176,9 +179,16 @@ def start_haproxy(
         raise FileNotFoundError("no HAProxy binary: install it with 'apt-get install -y haproxy'")
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "haproxy.cfg"
-    path.write_text(haproxy_config(config))
+    # a stats socket for counters (HAProxySidecar.stats in the fixtures); HAProxy refuses socket
+    # paths over 97 bytes, so a deep work folder gets one in a short temporary folder instead
+    sock = workdir.resolve() / "haproxy.sock"
+    if len(str(sock)) > 97:
+        sock = Path(tempfile.mkdtemp(prefix="mesh-haproxy-")) / "haproxy.sock"
+    stats = f"global\n    stats socket {sock} mode 600 level user\n"
+    path.write_text(haproxy_config(config).replace("global\n", stats, 1))
     ports = [svc.haproxy for svc in config.services.values()]
     proc = SidecarProcess("haproxy", [binary, "-db", "-f", str(path)], workdir / "haproxy.log", _tcp_ready(ports))
+    proc.stats_socket = sock
     return proc.start(timeout)
 
 

@@ -394,6 +394,7 @@ class ThriftClient:
         """One attempt over an installed :class:`~mesh_client.wire.Wire` (a fake mesh)."""
         sent = WireRequest.of(
             attempt,
+            header_prefix=self._mesh.config.header_prefix,
             service=self._config.name,
             method=api,
             target=self._wire_name(attempt, api),

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import select
+import socket
+import socketserver
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -13,6 +18,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import uvicorn
 
 from mesh_client.registry import Address
+from mesh_client.sidecar import SidecarProcess, free_port
 
 
 class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
@@ -55,3 +61,129 @@ def serve_asgi(app: Callable[..., Any], port: int) -> Iterator[Address]:
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+class _SlowLorisHandler(socketserver.BaseRequestHandler):
+    """Reads a request, sends the status line and headers at once, then the body one byte every
+    ``server.interval`` seconds: with ``Content-Length``, or chunked when the request line says
+    ``chunked``. Stops when the peer goes away (or at teardown)."""
+
+    server: _SlowLoris
+
+    def handle(self) -> None:
+        sock = self.request
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return
+            head += chunk
+        chunked = b"chunked" in head.split(b"\r\n", 1)[0]
+        framing = b"Transfer-Encoding: chunked" if chunked else b"Content-Length: %d" % self.server.length
+        try:
+            sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n" + framing + b"\r\n\r\n")
+            for _ in range(self.server.length):
+                if self.server.stop.wait(self.server.interval):
+                    return
+                sock.sendall(b"1\r\nx\r\n" if chunked else b"x")
+            if chunked:
+                sock.sendall(b"0\r\n\r\n")
+        except OSError:
+            return  # the client or the proxy gave up: what the scenario is about
+
+
+class _SlowLoris(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, interval: float, length: int) -> None:
+        super().__init__(("127.0.0.1", 0), _SlowLorisHandler)
+        self.interval = interval
+        self.length = length
+        self.stop = threading.Event()
+
+
+@contextmanager
+def serve_slow_loris(interval: float = 0.2, length: int = 100) -> Iterator[Address]:
+    """A slow-loris upstream: headers at once, then ``length`` body bytes, one per ``interval``."""
+    server = _SlowLoris(interval, length)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield Address("127.0.0.1", int(server.server_address[1]))
+    finally:
+        server.stop.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@contextmanager
+def black_hole(*, handshakes: bool) -> Iterator[Address]:
+    """A port that never answers.
+
+    ``handshakes=True``: a listening socket that is never accept()ed: the kernel completes the
+    TCP handshake and the request sits unread. ``False``: its listen queue is full, so new
+    connections hang unanswered, as behind a firewall that drops packets.
+    """
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    fillers: list[socket.socket] = []
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(128 if handshakes else 0)
+        address = listener.getsockname()
+        if not handshakes:
+            for _ in range(16):  # connect until one connection is left hanging (a probe, not a wait)
+                filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                fillers.append(filler)
+                filler.setblocking(False)
+                filler.connect_ex(address)
+                _, connected, _ = select.select([], [filler], [], 0.2)
+                if not connected:
+                    break
+            else:
+                raise RuntimeError("the listen queue of the black hole never filled up")
+        yield Address("127.0.0.1", int(address[1]))
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
+
+
+def _accepts(address: Address) -> Callable[[], bool]:
+    def check() -> bool:
+        with contextlib.suppress(OSError), socket.create_connection((address.host, address.port), timeout=0.5):
+            return True
+        return False
+
+    return check
+
+
+@contextmanager
+def answering_haproxy(workdir: Path, binary: str) -> Iterator[Address]:
+    """An upstream that answers every request with a small 200 itself: HAProxy in its own process,
+    so thousands of calls measure the client and the sidecars, not a Python backend sharing the
+    test's interpreter. Stopped by its own pid."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    address = Address("127.0.0.1", free_port())
+    config = workdir / "upstream.cfg"
+    config.write_text(
+        "\n".join(
+            [
+                "global",
+                "    maxconn 4096",
+                "defaults",
+                "    mode http",
+                "    timeout client 30s",
+                "    timeout connect 1s",
+                "    timeout server 30s",
+                "frontend upstream",
+                f"    bind {address}",
+                '    http-request return status 200 content-type application/json string "{}"',
+                "",
+            ]
+        )
+    )
+    argv = [binary, "-db", "-f", str(config)]
+    with SidecarProcess("upstream", argv, workdir / "upstream.log", _accepts(address)).start():
+        yield address

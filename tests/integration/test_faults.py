@@ -1,13 +1,20 @@
-"""Fault injection with real Envoy: retries stacked at several layers, with and without budgets.
+"""Fault injection with real Envoy and HAProxy; each scenario prints its figures and asserts them.
 
-A -> B -> C, each hop through the real Envoy sidecar with ``retries = 2`` on ``5xx``, and C
-failing every request. Without a budget each layer multiplies: C receives (1 + 2)^2 = 9 requests
-per request A receives. With mesh_client's retry budget (20 % of calls, a negligible floor), each
-layer adds at most 20 %, so C receives at most about 1.2^2 = 1.44 per request.
+Retries stacked at several layers, with and without budgets: A -> B -> C, each hop through the
+real Envoy sidecar with ``retries = 2`` on ``5xx``, and C failing every request. Without a budget
+each layer multiplies: C receives (1 + 2)^2 = 9 requests per request A receives. With
+mesh_client's retry budget (20 % of calls, a negligible floor), each layer adds at most 20 %, so C
+receives at most about 1.2^2 = 1.44 per request.
+
+Also: the flag file corrupted and deleted during traffic; writes that must never be applied twice;
+Envoy SIGKILLed during 2,000 calls and restarted; a slow-loris upstream and black-holed ports,
+where every call must end by its deadline on both routes and with every client.
 """
 
 from __future__ import annotations
 
+import asyncio
+import http.client
 import json
 import socket
 import socketserver
@@ -15,22 +22,26 @@ import struct
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
+import httpx
 import pytest
 import requests
 
 import mesh_client
-from mesh_client import Mesh, Route, call_info
-from mesh_client.sidecar import free_port, start_envoy, start_haproxy
+from mesh_client import Mesh, MeshError, MeshTimeoutError, Route, call_info, call_options, core
+from mesh_client.registry import Address, MeshConfig, load_mapping
+from mesh_client.routing import route_flag, write_flag_file
+from mesh_client.sidecar import SidecarProcess, free_port, start_envoy, start_haproxy
 from mesh_client.testing import Backend
 
-from .conftest import MeshWorld
-from .servers import serve_wsgi
+from .conftest import CLIENT_KINDS, Caller, MeshWorld
+from .servers import answering_haproxy, black_hole, serve_slow_loris, serve_wsgi
 
 CALLS = 100
 BUDGETS = {
@@ -242,3 +253,359 @@ def test_no_write_is_applied_twice(
     )
     assert len(server.applied) == posts
     assert twice == []
+
+
+# -- Envoy SIGKILLed during 2,000 calls, then restarted on the same ports ------------------------
+
+KILL_CALLS = 2000
+#: calls ended when Envoy is killed
+KILL_AT = 500
+#: calls in flight at any time (asyncio tasks sharing one client / threads with a session each)
+KILL_WORKERS = {"httpx-async": 10, "requests": 20}
+KILL_TIMEOUT = 1.0
+#: scheduling slack on a busy 2-core machine, on top of the policy's timeout (+ the Envoy margin)
+KILL_GRACE = 0.5
+
+
+def envoy_margin(timeout: float) -> float:
+    """How far past the policy's timeout the client's own timer runs on the Envoy route."""
+    return min(core.ENVOY_MARGIN_MAX, max(core.ENVOY_MARGIN_MIN, timeout * core.ENVOY_MARGIN_SHARE))
+
+
+class _KillAndRestart:
+    """SIGKILLs a running Envoy (by its own process handle) once ``at`` calls have ended, then
+    starts a new one on the same ports, in a thread, while the calls go on."""
+
+    def __init__(self, envoy: SidecarProcess, config: MeshConfig, workdir: Path, binary: str, at: int) -> None:
+        self.envoy = envoy
+        self.config = config
+        self.workdir = workdir
+        self.binary = binary
+        self.at = at
+        self.lock = threading.Lock()
+        self.ended = 0
+        self.killed_at = 0.0
+        self.ready_at = 0.0
+        self.restarted: SidecarProcess | None = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._kill_and_restart, daemon=True)
+
+    def call_ended(self) -> None:
+        with self.lock:
+            self.ended += 1
+            if self.ended == self.at:
+                self.thread.start()
+
+    def _kill_and_restart(self) -> None:
+        try:
+            process = self.envoy.process
+            if process is None:
+                raise RuntimeError("Envoy was not running")
+            process.kill()  # SIGKILL to its own pid
+            self.killed_at = time.monotonic()
+            process.wait(5)
+            self.restarted = start_envoy(self.config, self.workdir, binary=self.binary)
+            self.ready_at = time.monotonic()
+        except BaseException as exc:
+            self.error = exc
+
+    def close(self) -> None:
+        if self.thread.ident is not None:
+            self.thread.join(30)  # start_envoy gives up after 15 s
+        if self.restarted is not None:
+            self.restarted.stop()
+
+
+@dataclass(frozen=True)
+class _Call:
+    started: float
+    ended: float
+    outcome: str  # "ok" (via Envoy), "failed over", the MeshError class, "status N" or "unexpected"
+    via_envoy: bool
+    problem: str = ""
+
+
+def _call_record(started: float, result: object, library_error: type[BaseException]) -> _Call:
+    ended = time.monotonic()
+    if isinstance(result, BaseException):
+        if isinstance(result, MeshError) and isinstance(result, library_error):
+            return _Call(started, ended, type(result).__mro__[1].__name__, False)
+        return _Call(started, ended, "unexpected", False, repr(result))
+    info = call_info(result)
+    status = getattr(result, "status_code", None)
+    if info is None:
+        return _Call(started, ended, "unexpected", False, f"no call_info on {result!r}")
+    if status != 200:
+        return _Call(started, ended, f"status {status}", info.route is Route.ENVOY)
+    if info.failed_over:
+        return _Call(started, ended, "failed over", False)
+    if info.route is Route.ENVOY:
+        return _Call(started, ended, "ok", True)
+    return _Call(started, ended, "unexpected", False, f"via {info.route.value} without a failover")
+
+
+def _calls_async(mesh: Mesh, workers: int, chaos: _KillAndRestart) -> list[_Call]:
+    calls: list[_Call] = []
+
+    async def main() -> None:
+        jobs = iter(range(KILL_CALLS))
+        async with mesh.httpx_async_client(limits=httpx.Limits(max_connections=workers)) as client:
+
+            async def worker() -> None:
+                for _ in jobs:
+                    started = time.monotonic()
+                    result: object
+                    try:
+                        result = await client.get("http://users/v1/ping")
+                    except Exception as exc:
+                        result = exc
+                    calls.append(_call_record(started, result, httpx.HTTPError))
+                    chaos.call_ended()
+
+            await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(workers))), 120)
+
+    asyncio.run(main())
+    return calls
+
+
+def _calls_in_threads(mesh: Mesh, workers: int, chaos: _KillAndRestart) -> list[_Call]:
+    calls: list[_Call] = []
+    jobs = iter(range(KILL_CALLS))
+    lock = threading.Lock()
+
+    def worker() -> None:
+        with mesh.requests_session() as session:
+            while True:
+                with lock:
+                    if next(jobs, None) is None:
+                        return
+                started = time.monotonic()
+                result: object
+                try:
+                    result = session.get("http://users/v1/ping")
+                except Exception as exc:
+                    result = exc
+                calls.append(_call_record(started, result, requests.RequestException))
+                chaos.call_ended()
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+        assert not thread.is_alive(), "a caller thread was still running after 120 s"
+    return calls
+
+
+@pytest.mark.parametrize("kind", list(KILL_WORKERS))
+def test_envoy_killed_mid_traffic_and_restarted(tmp_path: Path, envoy_bin: str, haproxy_bin: str, kind: str) -> None:
+    flags_path = tmp_path / "flags.json"
+    write_flag_file(flags_path, [route_flag("mesh-route-users", "envoy")])
+    with ExitStack() as stack:
+        upstream = stack.enter_context(answering_haproxy(tmp_path / "upstream", haproxy_bin))
+        data = {
+            "mesh": {
+                "caller": "checkout",
+                "envoy_http": f"127.0.0.1:{free_port()}",
+                "envoy_admin": f"127.0.0.1:{free_port()}",
+                "failover": True,
+            },
+            "flags": {"source": "file", "path": str(flags_path), "poll_interval": 0.1},
+            "services": {
+                "users": {
+                    "haproxy": f"127.0.0.1:{free_port()}",
+                    "endpoints": [str(upstream)],
+                    "timeout": KILL_TIMEOUT,
+                    "retries": 2,
+                    "retry_on": ["gateway-error", "connect-failure", "reset"],
+                }
+            },
+        }
+        config = load_mapping(data)
+        envoy = stack.enter_context(start_envoy(config, tmp_path / "envoy", binary=envoy_bin))
+        stack.enter_context(start_haproxy(config, tmp_path / "haproxy", binary=haproxy_bin))
+        mesh = stack.enter_context(Mesh(config))
+        assert mesh.route_for("users").route is Route.ENVOY
+        chaos = _KillAndRestart(envoy, config, tmp_path / "envoy-restarted", envoy_bin, KILL_AT)
+        stack.callback(chaos.close)
+        run = _calls_async if kind == "httpx-async" else _calls_in_threads
+        calls = run(mesh, KILL_WORKERS[kind], chaos)
+        chaos.thread.join(30)
+        assert chaos.error is None, f"killing or restarting Envoy failed: {chaos.error!r}"
+        assert chaos.restarted is not None
+        # back on Envoy: the first call that set out after the new Envoy was ready and went through it
+        back = min((c.ended for c in calls if c.via_envoy and c.started >= chaos.ready_at), default=None)
+        if back is None:  # the traffic ended first: probe on (the circuit's pause is 1 s, doubling up to 30 s)
+            with mesh.requests_session() as session:
+                until = time.monotonic() + 35
+                while back is None:
+                    info = call_info(session.get("http://users/v1/ping"))
+                    if info is not None and info.route is Route.ENVOY and not info.failed_over:
+                        back = time.monotonic()
+                    assert time.monotonic() < until, "traffic did not return to the restarted Envoy within 35 s"
+    outcomes = Counter(c.outcome for c in calls)
+    failed = {name: n for name, n in outcomes.items() if name not in ("ok", "failed over")}
+    deadline = KILL_TIMEOUT + envoy_margin(KILL_TIMEOUT)
+    slow = max(calls, key=lambda c: c.ended - c.started)
+    slowest = slow.ended - slow.started
+    ready, returned = chaos.ready_at - chaos.killed_at, back - chaos.killed_at
+    print(
+        f"{kind}: {len(calls)} calls, {KILL_WORKERS[kind]} at a time, Envoy SIGKILLed after {KILL_AT}: "
+        f"ok via Envoy {outcomes['ok']}, failed over {outcomes['failed over']}, failed {sum(failed.values())} "
+        f"{failed}; slowest call {slowest:.3f} s ({slow.outcome}; deadline {deadline:.1f} s); the new Envoy was ready "
+        f"{ready:.2f} s after the kill, traffic was back on it {returned:.2f} s after the kill"
+    )
+    assert [c.problem for c in calls if c.problem] == []
+    assert len(calls) == KILL_CALLS
+    # every call succeeded (via Envoy, or failed over to HAProxy) or raised a clear MeshError
+    assert all(name.startswith("Mesh") for name in failed), failed
+    assert outcomes["failed over"] > 0
+    assert slowest <= deadline + KILL_GRACE
+    # the circuit probed again after its first pauses (1 s, 2 s...), not after the 30 s cap
+    assert returned <= 2 * ready + 2.0
+
+
+# -- a slow-loris upstream and black-holed ports: every call ends by its deadline ----------------
+
+HOLE_TIMEOUT = 0.5
+HOLE_GRACE = 0.25
+#: case: (service, path)
+HOLE_CASES = {
+    "slow-loris": ("loris", "/v1/items"),
+    "slow-loris-chunked": ("loris", "/v1/items?chunked"),
+    "silent-upstream": ("silent", "/v1/items"),
+    "dropping-upstream": ("dropped", "/v1/items"),
+    "stuck-sidecar": ("stuck", "/v1/items"),
+}
+
+
+@dataclass(frozen=True)
+class Holes:
+    #: services loris, silent and dropped behind a real Envoy and HAProxy
+    mesh: Mesh
+    #: service stuck, whose Envoy listener and HAProxy port are a black hole
+    stuck: Mesh
+    envoy_admin: Address
+
+
+@pytest.fixture(scope="module")
+def holes(tmp_path_factory: pytest.TempPathFactory, envoy_bin: str, haproxy_bin: str) -> Iterator[Holes]:
+    work = tmp_path_factory.mktemp("holes")
+    with ExitStack() as stack:
+        loris = stack.enter_context(serve_slow_loris(interval=0.2))
+        silent = stack.enter_context(black_hole(handshakes=True))
+        dropped = stack.enter_context(black_hole(handshakes=False))
+
+        def service(endpoint: Address) -> dict[str, Any]:
+            return {
+                "haproxy": f"127.0.0.1:{free_port()}",
+                "endpoints": [str(endpoint)],
+                "timeout": HOLE_TIMEOUT,
+                "retries": 2,
+                "retry_on": ["gateway-error", "connect-failure", "reset"],
+            }
+
+        data = {
+            "mesh": {
+                "caller": "checkout",
+                "envoy_http": f"127.0.0.1:{free_port()}",
+                "envoy_admin": f"127.0.0.1:{free_port()}",
+            },
+            "services": {"loris": service(loris), "silent": service(silent), "dropped": service(dropped)},
+        }
+        mesh = stack.enter_context(Mesh.from_dict(data))
+        stack.enter_context(start_envoy(mesh.config, work / "envoy", binary=envoy_bin))
+        stack.enter_context(start_haproxy(mesh.config, work / "haproxy", binary=haproxy_bin))
+        stuck_data = {
+            "mesh": {"caller": "checkout", "envoy_http": str(silent)},
+            "services": {"stuck": {"haproxy": str(silent), "timeout": HOLE_TIMEOUT}},
+        }
+        stuck = stack.enter_context(Mesh.from_dict(stuck_data))
+        assert mesh.config.envoy_admin is not None
+        yield Holes(mesh, stuck, mesh.config.envoy_admin)
+
+
+def envoy_counter(admin: Address, name: str) -> int:
+    conn = http.client.HTTPConnection(admin.host, admin.port, timeout=5)
+    try:
+        conn.request("GET", f"/stats?filter=^{name}$")
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    for line in text.splitlines():
+        key, _, value = line.partition(": ")
+        if key == name:
+            return int(value)
+    return 0
+
+
+@pytest.mark.parametrize("kind", CLIENT_KINDS)
+@pytest.mark.parametrize("route", ["envoy", "haproxy"])
+@pytest.mark.parametrize("case", list(HOLE_CASES))
+def test_every_call_ends_by_its_deadline(
+    holes: Holes, make_caller: Callable[[str, Mesh], Caller], case: str, route: str, kind: str
+) -> None:
+    service, path = HOLE_CASES[case]
+    caller = make_caller(kind, holes.stuck if service == "stuck" else holes.mesh)
+    envoy_timeouts = f"cluster.{service}.upstream_rq_timeout"
+    before = envoy_counter(holes.envoy_admin, envoy_timeouts)
+    result: object
+    with call_options(route=route):
+        started = time.monotonic()
+        try:
+            result = caller.request("GET", f"http://{service}{path}")
+        except Exception as exc:
+            result = exc
+        elapsed = time.monotonic() - started
+    deadline = HOLE_TIMEOUT + (envoy_margin(HOLE_TIMEOUT) if route == "envoy" else 0.0)
+    if isinstance(result, BaseException):
+        shape = f"{type(result).__name__}: {result}"
+    else:
+        info = call_info(result)
+        shape = f"{getattr(result, 'status_code', '?')}, envoy_error {info.envoy_error if info else '?'}"
+    print(f"{case} via {route} with {kind}: ended after {elapsed:.3f} s (deadline {deadline:.2f} s): {shape}")
+    assert elapsed <= deadline + HOLE_GRACE
+    if route == "envoy" and service in ("silent", "dropped"):
+        # Envoy answers itself: its timeout (or, with connects that hang, its connect failure)
+        info = call_info(result)
+        assert info is not None, shape
+        assert (getattr(result, "status_code", None), info.envoy_error) in {(504, "timeout"), (503, "connect_failure")}
+    elif route == "haproxy" and service == "dropped" and not isinstance(result, BaseException):
+        assert getattr(result, "status_code", None) == 503, shape  # HAProxy's page, when it beat the client's timer
+    else:
+        assert isinstance(result, MeshTimeoutError), shape
+        assert isinstance(result, caller.timeout_error), shape
+    if service == "loris":
+        assert "was not complete" in str(result)
+        # on the Envoy route Envoy's own timeout covered the body: it stopped passing it on
+        assert envoy_counter(holes.envoy_admin, envoy_timeouts) - before == (1 if route == "envoy" else 0)
+
+
+@pytest.mark.parametrize("route", ["envoy", "haproxy"])
+def test_a_caller_that_streams_gets_the_response_at_once_and_reads_the_body_itself(holes: Holes, route: str) -> None:
+    url = "http://loris/v1/items"
+    seen: dict[str, tuple[float, bytes]] = {}
+    with call_options(route=route):
+        started = time.monotonic()
+        with holes.mesh.requests_session() as session, session.get(url, stream=True) as r:
+            seen["requests"] = (time.monotonic() - started, r.raw.read(1))
+        started = time.monotonic()
+        with holes.mesh.httpx_client() as client, client.stream("GET", url) as response:
+            seen["httpx"] = (time.monotonic() - started, next(response.iter_raw(1)))
+
+        async def async_stream() -> tuple[float, bytes]:
+            async with holes.mesh.httpx_async_client() as client:
+                started = time.monotonic()
+                async with client.stream("GET", url) as response:
+                    took = time.monotonic() - started
+                    async for chunk in response.aiter_raw(1):
+                        return took, chunk
+            raise AssertionError("no body")
+
+        seen["httpx-async"] = asyncio.run(async_stream())
+    print(f"streamed via {route}: " + ", ".join(f"{k} headers after {t * 1000:.0f} ms" for k, (t, _) in seen.items()))
+    for took, first in seen.values():
+        # the headers (HAProxy passes them on with the first body byte, 0.2 s), not the 20 s body,
+        # nor an error at the call's 0.5 s timeout
+        assert took < HOLE_TIMEOUT - 0.05
+        assert first == b"x"

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import thriftpy2
 from opentelemetry import trace
 from thriftpy2.thrift import TApplicationException
 from thriftpy2.transport import TTransportException
@@ -26,7 +25,7 @@ from mesh_client.routing import route_flag, write_flag_file
 from mesh_client.sidecar import free_port, start_envoy, start_haproxy
 from mesh_client.thrift.server import make_server
 
-from ..conftest import Otel
+from ..conftest import Otel, load_idl
 
 IDL = """
 struct User {1: i64 id, 2: string name}
@@ -45,9 +44,7 @@ TRANSPORTS = ["framed", "header"]
 
 @pytest.fixture(scope="module")
 def users_thrift(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    path = tmp_path_factory.mktemp("idl") / "users.thrift"
-    path.write_text(IDL)
-    return thriftpy2.load(str(path), module_name="users_thrift")
+    return load_idl(tmp_path_factory, IDL, "users_thrift")
 
 
 class Handler:

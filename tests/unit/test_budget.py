@@ -164,6 +164,33 @@ def test_circuit_pause_doubles_up_to_the_cap() -> None:
     assert pauses == [1.0, 2.0, 4.0, 4.0]
 
 
+def test_many_concurrent_refusals_double_the_pause_once() -> None:
+    # a sidecar killed under load: every call in flight is refused at about the same time
+    clock = Clock()
+    circuit = SidecarCircuit(base=1.0, cap=30.0, clock=clock)
+    calls = [run(Route.ENVOY, circuit=circuit) for _ in range(50)]
+    for call in calls:
+        call.advance(None)  # all set out for Envoy before the first refusal
+    for call in calls:
+        step = call.advance(Broken(Failure.CONNECT, ConnectionRefusedError()))
+        assert isinstance(step, Attempt)
+        assert step.route is Route.HAPROXY
+    clock.now += 1.0
+    assert not circuit.is_open()  # the first pause, not 2^49 s capped at 30
+    # the probes after the pause are refused too (all at once): the pause doubles once
+    probes = [run(Route.ENVOY, circuit=circuit) for _ in range(50)]
+    for call in probes:
+        step = call.advance(None)
+        assert isinstance(step, Attempt)
+        assert step.route is Route.ENVOY
+    for call in probes:
+        call.advance(Broken(Failure.CONNECT, ConnectionRefusedError()))
+    clock.now += 1.9
+    assert circuit.is_open()
+    clock.now += 0.1
+    assert not circuit.is_open()
+
+
 @pytest.mark.parametrize(
     ("budget", "problem"),
     [

@@ -545,3 +545,16 @@ def test_services_mapping_cannot_be_changed() -> None:
     with pytest.raises(TypeError):
         cfg.services["intruder"] = cfg.service("users")  # type: ignore[index]
     assert set(cfg.services) == {"users"}
+
+
+def test_a_service_name_with_an_underscore_needs_an_envoy_host() -> None:
+    svc: dict[str, Any] = {"haproxy": "127.0.0.1:16001"}
+    data: dict[str, Any] = {
+        "mesh": {"caller": "checkout", "envoy_http": "127.0.0.1:15001"},
+        "services": {"user_store": svc},
+    }
+    with pytest.raises(ConfigError, match=r"set envoy_host .* e\.g\. 'user-store'") as caught:
+        load_mapping(data)
+    assert caught.value.key == "services.user_store.envoy_host"
+    data["services"]["user_store"] = {**svc, "envoy_host": "user-store"}
+    assert load_mapping(data).services["user_store"].envoy_host == "user-store"

@@ -1,0 +1,698 @@
+"""``FakeMesh``: an in-process Envoy sidecar and HAProxy ports, for tests that must not start them.
+
+Installed as a :class:`~mesh_client.wire.Wire`, it receives each attempt exactly as the real proxy
+would (address, headers, body) and answers as that proxy would:
+
+- **Envoy route**: it reads the ``x-envoy-*`` headers the client set and applies them the way
+  Envoy's router does: the total timeout (``504 upstream request timeout``), the per-try timeout,
+  retries by retry-on token and ``x-envoy-max-retries`` with Envoy's jittered back-off, ``503 no
+  healthy upstream`` for a service with no handler, ``404`` for a host it has no route for, and
+  it adds ``x-request-id``, ``x-envoy-expected-rq-timeout-ms``, ``x-envoy-attempt-count`` (both
+  ways) and ``x-envoy-upstream-service-time`` as the rendered sidecar config does.
+- **HAProxy route**: requests pass through untouched, one upstream request per attempt; its own
+  error pages for refused (503) and broken (502) connections.
+- **Thrift**: Envoy's thrift_proxy and HAProxy's TCP mode (neither times out or retries: the client
+  does), with Envoy's ``TApplicationException`` replies.
+
+Time is virtual (:mod:`mesh_client.clock`): a 30 s delay costs nothing, and the call still sees 30 s
+pass. :mod:`mesh_client.testing.conformance` checks these semantics against the real processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json as jsonlib
+import math
+import random
+import re
+import threading
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from typing import Any, Final
+from urllib.parse import parse_qsl, urlsplit
+
+from .. import clock
+from ..core import Failure, backoff_upper_bound
+from ..mesh import Mesh
+from ..policy import Route
+from ..registry import MeshConfig
+from ..wire import WireFailure, WireReply, WireRequest, use_wire
+from .replies import Reply
+
+__all__ = ["Call", "FakeMesh", "Headers", "ProxyRequest", "UpstreamRequest"]
+
+#: the Envoy headers a client sets and Envoy consumes (not forwarded upstream)
+_HAPROXY_PAGES: Final = {
+    502: "The server returned an invalid or incomplete response.",
+    503: "No server is available to handle this request.",
+    504: "The server didn't respond in time.",
+}
+#: HAProxy's ``timeout connect`` in the rendered config: what a refused connection costs there
+HAPROXY_CONNECT_PAUSE: Final = 0.25
+HAPROXY_SERVER_TIMEOUT: Final = 30.0
+#: Envoy's route timeout when the client sends none (the rendered route uses the service's)
+ENVOY_ROUTE_TIMEOUT: Final = 15.0
+
+
+class Headers(Mapping[str, str]):
+    """Request or response headers, in order, looked up case-insensitively (first value)."""
+
+    def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
+        self._items = tuple((str(k), str(v)) for k, v in items)
+        self._index: dict[str, str] = {}
+        for k, v in self._items:
+            self._index.setdefault(k.lower(), v)
+
+    def __getitem__(self, name: str) -> str:
+        return self._index[name.lower()]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._index
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._index)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def pairs(self) -> tuple[tuple[str, str], ...]:
+        """Every header as sent, with its original spelling."""
+        return self._items
+
+    def __repr__(self) -> str:
+        return f"Headers({dict(self._index)!r})"
+
+
+@dataclass(frozen=True)
+class UpstreamRequest:
+    """A request as an instance of the service received it (after the proxy)."""
+
+    service: str
+    route: Route
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: Headers
+    body: bytes
+    #: 1-based: which upstream try of the client's attempt this was (Envoy retries count up)
+    attempt: int
+    #: Thrift: the decoded arguments, by name
+    args: dict[str, Any] = field(default_factory=dict)
+
+    def json(self) -> Any:
+        return jsonlib.loads(self.body)
+
+
+@dataclass(frozen=True)
+class ProxyRequest:
+    """An attempt as the client sent it to a local proxy."""
+
+    route: Route
+    address: str
+    headers: Headers
+    timeout: float
+    #: what the client got back: a status (``"504 upstream request timeout"``) or a failure
+    outcome: str = ""
+
+
+@dataclass
+class Call:
+    """One call of the application to a service: its attempts at the proxies and the requests
+    the service's instances received."""
+
+    service: str
+    method: str
+    path: str
+    body: bytes
+    sent: list[ProxyRequest] = field(default_factory=list)
+    upstream: list[UpstreamRequest] = field(default_factory=list)
+
+    @property
+    def route(self) -> Route:
+        """The route of the call's last attempt."""
+        return self.sent[-1].route
+
+    @property
+    def routes(self) -> list[Route]:
+        return [p.route for p in self.sent]
+
+    @property
+    def headers(self) -> Headers:
+        """The headers of the call's first attempt, as the client sent them to the proxy."""
+        return self.sent[0].headers
+
+    @property
+    def attempts(self) -> int:
+        """How many requests the service's instances received for this call."""
+        return len(self.upstream)
+
+    @property
+    def outcome(self) -> str:
+        return self.sent[-1].outcome
+
+    def json(self) -> Any:
+        return jsonlib.loads(self.body)
+
+    def describe(self) -> str:
+        routes = " then ".join(dict.fromkeys(r.value for r in self.routes))
+        what = f"{self.method} {self.path}" if self.path != self.method else self.method
+        return f"{what} to {self.service} via {routes}: {self.attempts} upstream request(s), {self.outcome}"
+
+
+@dataclass
+class _Handler:
+    service: str
+    replies: tuple[Any, ...]
+    method: str | None
+    path: str | re.Pattern[str] | None
+    used: int = 0
+
+    def matches(self, method: str, path: str) -> bool:
+        if self.method is not None and self.method.upper() != method.upper() and self.method != method:
+            return False
+        if self.path is None:
+            return True
+        if isinstance(self.path, re.Pattern):
+            return self.path.fullmatch(path) is not None
+        return self.path == path
+
+    def next(self) -> Any:
+        handler = self.replies[min(self.used, len(self.replies) - 1)]
+        self.used += 1
+        return handler
+
+    def describe(self) -> str:
+        where = self.service
+        if self.method:
+            where += f" {self.method}"
+        if self.path is not None:
+            where += f" {self.path.pattern if isinstance(self.path, re.Pattern) else self.path}"
+        replies = ", ".join(r.describe() if isinstance(r, Reply) else _callable_name(r) for r in self.replies)
+        return f"{where} -> {replies}"
+
+
+def _callable_name(obj: Any) -> str:
+    return getattr(obj, "__qualname__", None) or type(obj).__name__
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """What one upstream try produced, with the time it took."""
+
+    elapsed: float
+    status: int = 0
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = b""
+    fault: str | None = None  # "refuse", "reset", "timeout"
+    thrift: Any = None
+
+
+class FakeMesh:
+    """An in-process Envoy egress listener and HAProxy ports for every :class:`Mesh` (see the
+    module docs). Use it through the ``fake_mesh`` fixture, or as a context manager."""
+
+    def __init__(self, config: MeshConfig | None = None, *, seed: int = 0) -> None:
+        self.config = config
+        self.clock = clock.VirtualClock()
+        self.calls: list[Call] = []
+        self.unexpected: list[Call] = []
+        self._handlers: list[_Handler] = []
+        self._by_call: dict[int, Call] = {}
+        self._lock = threading.RLock()
+        self._random = random.Random(seed)
+        self._envoy_down = False
+        self._haproxy_down: set[str] = set()
+        self._envoy_unknown: set[str] = set()
+        self._meshes: list[Mesh] = []
+        self._stack: contextlib.ExitStack | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def __enter__(self) -> FakeMesh:
+        stack = contextlib.ExitStack()
+        stack.enter_context(clock.use_virtual_clock(self.clock))
+        stack.enter_context(use_wire(self))
+        self._stack = stack
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for mesh in self._meshes:
+            mesh.close()
+        if self._stack is not None:
+            self._stack.close()
+            self._stack = None
+
+    def mesh(self, registry: str | Mapping[str, Any] | MeshConfig, **kwargs: Any) -> Mesh:
+        """A :class:`Mesh` for ``registry`` (a TOML path, registry data, or a loaded config), closed
+        when the fake stops. Its calls go to this fake like every other mesh's."""
+        if isinstance(registry, MeshConfig):
+            mesh = Mesh(registry, **kwargs)
+        elif isinstance(registry, Mapping):
+            mesh = Mesh.from_dict(registry, **kwargs)
+        else:
+            mesh = Mesh.from_file(registry, **kwargs)
+        self._meshes.append(mesh)
+        if self.config is None:
+            self.config = mesh.config
+        return mesh
+
+    # -- the test's controls -----------------------------------------------------------------------
+
+    def add(
+        self,
+        service: str,
+        *replies: Any,
+        method: str | None = None,
+        path: str | re.Pattern[str] | None = None,
+    ) -> None:
+        """Answer requests to ``service`` (optionally only ``method`` / ``path``) with ``replies``:
+        one :class:`Reply` for every request, several in turn (the last repeats), a callable
+        ``(UpstreamRequest) -> Reply`` or, for Thrift, a handler object with the service's methods.
+        Handlers are tried in the order they were added."""
+        if not replies:
+            raise ValueError(f"fake_mesh.add({service!r}) needs at least one reply (e.g. reply(200))")
+        for r in replies:
+            if r is None:
+                raise TypeError(f"fake_mesh.add({service!r}): a reply is None; use reply(...) or a callable")
+        if self.config is not None and service not in self.config.services:
+            known = ", ".join(sorted(self.config.services)) or "none"
+            raise ValueError(f"fake_mesh.add: {service!r} is not a service of the registry (services: {known})")
+        with self._lock:
+            self._handlers.append(_Handler(service, tuple(replies), method, path))
+
+    def reset(self) -> None:
+        """Forget every handler and recorded call (the sidecar states and the clock stay)."""
+        with self._lock:
+            self._handlers.clear()
+            self.calls.clear()
+            self.unexpected.clear()
+            self._by_call.clear()
+
+    def envoy_down(self, down: bool = True) -> None:
+        """Make the Envoy sidecar refuse connections (``down=False``: back up)."""
+        self._envoy_down = down
+
+    def haproxy_down(self, service: str, down: bool = True) -> None:
+        """Make ``service``'s HAProxy port refuse connections."""
+        (self._haproxy_down.add if down else self._haproxy_down.discard)(service)
+
+    def envoy_forgets(self, service: str) -> None:
+        """Envoy has no route for ``service`` (a sidecar rendered from an older registry): 404."""
+        self._envoy_unknown.add(service)
+
+    def advance(self, seconds: float) -> None:
+        """Let virtual time pass for everyone (budgets refill, circuits reopen)."""
+        self.clock.advance(seconds)
+
+    # -- reading back ------------------------------------------------------------------------------
+
+    def calls_to(self, service: str) -> list[Call]:
+        return [c for c in self.calls if c.service == service]
+
+    def assert_called(
+        self,
+        service: str,
+        *,
+        times: int | None = None,
+        method: str | None = None,
+        path: str | None = None,
+        route: Route | str | None = None,
+    ) -> list[Call]:
+        """The calls to ``service`` matching the filters; fails unless there are ``times`` of them
+        (or at least one), saying which calls were made instead."""
+        __tracebackhide__ = True
+        want_route = Route(route) if route is not None else None
+        found = [
+            c
+            for c in self.calls_to(service)
+            if (method is None or c.method.upper() == method.upper())
+            and (path is None or c.path == path)
+            and (want_route is None or c.route is want_route)
+        ]
+        ok = len(found) == times if times is not None else bool(found)
+        if not ok:
+            what = " ".join(x for x in (method, path) if x) or "any request"
+            via = f" via {want_route.value}" if want_route else ""
+            expected = f"{times} call(s)" if times is not None else "at least one call"
+            raise AssertionError(
+                f"fake_mesh: expected {expected} to {service!r} ({what}{via}), got {len(found)}.\n" + self._calls_text()
+            )
+        return found
+
+    def assert_not_called(self, service: str) -> None:
+        __tracebackhide__ = True
+        if self.calls_to(service):
+            raise AssertionError(f"fake_mesh: expected no call to {service!r}.\n" + self._calls_text())
+
+    def last_call(self, service: str | None = None) -> Call:
+        __tracebackhide__ = True
+        calls = self.calls if service is None else self.calls_to(service)
+        if not calls:
+            raise AssertionError(f"fake_mesh: no call to {service or 'any service'} was made.\n" + self._calls_text())
+        return calls[-1]
+
+    def _calls_text(self) -> str:
+        if not self.calls:
+            return "No mesh call was made."
+        lines = [f"  {i}. {c.describe()}" for i, c in enumerate(self.calls, 1)]
+        return "Calls made:\n" + "\n".join(lines)
+
+    def unused_handlers(self) -> list[str]:
+        return [h.describe() for h in self._handlers if h.used == 0]
+
+    def problems(self, *, assert_all_used: bool = True, allow_unexpected: bool = False) -> list[str]:
+        """What a test's teardown should complain about (empty when all is well)."""
+        problems = []
+        if not allow_unexpected and self.unexpected:
+            lines = "\n".join(f"  - {c.describe()}" for c in self.unexpected)
+            problems.append(
+                f"{len(self.unexpected)} call(s) reached a service with no handler (they got 503 no healthy "
+                f"upstream / No server is available):\n{lines}\nAdd one, e.g. "
+                f"fake_mesh.add({self.unexpected[0].service!r}, reply(200)), or mark the test "
+                "@pytest.mark.fake_mesh(allow_unexpected=True)."
+            )
+        unused = self.unused_handlers()
+        if assert_all_used and unused:
+            lines = "\n".join(f"  - {u}" for u in unused)
+            problems.append(
+                f"{len(unused)} handler(s) were never used:\n{lines}\nRemove them, or mark the test "
+                "@pytest.mark.fake_mesh(assert_all_used=False)."
+            )
+        return problems
+
+    # -- the wire ----------------------------------------------------------------------------------
+
+    def exchange(self, request: WireRequest) -> WireReply | WireFailure:
+        with self._lock:
+            call = self._record(request)
+        if request.route is Route.ENVOY and self._envoy_down:
+            result: WireReply | WireFailure = WireFailure(
+                Failure.CONNECT, f"connection refused by {request.address} (fake_mesh: Envoy is down)"
+            )
+            elapsed = 0.0
+        elif request.route is Route.HAPROXY and request.service in self._haproxy_down:
+            result = WireFailure(
+                Failure.CONNECT, f"connection refused by {request.address} (fake_mesh: HAProxy is down)"
+            )
+            elapsed = 0.0
+        elif request.thrift is not None:
+            result, elapsed = self._thrift(request, call)
+        elif request.route is Route.ENVOY:
+            result, elapsed = self._envoy(request, call)
+        else:
+            result, elapsed = self._haproxy(request, call)
+        if elapsed > request.timeout:  # the client's own timer fires first
+            result, elapsed = WireFailure(Failure.TIMEOUT, f"no answer within {request.timeout:.3f} s"), request.timeout
+        clock.sleep(elapsed)
+        if isinstance(result, WireFailure):
+            outcome = f"{result.kind.value} failure"
+        else:
+            outcome = _status_text(result, request.header_prefix)
+        with self._lock:
+            call.sent[-1] = dataclasses.replace(call.sent[-1], outcome=outcome)
+        return result
+
+    def _record(self, request: WireRequest) -> Call:
+        split = urlsplit(request.target) if request.thrift is None else None
+        path = split.path if split is not None else request.method
+        call = self._by_call.get(request.call)
+        if call is None:
+            call = Call(request.service, request.method, path, request.body)
+            self._by_call[request.call] = call
+            self.calls.append(call)
+        proxy = ProxyRequest(request.route, str(request.address), Headers(request.headers), request.timeout)
+        call.sent.append(proxy)
+        return call
+
+    def _handler(self, service: str, method: str, path: str) -> _Handler | None:
+        with self._lock:
+            for h in self._handlers:
+                if h.service == service and h.matches(method, path):
+                    return h
+        return None
+
+    def _serve(self, request: WireRequest, call: Call, headers: Headers, attempt: int) -> Reply | None:
+        """Hand the request to the service's handler: its reply, or None when there is none."""
+        split = urlsplit(request.target)
+        path = split.path if request.thrift is None else request.method
+        args = _thrift_args(request.thrift.args) if request.thrift is not None else {}
+        handler = self._handler(request.service, request.method, path)
+        upstream = UpstreamRequest(
+            service=request.service,
+            route=request.route,
+            method=request.method,
+            path=path,
+            query=dict(parse_qsl(split.query)) if request.thrift is None else {},
+            headers=headers,
+            body=request.body,
+            attempt=attempt,
+            args=args,
+        )
+        if handler is None:
+            with self._lock:
+                if call not in self.unexpected:
+                    self.unexpected.append(call)
+            return None
+        with self._lock:
+            spec = handler.next()
+        if isinstance(spec, Reply) and spec.fault == "refuse":
+            return spec  # nothing reached the instance
+        with self._lock:
+            call.upstream.append(upstream)
+        return _resolve(spec, upstream, request)
+
+    # -- HAProxy: passes requests through, one upstream request per attempt ------------------------
+
+    def _haproxy(self, request: WireRequest, call: Call) -> tuple[WireReply | WireFailure, float]:
+        headers = Headers(request.headers)
+        answer = self._try(request, call, headers, 1, window=HAPROXY_SERVER_TIMEOUT)
+        if answer is None:
+            return _haproxy_page(503), 0.0
+        if answer.fault == "refuse":
+            return _haproxy_page(503), HAPROXY_CONNECT_PAUSE
+        if answer.fault == "reset":
+            return _haproxy_page(502), answer.elapsed
+        if answer.fault == "timeout":
+            return _haproxy_page(504), answer.elapsed
+        return WireReply(answer.status, answer.headers, answer.body), answer.elapsed
+
+    # -- Envoy's router, from the x-envoy-* headers ------------------------------------------------
+
+    def _envoy(self, request: WireRequest, call: Call) -> tuple[WireReply | WireFailure, float]:
+        p = request.header_prefix
+        sent = Headers(request.headers)
+        if request.service in self._envoy_unknown:
+            return WireReply(404, _envoy_headers(0, p)), 0.0
+        total = _ms(sent.get(f"{p}-upstream-rq-timeout-ms"))
+        total = ENVOY_ROUTE_TIMEOUT if total is None else total
+        per_try = _ms(sent.get(f"{p}-upstream-rq-per-try-timeout-ms"))
+        if per_try is not None and total and per_try >= total:
+            per_try = None  # Envoy ignores a per-try timeout that is not below the total
+        tokens = {t.strip() for t in sent.get(f"{p}-retry-on", "").split(",") if t.strip()}
+        max_retries = _int(sent.get(f"{p}-max-retries"))
+        retries_left = (max_retries if max_retries is not None else 1) if tokens else 0
+        codes = {_int(c.strip()) for c in sent.get(f"{p}-retriable-status-codes", "").split(",")}
+        forwarded = [(k, v) for k, v in sent.pairs() if not k.lower().startswith(p + "-")]
+        forwarded += [("x-forwarded-for", "127.0.0.1"), ("x-forwarded-proto", "http"), (f"{p}-internal", "true")]
+        if "x-request-id" not in sent:
+            forwarded.append(("x-request-id", str(uuid.uuid4())))
+        limit = total if total else math.inf
+        t, n = 0.0, 0
+        while True:
+            n += 1
+            window = min(per_try, limit - t) if per_try else limit - t
+            expected = min(per_try or limit, limit - t)
+            extra = [(f"{p}-attempt-count", str(n))]
+            if not math.isinf(expected):
+                extra.insert(0, (f"{p}-expected-rq-timeout-ms", str(max(1, math.floor(expected * 1000)))))
+            answer = self._try(request, call, Headers([*forwarded, *extra]), n, window=window)
+            if answer is None:
+                return _local_reply(503, "no healthy upstream", n - 1 or 1, p), t
+            t += answer.elapsed
+            if answer.fault == "timeout" and t >= limit:
+                return _local_reply(504, "upstream request timeout", n, p), t
+            retry = False
+            if answer.fault == "refuse":
+                retry = bool(tokens & {"5xx", "gateway-error", "reset", "connect-failure", "reset-before-request"})
+            elif answer.fault in ("reset", "timeout"):
+                retry = bool(tokens & {"5xx", "gateway-error", "reset"})
+            else:  # an upstream's x-envoy-overloaded does not stop Envoy retrying (measured)
+                retry = _status_retryable(answer, tokens, codes, p)
+            if retry and retries_left > 0:
+                backoff = self._random.uniform(0.0, backoff_upper_bound(n))
+                if t + backoff >= limit:
+                    return _local_reply(504, "upstream request timeout", n, p), limit
+                t += backoff
+                retries_left -= 1
+                continue
+            if answer.fault is None:
+                headers = [(k, v) for k, v in answer.headers if k.lower() != "server"]
+                headers = [
+                    ("server", "envoy"),
+                    *headers,
+                    (f"{p}-upstream-service-time", str(round(answer.elapsed * 1000))),
+                    (f"{p}-attempt-count", str(n)),
+                ]
+                return WireReply(answer.status, tuple(headers), answer.body), t
+            if answer.fault == "timeout":
+                return _local_reply(504, "upstream request timeout", n, p), t
+            latest = "retried and the latest " if n > 1 else ""
+            reason = "remote connection failure" if answer.fault == "refuse" else "connection termination"
+            text = f"upstream connect error or disconnect/reset before headers. {latest}reset reason: {reason}"
+            return _local_reply(503, text, n, p), t
+
+    def _try(self, request: WireRequest, call: Call, headers: Headers, n: int, *, window: float) -> _Answer | None:
+        """One upstream request (None: the service has no handler), bounded by ``window``."""
+        spec = self._serve(request, call, headers, n)
+        if spec is None:
+            return None
+        if spec.fault == "refuse":
+            return _Answer(0.0, fault="refuse")
+        if spec.delay >= window:
+            return _Answer(window, fault="timeout")
+        if spec.fault == "reset":
+            return _Answer(spec.delay, fault="reset")
+        if request.thrift is not None:
+            return _Answer(spec.delay, thrift=_thrift_result(request, spec))
+        return _Answer(spec.delay, spec.status, spec.headers, spec.body)
+
+    # -- Thrift: no proxy timeouts or retries, Envoy's TApplicationException replies ---------------
+
+    def _thrift(self, request: WireRequest, call: Call) -> tuple[WireReply | WireFailure, float]:
+        from thriftpy2.thrift import TApplicationException
+
+        envoy = request.route is Route.ENVOY
+        cluster = request.service
+        if envoy and request.service in self._envoy_unknown:
+            error = TApplicationException(
+                TApplicationException.UNKNOWN_METHOD, f"no route for method '{request.target}'"
+            )
+            return WireReply(200, thrift_reply=error), 0.0
+        answer = self._try(request, call, Headers(request.headers), 1, window=request.timeout)
+        if answer is None:
+            if not envoy:
+                return WireFailure(Failure.RESET, "HAProxy closed the connection: no server is available"), 0.0
+            message = f"no healthy upstream for '{cluster}'"
+            return WireReply(
+                200, thrift_reply=TApplicationException(TApplicationException.INTERNAL_ERROR, message)
+            ), 0.0
+        if answer.fault == "timeout":
+            return WireFailure(Failure.TIMEOUT, "no reply in time"), answer.elapsed
+        if answer.fault in ("refuse", "reset"):
+            if not envoy:
+                return WireFailure(Failure.RESET, "HAProxy closed the connection"), answer.elapsed
+            error = TApplicationException(TApplicationException.INTERNAL_ERROR, f"connection failure '{cluster}'")
+            return WireReply(200, thrift_reply=error), answer.elapsed
+        return WireReply(200, thrift_reply=answer.thrift), answer.elapsed
+
+
+def _status_text(reply: WireReply, prefix: str) -> str:
+    if reply.thrift_reply is not None and type(reply.thrift_reply).__name__ == "TApplicationException":
+        return f"TApplicationException {getattr(reply.thrift_reply, 'message', '')!r}"
+    headers = Headers(reply.headers)
+    local = f"{prefix}-upstream-service-time" not in headers and headers.get("server") == "envoy"
+    if local and reply.body and len(reply.body) < 200:
+        return f"{reply.status} {reply.body.decode('latin-1')}"
+    return str(reply.status)
+
+
+def _ms(value: str | None) -> float | None:
+    number = _int(value)
+    return None if number is None else number / 1000
+
+
+def _int(value: str | None) -> int | None:
+    if value is None:
+        return None
+    value = value.strip()
+    return int(value) if value.isascii() and value.isdigit() else None
+
+
+def _status_retryable(answer: _Answer, tokens: set[str], codes: set[int | None], prefix: str) -> bool:
+    status = answer.status
+    return (
+        ("5xx" in tokens and status >= 500)
+        or ("gateway-error" in tokens and status in (502, 503, 504))
+        or ("retriable-4xx" in tokens and status == 409)
+        or ("retriable-status-codes" in tokens and status in codes)
+        or ("envoy-ratelimited" in tokens and f"{prefix}-ratelimited" in Headers(answer.headers))
+    )
+
+
+def _envoy_headers(attempts: int, prefix: str, length: int = 0) -> tuple[tuple[str, str], ...]:
+    headers = [] if not attempts else [(f"{prefix}-attempt-count", str(attempts))]
+    if length:
+        headers.append(("content-type", "text/plain"))
+    headers += [("content-length", str(length)), ("date", formatdate(usegmt=True)), ("server", "envoy")]
+    return tuple(headers)
+
+
+def _local_reply(status: int, text: str, attempts: int, prefix: str) -> WireReply:
+    body = text.encode()
+    return WireReply(status, _envoy_headers(attempts, prefix, len(body)), body)
+
+
+def _haproxy_page(status: int) -> WireReply:
+    from http.client import responses
+
+    title = f"{status} {responses[status]}"
+    body = f"<html><body><h1>{title}</h1>\n{_HAPROXY_PAGES[status]}\n</body></html>\n".encode()
+    headers = (("content-length", str(len(body))), ("cache-control", "no-cache"), ("content-type", "text/html"))
+    return WireReply(status, headers, body)
+
+
+def _resolve(spec: Any, upstream: UpstreamRequest, request: WireRequest) -> Reply:
+    """The :class:`Reply` a handler gives for ``upstream``."""
+    if isinstance(spec, Reply):
+        return spec
+    if request.thrift is not None and not callable(spec):  # a Thrift handler object
+        method = getattr(spec, request.thrift.method, None)
+        if method is None:
+            raise AttributeError(
+                f"the fake handler {spec!r} for {request.service!r} has no method {request.thrift.method!r}"
+            )
+        spec = lambda _req, m=method: m(**upstream.args)  # noqa: E731
+    if request.thrift is not None:
+        try:
+            value = spec(upstream)
+        except Exception as exc:
+            return Reply(raises=exc)
+        return value if isinstance(value, Reply) else Reply(value=value)
+    value = spec(upstream)
+    if not isinstance(value, Reply):
+        raise TypeError(
+            f"the fake handler {_callable_name(spec)} for {request.service!r} returned {value!r}; "
+            "return a mesh_client.testing.reply(...)"
+        )
+    return value
+
+
+def _thrift_args(args: Any) -> dict[str, Any]:
+    spec = getattr(args, "thrift_spec", {}) or {}
+    return {entry[1]: getattr(args, entry[1], None) for entry in spec.values()}
+
+
+def _thrift_result(request: WireRequest, spec: Reply) -> Any:
+    """The result struct (or TApplicationException) a server would send for ``spec``."""
+    from thriftpy2.thrift import TApplicationException
+
+    assert request.thrift is not None
+    result_cls = getattr(request.thrift.service, request.thrift.method + "_result")
+    result = result_cls()
+    error = spec.raises
+    if error is None:
+        if hasattr(result, "success"):
+            result.success = spec.value
+        return result
+    if isinstance(error, TApplicationException):
+        return error
+    for entry in (result.thrift_spec or {}).values():
+        if len(entry) > 2 and isinstance(entry[2], type) and isinstance(error, entry[2]):
+            setattr(result, entry[1], error)
+            return result
+    # an undeclared exception: INTERNAL_ERROR, worded as mesh_client.thrift.server words it
+    message = f"internal error in {request.thrift.method} ({type(error).__name__})"
+    return TApplicationException(TApplicationException.INTERNAL_ERROR, message)
