@@ -64,10 +64,22 @@ class RetryBudget:
         self._calls_total = 0
         self._retries_total = 0
         self._epoch = int(clock() / self._width)
+        self._era = _clock.era()
         self._lock = threading.Lock()
+
+    def _restart(self) -> None:
+        """Forget everything: the clock was switched (to or from a virtual one), so the buckets'
+        times mean nothing now (call with the lock held)."""
+        self._calls = [0] * _BUCKETS
+        self._retries = [0] * _BUCKETS
+        self._calls_total = self._retries_total = 0
+        self._epoch = int(self._clock() / self._width)
+        self._era = _clock.era()
 
     def _roll(self) -> None:
         """Expire the buckets older than ``ttl`` (call with the lock held)."""
+        if self._era != _clock.era():
+            self._restart()
         epoch = int(self._clock() / self._width)
         if epoch <= self._epoch:
             return
@@ -89,7 +101,7 @@ class RetryBudget:
     def deposit(self) -> None:
         """Count one call."""
         with self._lock:
-            if int(self._clock() / self._width) > self._epoch:
+            if int(self._clock() / self._width) > self._epoch or self._era != _clock.era():
                 self._roll()
             self._calls[self._epoch % _BUCKETS] += 1
             self._calls_total += 1
@@ -115,7 +127,7 @@ class RetryBudget:
 
     def available(self) -> int:
         """Whole retries left now."""
-        if int(self._clock() / self._width) <= self._epoch:
+        if int(self._clock() / self._width) <= self._epoch and self._era == _clock.era():
             # no bucket to expire: a read of two counters needs no lock (every call asks this)
             balance = int(self._balance())
             return balance if balance > 0 else 0

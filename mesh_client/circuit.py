@@ -25,10 +25,14 @@ class SidecarCircuit:
         self._clock = clock
         self._pause = 0.0
         self._open_until = 0.0
+        self._era = _clock.era()
         self._lock = threading.Lock()
 
     def is_open(self) -> bool:
         """Whether calls should skip the sidecar now (False once the pause is over: probe)."""
+        if self._era != _clock.era():  # the clock was switched: its old times mean nothing
+            self.answered()
+            self._era = _clock.era()
         return self._clock() < self._open_until
 
     @property
@@ -43,6 +47,8 @@ class SidecarCircuit:
         concurrent calls a sidecar restart catches must not double the pause once each."""
         with self._lock:
             now = self._clock()
+            if self._era != _clock.era():
+                self._pause, self._open_until, self._era = 0.0, 0.0, _clock.era()
             if now < self._open_until:
                 return
             self._pause = self._base if self._pause == 0 else min(self._cap, self._pause * 2)

@@ -18,7 +18,7 @@ import itertools
 import time
 from collections.abc import Iterator
 
-__all__ = ["VirtualClock", "async_sleep", "monotonic", "sleep", "use_virtual_clock", "wall"]
+__all__ = ["VirtualClock", "async_sleep", "era", "monotonic", "sleep", "use_virtual_clock", "wall"]
 
 _ids = itertools.count()
 
@@ -55,6 +55,15 @@ class VirtualClock:
 
 
 _virtual: VirtualClock | None = None
+#: bumped whenever a virtual clock starts or stops being used (see :func:`era`)
+_era = 0
+
+
+def era() -> int:
+    """A number that changes whenever the clock is switched (to or from a virtual clock). Times read
+    in one era mean nothing in another: the retry budgets and sidecar circuits of a mesh that
+    outlives a ``fake_mesh`` test start afresh when they see a new era."""
+    return _era
 
 
 def monotonic() -> float:
@@ -92,9 +101,11 @@ async def async_sleep(seconds: float) -> None:
 def use_virtual_clock(clock: VirtualClock | None = None) -> Iterator[VirtualClock]:
     """Run the block on a virtual clock (a new one unless given). Not nestable across threads:
     one virtual clock at a time per process, as one test runs at a time."""
-    global _virtual
+    global _virtual, _era
     previous, _virtual = _virtual, clock if clock is not None else VirtualClock()
+    _era += 1
     try:
         yield _virtual
     finally:
         _virtual = previous
+        _era += 1

@@ -16,11 +16,13 @@ The two classes share everything except the lines that ``await`` and how the bod
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import http.client
+import sys
 import urllib.request
-from collections.abc import AsyncGenerator, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final, cast
 
 import httpcore
@@ -35,6 +37,11 @@ from ..registry import Address
 from ..telemetry import no_http_instrumentation
 from ..wire import Wire, WireFailure, WireRequest, current_wire
 from ._body import BodyTimer
+
+try:  # which async library runs the task (httpx's own test); without it, anyio decides
+    import sniffio as _sniffio
+except ImportError:  # pragma: no cover - sniffio comes with httpx's dependencies nearly always
+    _sniffio = None  # type: ignore[assignment]
 
 __all__ = ["EXTENSION_KEY", "AsyncMeshTransport", "MeshTransport", "build_async_client", "build_client"]
 
@@ -77,10 +84,21 @@ class _MeshTransportMixin:
     @staticmethod
     def _attempt_request(request: httpx.Request, attempt: Attempt) -> httpx.Request:
         url = _proxy_url(request.url, attempt.address)
-        drops = attempt.drops
-        # the caller's headers as the bytes they already are (no decoding and encoding again)
-        headers: list[Any] = [(k, v) for k, v in request.headers.raw if not drops(k.decode("latin-1"))]
-        headers += attempt.set_headers
+        headers: Any
+        if _HEADER_LIST:
+            # httpx's own (name, lower-case name, value) bytes: the caller's kept as they are,
+            # the attempt's encoded as ``Headers`` encodes them (ASCII), without its per-item checks
+            keep = _kept_headers(attempt)
+            items = [item for item in request.headers._list if keep(item[1])]
+            for name, value in attempt.set_headers:
+                raw = name.encode("ascii")
+                items.append((raw, raw.lower(), value.encode("ascii")))
+            headers = httpx.Headers()
+            headers._list = items
+        else:  # pragma: no cover - an httpx whose Headers keep their items otherwise
+            drops = attempt.drops
+            headers = [(k, v) for k, v in request.headers.raw if not drops(k.decode("latin-1"))]
+            headers += attempt.set_headers
         t = attempt.timeout
         extensions = {**request.extensions, "timeout": {"connect": t, "read": t, "write": t, "pool": t}}
         return httpx.Request(request.method, url, headers=headers, stream=request.stream, extensions=extensions)
@@ -140,11 +158,12 @@ class _MeshTransportMixin:
 
     @staticmethod
     def _body_read(response: httpx.Response, chunks: list[bytes]) -> httpx.Response:
-        """The response to hand on, with its body (as received: decoded when the caller reads it)."""
-        stream = httpx.ByteStream(b"".join(chunks))
-        return httpx.Response(
-            response.status_code, headers=response.headers, stream=stream, extensions=response.extensions
-        )
+        """The response to hand on, with its body (as received: decoded when the caller reads it).
+        The transport's own response, its network stream (read to the end and closed, but not
+        through the response, which stays unread) replaced by the bytes: cheaper than a new
+        ``httpx.Response`` with a copy of the headers."""
+        response.stream = httpx.ByteStream(b"".join(chunks))
+        return response
 
     @staticmethod
     def _body_broken(error: httpx.TransportError | None, timer: BodyTimer, request: httpx.Request) -> Broken:
@@ -226,7 +245,7 @@ class MeshTransport(_MeshTransportMixin, httpx.BaseTransport):
         except httpx.TransportError as exc:
             response.close()
             return self._body_broken(exc, timer, request)
-        response.close()
+        cast(httpx.SyncByteStream, response.stream).close()
         return self._body_read(response, chunks)
 
     def close(self) -> None:
@@ -252,14 +271,12 @@ class AsyncMeshTransport(_MeshTransportMixin, httpx.AsyncBaseTransport):
             if wire is not None:
                 await attempt_request.aread()
                 return self._over_wire(wire, run, attempt, attempt_request)
-            import anyio  # httpx's own dependency (httpcore runs on it)
-
             timer = BodyTimer(attempt)
             response: httpx.Response | None = None
             try:
                 # one deadline for the whole attempt: a pool wait, connect, send, wait and body that
                 # each stay within httpx's per-phase timeouts can still add up past it
-                with anyio.fail_after(attempt.timeout):
+                with _attempt_deadline(attempt.timeout):
                     try:
                         response = await self.transport.handle_async_request(attempt_request)
                     except httpx.TransportError as exc:
@@ -293,12 +310,15 @@ class AsyncMeshTransport(_MeshTransportMixin, httpx.AsyncBaseTransport):
         # (the caller's deadline for the whole attempt bounds the body, however it trickles)
         self._body_begins(request, timer)
         chunks: list[bytes] = []
+        stream = cast(httpx.AsyncByteStream, response.stream)
         try:
-            async with contextlib.aclosing(cast(AsyncGenerator[bytes, None], response.aiter_raw())) as stream:
-                async for chunk in stream:
-                    chunks.append(chunk)
-                    timer.received += len(chunk)
+            # the stream itself, not aiter_raw() (see _body_read)
+            async for chunk in stream:
+                chunks.append(chunk)
+                timer.received += len(chunk)
+            await stream.aclose()  # (the connection goes back to the pool)
         except httpx.TransportError as exc:
+            _with_request(exc, request)
             await response.aclose()
             return self._body_broken(exc, timer, request)
         return self._body_read(response, chunks)
@@ -360,6 +380,88 @@ def _proxy_url(url: httpx.URL, address: Address) -> httpx.URL:
             _PROXY_URLS.clear()
         _PROXY_URLS[key] = proxied
     return proxied
+
+
+#: httpx keeps a ``Headers``' items as (name, lower-case name, value) bytes in ``_list``
+_HEADER_LIST: Final = isinstance(getattr(httpx.Headers({"a": "b"}), "_list", None), list) and httpx.Headers(
+    {"A": "b"}
+)._list == [(b"A", b"a", b"b")]
+#: (drop prefixes, drop names) -> {lower-case header name: whether it goes out}: a caller sends
+#: the same few header names again and again
+_KEEP: dict[tuple[tuple[str, ...], frozenset[str]], dict[bytes, bool]] = {}
+
+
+def _kept_headers(attempt: Attempt) -> Callable[[bytes], bool]:
+    """Whether a caller's header (its lower-case name as bytes) goes out on ``attempt``."""
+    key = (attempt.drop_prefixes, attempt.drop_names)
+    known = _KEEP.get(key)
+    if known is None:
+        if len(_KEEP) >= 64:
+            _KEEP.clear()
+        known = _KEEP[key] = {}
+    drops = attempt.drops
+
+    def keep(lower: bytes) -> bool:
+        kept = known.get(lower)
+        if kept is None:
+            kept = not drops(lower.decode("latin-1"))
+            if len(known) < 1024:
+                known[lower] = kept
+        return kept
+
+    return keep
+
+
+def _with_request(exc: httpx.TransportError, request: httpx.Request) -> None:
+    """Attach the request to an error raised by a response stream read directly (httpx's
+    ``aiter_raw`` / ``iter_raw`` do that for their callers)."""
+    try:
+        exc.request  # noqa: B018 - raises RuntimeError when the error has none
+    except RuntimeError:
+        exc.request = request
+
+
+if sys.version_info >= (3, 11):  # Task.cancelling() and uncancel()
+
+    class _AsyncioDeadline:
+        """``anyio.fail_after(seconds)`` for a task on asyncio, at a fraction of its cost (one
+        ``loop.call_at``): the task is cancelled when the time is up, and the ``CancelledError``
+        that ends the block becomes a ``TimeoutError``. The same rules as ``asyncio.timeout``
+        (Python 3.11+): a cancellation from elsewhere (``cancelling()`` above what it was on entry)
+        stays a cancellation."""
+
+        __slots__ = ("_cancelling", "_expired", "_handle", "_task")
+
+        def __init__(self, task: asyncio.Task[Any], seconds: float) -> None:
+            self._task = task
+            self._expired = False
+            self._cancelling = task.cancelling()
+            loop = task.get_loop()
+            self._handle = loop.call_at(loop.time() + seconds, self._expire)
+
+        def _expire(self) -> None:
+            self._expired = True
+            self._task.cancel()
+
+        def __enter__(self) -> None:
+            return None
+
+        def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+            self._handle.cancel()
+            if self._expired and self._task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
+                raise TimeoutError from exc
+
+
+def _attempt_deadline(seconds: float) -> contextlib.AbstractContextManager[Any]:
+    """A block that raises ``TimeoutError`` when ``seconds`` pass: on asyncio (as sniffio tells)
+    a ``loop.call_at`` timer (:class:`_AsyncioDeadline`, Python 3.11+); otherwise ``anyio.fail_after``."""
+    if sys.version_info >= (3, 11) and _sniffio is not None and _sniffio.current_async_library() == "asyncio":
+        task = asyncio.current_task()
+        if task is not None:
+            return _AsyncioDeadline(task, seconds)
+    import anyio  # httpx's own dependency (httpcore runs on it)
+
+    return anyio.fail_after(seconds)
 
 
 def _reraise(exc: BaseException) -> Broken:

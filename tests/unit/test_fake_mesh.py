@@ -460,3 +460,28 @@ def test_thrift_service_without_handler_is_envoys_no_healthy_upstream(
     assert caught.value.kind == "no_healthy_upstream"
     assert not caught.value.may_have_reached_server
     fake_mesh.unexpected.clear()
+
+
+def test_a_mesh_that_outlives_a_fake_starts_its_circuit_and_budget_afresh() -> None:
+    """An application's mesh, built once, used by one fake_mesh test after another: the circuit
+    opened and the budget spent in virtual time of one test do not carry into the next."""
+    mesh = Mesh.from_dict(registry(failover=True))
+    try:
+        with FakeMesh() as first:
+            first.add("users", reply(503))
+            first.envoy_down()
+            with call_options(route="envoy"), mesh.requests_session() as session:
+                infos = [call_info(session.get(f"http://users/{i}")) for i in range(200)]
+            assert infos[-1].failed_over  # the circuit is open...
+            assert Route.ENVOY not in first.last_call().routes  # (no connect attempt to Envoy)
+            assert any(i.retry_budget_exhausted for i in infos)  # ...and the budget spent
+        with FakeMesh() as second:
+            second.add("users", reply(503), reply(200))
+            response = get(mesh, "requests", "http://users/again")
+            assert second.last_call().routes == [Route.ENVOY]  # the sidecar is tried again
+            info = call_info(response)
+            assert response.status_code == 200
+            assert info.attempts == 2
+            assert not info.retry_budget_exhausted
+    finally:
+        mesh.close()
