@@ -15,7 +15,8 @@ would (address, headers, body) and answers as that proxy would:
   does), with Envoy's ``TApplicationException`` replies.
 
 Time is virtual (:mod:`mesh_client.clock`): a 30 s delay costs nothing, and the call still sees 30 s
-pass. :mod:`mesh_client.testing.conformance` checks these semantics against the real processes.
+pass. The project's conformance suites (``tests/integration/test_conformance*.py``) run every
+scenario against this fake and against the real Envoy and HAProxy, with the same outcome.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from .replies import Reply
 
 __all__ = ["Call", "FakeMesh", "Headers", "ProxyRequest", "UpstreamRequest"]
 
-#: the Envoy headers a client sets and Envoy consumes (not forwarded upstream)
+#: HAProxy's own error pages (the text after the status line)
 _HAPROXY_PAGES: Final = {
     502: "The server returned an invalid or incomplete response.",
     503: "No server is available to handle this request.",
@@ -53,7 +54,8 @@ _HAPROXY_PAGES: Final = {
 #: HAProxy's ``timeout connect`` in the rendered config: what a refused connection costs there
 HAPROXY_CONNECT_PAUSE: Final = 0.25
 HAPROXY_SERVER_TIMEOUT: Final = 30.0
-#: Envoy's route timeout when the client sends none (the rendered route uses the service's)
+#: Envoy's default route timeout, when the client sends none and the fake knows no registry (the
+#: rendered route uses the service's own timeout)
 ENVOY_ROUTE_TIMEOUT: Final = 15.0
 
 
@@ -486,20 +488,13 @@ class FakeMesh:
         sent = Headers(request.headers)
         if request.service in self._envoy_unknown:
             return WireReply(404, _envoy_headers(0, p)), 0.0
-        total = _ms(sent.get(f"{p}-upstream-rq-timeout-ms"))
-        total = ENVOY_ROUTE_TIMEOUT if total is None else total
-        per_try = _ms(sent.get(f"{p}-upstream-rq-per-try-timeout-ms"))
-        if per_try is not None and total and per_try >= total:
-            per_try = None  # Envoy ignores a per-try timeout that is not below the total
-        tokens = {t.strip() for t in sent.get(f"{p}-retry-on", "").split(",") if t.strip()}
-        max_retries = _int(sent.get(f"{p}-max-retries"))
-        retries_left = (max_retries if max_retries is not None else 1) if tokens else 0
-        codes = {_int(c.strip()) for c in sent.get(f"{p}-retriable-status-codes", "").split(",")}
+        known = self.config.services.get(request.service) if self.config is not None else None
+        rules = _RouterRules.read(sent, p, known.policy.timeout if known is not None else ENVOY_ROUTE_TIMEOUT)
         forwarded = [(k, v) for k, v in sent.pairs() if not k.lower().startswith(p + "-")]
         forwarded += [("x-forwarded-for", "127.0.0.1"), ("x-forwarded-proto", "http"), (f"{p}-internal", "true")]
         if "x-request-id" not in sent:
             forwarded.append(("x-request-id", str(uuid.uuid4())))
-        limit = total if total else math.inf
+        limit, per_try, retries_left = rules.limit, rules.per_try, rules.retries
         t, n = 0.0, 0
         while True:
             n += 1
@@ -514,35 +509,14 @@ class FakeMesh:
             t += answer.elapsed
             if answer.fault == "timeout" and t >= limit:
                 return _local_reply(504, "upstream request timeout", n, p), t
-            retry = False
-            if answer.fault == "refuse":
-                retry = bool(tokens & {"5xx", "gateway-error", "reset", "connect-failure", "reset-before-request"})
-            elif answer.fault in ("reset", "timeout"):
-                retry = bool(tokens & {"5xx", "gateway-error", "reset"})
-            else:  # an upstream's x-envoy-overloaded does not stop Envoy retrying (measured)
-                retry = _status_retryable(answer, tokens, codes, p)
-            if retry and retries_left > 0:
+            if retries_left > 0 and rules.retries_after(answer, p):
                 backoff = self._random.uniform(0.0, backoff_upper_bound(n))
                 if t + backoff >= limit:
                     return _local_reply(504, "upstream request timeout", n, p), limit
                 t += backoff
                 retries_left -= 1
                 continue
-            if answer.fault is None:
-                headers = [(k, v) for k, v in answer.headers if k.lower() != "server"]
-                headers = [
-                    ("server", "envoy"),
-                    *headers,
-                    (f"{p}-upstream-service-time", str(round(answer.elapsed * 1000))),
-                    (f"{p}-attempt-count", str(n)),
-                ]
-                return WireReply(answer.status, tuple(headers), answer.body), t
-            if answer.fault == "timeout":
-                return _local_reply(504, "upstream request timeout", n, p), t
-            latest = "retried and the latest " if n > 1 else ""
-            reason = "remote connection failure" if answer.fault == "refuse" else "connection termination"
-            text = f"upstream connect error or disconnect/reset before headers. {latest}reset reason: {reason}"
-            return _local_reply(503, text, n, p), t
+            return _envoy_answer(answer, n, p), t
 
     def _try(self, request: WireRequest, call: Call, headers: Headers, n: int, *, window: float) -> _Answer | None:
         """One upstream request (None: the service has no handler), bounded by ``window``."""
@@ -589,6 +563,58 @@ class FakeMesh:
         return WireReply(200, thrift_reply=answer.thrift), answer.elapsed
 
 
+@dataclass(frozen=True)
+class _RouterRules:
+    """What Envoy's router takes from a request's ``x-envoy-*`` headers."""
+
+    limit: float  # the total timeout (inf: none)
+    per_try: float | None
+    retries: int
+    tokens: frozenset[str]
+    codes: frozenset[int | None]
+
+    @classmethod
+    def read(cls, sent: Headers, p: str, route_timeout: float) -> _RouterRules:
+        total = _ms(sent.get(f"{p}-upstream-rq-timeout-ms"))
+        total = route_timeout if total is None else total
+        per_try = _ms(sent.get(f"{p}-upstream-rq-per-try-timeout-ms"))
+        if per_try is not None and total and per_try >= total:
+            per_try = None  # Envoy ignores a per-try timeout that is not below the total
+        tokens = frozenset(t.strip() for t in sent.get(f"{p}-retry-on", "").split(",") if t.strip())
+        max_retries = _int(sent.get(f"{p}-max-retries"))
+        retries = (max_retries if max_retries is not None else 1) if tokens else 0
+        codes = frozenset(_int(c.strip()) for c in sent.get(f"{p}-retriable-status-codes", "").split(","))
+        return cls(total if total else math.inf, per_try, retries, tokens, codes)
+
+    def retries_after(self, answer: _Answer, p: str) -> bool:
+        """Whether retry-on covers what this try produced."""
+        if answer.fault == "refuse":
+            return bool(self.tokens & {"5xx", "gateway-error", "reset", "connect-failure", "reset-before-request"})
+        if answer.fault in ("reset", "timeout"):
+            return bool(self.tokens & {"5xx", "gateway-error", "reset"})
+        # (an upstream's x-envoy-overloaded does not stop Envoy retrying: measured)
+        return _status_retryable(answer, self.tokens, self.codes, p)
+
+
+def _envoy_answer(answer: _Answer, attempts: int, p: str) -> WireReply:
+    """What Envoy sends back once it stops trying: the upstream's response, or its local reply."""
+    if answer.fault is None:
+        headers = [(k, v) for k, v in answer.headers if k.lower() != "server"]
+        headers = [
+            ("server", "envoy"),
+            *headers,
+            (f"{p}-upstream-service-time", str(round(answer.elapsed * 1000))),
+            (f"{p}-attempt-count", str(attempts)),
+        ]
+        return WireReply(answer.status, tuple(headers), answer.body)
+    if answer.fault == "timeout":
+        return _local_reply(504, "upstream request timeout", attempts, p)
+    latest = "retried and the latest " if attempts > 1 else ""
+    reason = "remote connection failure" if answer.fault == "refuse" else "connection termination"
+    text = f"upstream connect error or disconnect/reset before headers. {latest}reset reason: {reason}"
+    return _local_reply(503, text, attempts, p)
+
+
 def _status_text(reply: WireReply, prefix: str) -> str:
     if reply.thrift_reply is not None and type(reply.thrift_reply).__name__ == "TApplicationException":
         return f"TApplicationException {getattr(reply.thrift_reply, 'message', '')!r}"
@@ -611,7 +637,7 @@ def _int(value: str | None) -> int | None:
     return int(value) if value.isascii() and value.isdigit() else None
 
 
-def _status_retryable(answer: _Answer, tokens: set[str], codes: set[int | None], prefix: str) -> bool:
+def _status_retryable(answer: _Answer, tokens: frozenset[str], codes: frozenset[int | None], prefix: str) -> bool:
     status = answer.status
     return (
         ("5xx" in tokens and status >= 500)
