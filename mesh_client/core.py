@@ -92,9 +92,6 @@ _ERROR_KINDS: Final = {
     MeshTransportError: "transport_error",
 }
 
-_NEVER_SENT_KINDS = frozenset({"5xx", "gateway-error", "reset", "reset-before-request", "connect-failure"})
-_RESET_KINDS = frozenset({"5xx", "gateway-error", "reset"})
-
 
 _serials = itertools.count(1)
 _ENVOY: Final = Route.ENVOY  # a module global is read faster than an enum member, on every call
@@ -401,8 +398,8 @@ class CallRun(Generic[R]):
         status, tokens = outcome.status, self.tokens
         proxy_said = outcome.proxy_error or haproxy.classify_reply(status, outcome.body)
         if proxy_said in ("connect_failure", "no_healthy_upstream"):  # the proxy reached no instance
-            return bool(set(tokens) & _NEVER_SENT_KINDS)
-        if proxy_said == "upstream_reset" and set(tokens) & _RESET_KINDS:
+            return bool(set(tokens) & envoy.CONNECT_FAILURE_RETRY_ON)
+        if proxy_said == "upstream_reset" and set(tokens) & envoy.RESET_RETRY_ON:
             return True
         if proxy_said in ("no_route", "no_cluster", "overloaded"):  # retrying cannot help, or hurts
             return False
@@ -410,24 +407,20 @@ class CallRun(Generic[R]):
             return False
         if (status == 429 or "retry-after" in outcome.headers) and self._retry_after(outcome) is None:
             return False  # the server asked for a pause longer than the call has left
-        return (
-            ("5xx" in tokens and status >= 500)
-            or ("gateway-error" in tokens and status in (502, 503, 504))
-            or ("retriable-4xx" in tokens and status == 409)
-            or ("retriable-status-codes" in tokens and status in self.policy.retriable_status_codes)
-            or ("envoy-ratelimited" in tokens and f"{self._prefix}-ratelimited" in outcome.headers)
+        return envoy.retry_on_covers_status(
+            status, outcome.headers, tokens, self.policy.retriable_status_codes, self._prefix
         )
 
     def _failure_retryable(self, outcome: Broken, attempt: Attempt) -> bool:
         tokens = set(self.tokens)
         if outcome.kind is Failure.CONNECT:
-            return bool(tokens & _NEVER_SENT_KINDS)
+            return bool(tokens & envoy.CONNECT_FAILURE_RETRY_ON)
         if not self.replayable:
             return False
         if outcome.kind is Failure.TIMEOUT:
             # only a per-try timeout can be retried: the total one ends the call
-            return attempt.per_try_limited and bool(tokens & _RESET_KINDS)
-        return bool(tokens & _RESET_KINDS)
+            return attempt.per_try_limited and bool(tokens & envoy.RESET_RETRY_ON)
+        return bool(tokens & envoy.RESET_RETRY_ON)
 
     def _retry_after(self, outcome: Responded[R]) -> float | None:
         """Seconds the response asks to wait (``Retry-After``), 0 when it asks nothing, None when

@@ -13,17 +13,20 @@ switch off a retry policy configured on the route; retry-on tokens are comma-sep
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Final
 
 __all__ = [
+    "CONNECT_FAILURE_RETRY_ON",
     "ENVOY_ERROR_KINDS",
+    "RESET_RETRY_ON",
     "attempt_count",
     "classify_reply",
     "control_header_names",
     "may_be_local_reply",
     "policy_header_template",
     "policy_headers",
+    "retry_on_covers_status",
     "timeout_ms",
     "upstream_service_time",
 ]
@@ -44,6 +47,33 @@ ENVOY_ERROR_KINDS: Final = frozenset(
         "stream_duration",  # upstream max stream duration reached
     }
 )
+
+#: retry-on tokens under which Envoy retries a connection that could not be made (nothing was sent)
+CONNECT_FAILURE_RETRY_ON: Final = frozenset(
+    {"5xx", "gateway-error", "reset", "reset-before-request", "connect-failure"}
+)
+#: retry-on tokens under which Envoy retries a reset, a dropped connection or a per-try timeout
+RESET_RETRY_ON: Final = frozenset({"5xx", "gateway-error", "reset"})
+
+
+def retry_on_covers_status(
+    status: int,
+    headers: Mapping[str, str],
+    tokens: Collection[str],
+    retriable_status_codes: Collection[int],
+    prefix: str,
+) -> bool:
+    """Whether Envoy's retry-on ``tokens`` retry a response with ``status`` and ``headers``
+    (``x-envoy-retriable-status-codes`` = ``retriable_status_codes``). The one definition both the
+    client's own retries on the HAProxy route and ``fake_mesh``'s Envoy use."""
+    return (
+        ("5xx" in tokens and status >= 500)
+        or ("gateway-error" in tokens and status in (502, 503, 504))
+        or ("retriable-4xx" in tokens and status == 409)
+        or ("retriable-status-codes" in tokens and status in retriable_status_codes)
+        or ("envoy-ratelimited" in tokens and f"{prefix}-ratelimited" in headers)
+    )
+
 
 _LOCAL_REPLY_STATUSES: Final = frozenset({400, 404, 408, 502, 503, 504, 507})
 _MAX_LOCAL_REPLY_BODY: Final = 1024

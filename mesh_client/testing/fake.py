@@ -35,7 +35,7 @@ from email.utils import formatdate
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlsplit
 
-from .. import clock
+from .. import clock, envoy
 from ..core import Failure, backoff_upper_bound
 from ..mesh import Mesh
 from ..policy import Route
@@ -571,7 +571,7 @@ class _RouterRules:
     per_try: float | None
     retries: int
     tokens: frozenset[str]
-    codes: frozenset[int | None]
+    codes: frozenset[int]
 
     @classmethod
     def read(cls, sent: Headers, p: str, route_timeout: float) -> _RouterRules:
@@ -583,17 +583,18 @@ class _RouterRules:
         tokens = frozenset(t.strip() for t in sent.get(f"{p}-retry-on", "").split(",") if t.strip())
         max_retries = _int(sent.get(f"{p}-max-retries"))
         retries = (max_retries if max_retries is not None else 1) if tokens else 0
-        codes = frozenset(_int(c.strip()) for c in sent.get(f"{p}-retriable-status-codes", "").split(","))
+        listed = (_int(c) for c in sent.get(f"{p}-retriable-status-codes", "").split(","))
+        codes = frozenset(c for c in listed if c is not None)
         return cls(total if total else math.inf, per_try, retries, tokens, codes)
 
     def retries_after(self, answer: _Answer, p: str) -> bool:
         """Whether retry-on covers what this try produced."""
         if answer.fault == "refuse":
-            return bool(self.tokens & {"5xx", "gateway-error", "reset", "connect-failure", "reset-before-request"})
+            return bool(self.tokens & envoy.CONNECT_FAILURE_RETRY_ON)
         if answer.fault in ("reset", "timeout"):
-            return bool(self.tokens & {"5xx", "gateway-error", "reset"})
+            return bool(self.tokens & envoy.RESET_RETRY_ON)
         # (an upstream's x-envoy-overloaded does not stop Envoy retrying: measured)
-        return _status_retryable(answer, self.tokens, self.codes, p)
+        return envoy.retry_on_covers_status(answer.status, Headers(answer.headers), self.tokens, self.codes, p)
 
 
 def _envoy_answer(answer: _Answer, attempts: int, p: str) -> WireReply:
@@ -635,17 +636,6 @@ def _int(value: str | None) -> int | None:
         return None
     value = value.strip()
     return int(value) if value.isascii() and value.isdigit() else None
-
-
-def _status_retryable(answer: _Answer, tokens: frozenset[str], codes: frozenset[int | None], prefix: str) -> bool:
-    status = answer.status
-    return (
-        ("5xx" in tokens and status >= 500)
-        or ("gateway-error" in tokens and status in (502, 503, 504))
-        or ("retriable-4xx" in tokens and status == 409)
-        or ("retriable-status-codes" in tokens and status in codes)
-        or ("envoy-ratelimited" in tokens and f"{prefix}-ratelimited" in Headers(answer.headers))
-    )
 
 
 def _envoy_headers(attempts: int, prefix: str, length: int = 0) -> tuple[tuple[str, str], ...]:

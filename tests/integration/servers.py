@@ -1,4 +1,5 @@
-"""Serve WSGI and ASGI apps for real on 127.0.0.1 (threads, stopped by their own handle)."""
+"""Serve WSGI and ASGI apps, Thrift services and misbehaving HTTP servers for real on 127.0.0.1
+(threads, stopped by their own handle)."""
 
 from __future__ import annotations
 
@@ -63,6 +64,30 @@ def serve_asgi(app: Callable[..., Any], port: int) -> Iterator[Address]:
         thread.join(10)
 
 
+def read_request_head(sock: socket.socket) -> bytes | None:
+    """Read from ``sock`` until the end of an HTTP request's headers: everything read so far (the
+    head, its blank line and any body bytes after it), or None if the peer closed first."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
+def serve_thrift(stack: contextlib.ExitStack, service: Any, handler: Any, mesh: Any, transport: str, port: int) -> None:
+    """Serve ``handler`` as thriftpy2 ``service`` with mesh_client's server on 127.0.0.1:``port``
+    in a thread, stopped when ``stack`` closes."""
+    from mesh_client.thrift.server import make_server
+
+    server = make_server(service, handler, "127.0.0.1", port, mesh=mesh, transport=transport)
+    thread = threading.Thread(target=server.serve, daemon=True)
+    thread.start()
+    stack.callback(thread.join, 5)
+    stack.callback(server.close)
+
+
 class _SlowLorisHandler(socketserver.BaseRequestHandler):
     """Reads a request, sends the status line and headers at once, then the body one byte every
     ``server.interval`` seconds: with ``Content-Length``, or chunked when the request line says
@@ -72,12 +97,9 @@ class _SlowLorisHandler(socketserver.BaseRequestHandler):
 
     def handle(self) -> None:
         sock = self.request
-        head = b""
-        while b"\r\n\r\n" not in head:
-            chunk = sock.recv(65536)
-            if not chunk:
-                return
-            head += chunk
+        head = read_request_head(sock)
+        if head is None:
+            return
         chunked = b"chunked" in head.split(b"\r\n", 1)[0]
         framing = b"Transfer-Encoding: chunked" if chunked else b"Content-Length: %d" % self.server.length
         try:

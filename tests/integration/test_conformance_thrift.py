@@ -16,9 +16,9 @@ from mesh_client import Mesh, MeshError, ThriftRoutingError, call_options
 from mesh_client.registry import MeshConfig, load_mapping
 from mesh_client.sidecar import free_port, start_envoy, start_haproxy
 from mesh_client.testing import FakeMesh, Reply, hang, thrift_reply
-from mesh_client.thrift.server import make_server
 
 from ..conftest import load_idl
+from .servers import serve_thrift
 
 pytestmark = pytest.mark.real
 
@@ -93,11 +93,7 @@ def real(
     with ExitStack() as stack:
         server_mesh = stack.enter_context(Mesh(config))
         for transport, port in (("framed", framed), ("header", header)):
-            server = make_server(users.Users, handler, "127.0.0.1", port, mesh=server_mesh, transport=transport)
-            thread = threading.Thread(target=server.serve, daemon=True)
-            thread.start()
-            stack.callback(thread.join, 5)
-            stack.callback(server.close)
+            serve_thrift(stack, users.Users, handler, server_mesh, transport, port)
         stack.callback(handler.stopping.set)
         stack.enter_context(start_envoy(config, work / "envoy", binary=envoy_bin))
         stack.enter_context(start_haproxy(config, work / "haproxy", binary=haproxy_bin))

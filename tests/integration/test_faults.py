@@ -41,7 +41,7 @@ from mesh_client.sidecar import SidecarProcess, free_port, start_envoy, start_ha
 from mesh_client.testing import Backend
 
 from .conftest import CLIENT_KINDS, Caller, MeshWorld
-from .servers import answering_haproxy, black_hole, serve_slow_loris, serve_wsgi
+from .servers import answering_haproxy, black_hole, read_request_head, serve_slow_loris, serve_wsgi
 
 CALLS = 100
 BUDGETS = {
@@ -165,12 +165,9 @@ class _ApplyThenFail(socketserver.BaseRequestHandler):
 
     def handle(self) -> None:
         sock = self.request
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = sock.recv(65536)
-            if not chunk:
-                return
-            data += chunk
+        data = read_request_head(sock)
+        if data is None:
+            return
         head, _, body = data.partition(b"\r\n\r\n")
         headers = dict(line.decode("latin-1").split(":", 1) for line in head.split(b"\r\n")[1:] if b":" in line)
         headers = {k.strip().lower(): v.strip() for k, v in headers.items()}

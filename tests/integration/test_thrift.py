@@ -23,9 +23,9 @@ from mesh_client.context import current_inbound
 from mesh_client.registry import load_mapping
 from mesh_client.routing import route_flag, write_flag_file
 from mesh_client.sidecar import free_port, start_envoy, start_haproxy
-from mesh_client.thrift.server import make_server
 
 from ..conftest import Otel, load_idl
+from .servers import serve_thrift
 
 IDL = """
 struct User {1: i64 id, 2: string name}
@@ -87,14 +87,6 @@ class ThriftWorld:
     mesh: Mesh
     config: Any
     flags_path: Path
-
-
-def _serve(stack: ExitStack, users: Any, handler: Handler, mesh: Mesh, transport: str, port: int) -> None:
-    server = make_server(users.Users, handler, "127.0.0.1", port, mesh=mesh, transport=transport)
-    thread = threading.Thread(target=server.serve, daemon=True)
-    thread.start()
-    stack.callback(thread.join, 5)
-    stack.callback(server.close)
 
 
 @pytest.fixture(scope="module")
@@ -168,8 +160,8 @@ def thrift_world(
     handler = Handler(users_thrift)
     with ExitStack() as stack:
         mesh = stack.enter_context(Mesh(config))
-        _serve(stack, users_thrift, handler, mesh, "framed", framed_port)
-        _serve(stack, users_thrift, handler, mesh, "header", header_port)
+        serve_thrift(stack, users_thrift.Users, handler, mesh, "framed", framed_port)
+        serve_thrift(stack, users_thrift.Users, handler, mesh, "header", header_port)
         stack.enter_context(start_envoy(config, work / "envoy", binary=envoy_bin))
         stack.enter_context(start_envoy(hop2, work / "envoy-hop2", binary=envoy_bin))
         stack.enter_context(start_haproxy(config, work / "haproxy", binary=haproxy_bin))
