@@ -54,13 +54,7 @@ def _parts(world: World) -> dict[str, Callable[[], Any]]:
 
     def call_run_and_advance() -> None:
         type(run)(
-            mesh=world.config,
-            service=svc,
-            method="GET",
-            policy=svc.policy,
-            route=run.route,
-            route_reason=run.route_reason,
-            context_headers=run.context_headers,
+            run.plan, "GET", svc.policy, run.route, run.route_reason, context_headers=run.context_headers
         ).advance(None)
 
     parts: dict[str, Callable[[], Any]] = {

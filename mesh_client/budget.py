@@ -63,7 +63,12 @@ class RetryBudget:
         # running sums of the buckets, so the balance is read without summing them
         self._calls_total = 0
         self._retries_total = 0
+        # the balance is floor + calls x share - retries
+        self._floor = config.min_per_second * config.ttl
+        self._share = config.percent / 100
         self._epoch = int(clock() / self._width)
+        #: the clock reading at which the current bucket ends (a roll is due)
+        self._roll_at = (self._epoch + 1) * self._width
         self._era = _clock.era()
         self._lock = threading.Lock()
 
@@ -74,6 +79,7 @@ class RetryBudget:
         self._retries = [0] * _BUCKETS
         self._calls_total = self._retries_total = 0
         self._epoch = int(self._clock() / self._width)
+        self._roll_at = (self._epoch + 1) * self._width
         self._era = _clock.era()
 
     def _roll(self) -> None:
@@ -93,18 +99,22 @@ class RetryBudget:
             self._retries[slot] = 0
         self._calls_total, self._retries_total = calls, retries
         self._epoch = epoch
+        self._roll_at = (epoch + 1) * self._width
 
     def _balance(self) -> float:
-        allowed = self.config.min_per_second * self.config.ttl + self._calls_total * self.config.percent / 100
-        return allowed - self._retries_total
+        return self._floor + self._calls_total * self._share - self._retries_total
 
-    def deposit(self) -> None:
-        """Count one call."""
+    def deposit(self) -> int:
+        """Count one call; return the whole retries the budget allows now (what
+        :meth:`available` would say right after)."""
+        now = self._clock()
         with self._lock:
-            if int(self._clock() / self._width) > self._epoch or self._era != _clock.era():
+            if now >= self._roll_at or self._era != _clock.era():
                 self._roll()
             self._calls[self._epoch % _BUCKETS] += 1
-            self._calls_total += 1
+            calls = self._calls_total = self._calls_total + 1
+            balance = int(self._floor + calls * self._share - self._retries_total)
+        return balance if balance > 0 else 0
 
     def try_withdraw(self) -> bool:
         """Take one retry if the budget allows it."""
@@ -127,7 +137,7 @@ class RetryBudget:
 
     def available(self) -> int:
         """Whole retries left now."""
-        if int(self._clock() / self._width) <= self._epoch and self._era == _clock.era():
+        if self._clock() < self._roll_at and self._era == _clock.era():
             # no bucket to expire: a read of two counters needs no lock (every call asks this)
             balance = int(self._balance())
             return balance if balance > 0 else 0

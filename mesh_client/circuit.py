@@ -30,6 +30,8 @@ class SidecarCircuit:
 
     def is_open(self) -> bool:
         """Whether calls should skip the sidecar now (False once the pause is over: probe)."""
+        if not self._open_until:  # never opened, or answered since: nothing to check
+            return False
         if self._era != _clock.era():  # the clock was switched: its old times mean nothing
             self.answered()
             self._era = _clock.era()

@@ -32,15 +32,15 @@ import enum
 import itertools
 import random
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
-from typing import Final, Generic, TypeVar
+from dataclasses import dataclass, field
+from typing import Final, Generic, NamedTuple, TypeVar
 
 from . import clock as _clock
 from . import envoy, haproxy
 from .budget import RetryBudget
 from .circuit import SidecarCircuit
 from .context import MESH_TIMEOUT_HEADER, REQUEST_ID_HEADER
-from .deadline import time_left
+from .deadline import current_deadline
 from .errors import DeadlineExceeded, MeshConnectError, MeshTimeoutError, MeshTransportError
 from .info import CallInfo
 from .policy import CallPolicy, Route
@@ -55,6 +55,7 @@ __all__ = [
     "Fail",
     "Failure",
     "Responded",
+    "ServicePlan",
     "backoff_upper_bound",
     "drive",
     "drive_async",
@@ -108,10 +109,13 @@ class Failure(str, enum.Enum):
 R = TypeVar("R")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Responded(Generic[R]):
     """An attempt got an HTTP response. ``body`` is set only when the core asked for it
-    (:meth:`CallRun.wants_body`), to classify a possible Envoy local reply."""
+    (:meth:`CallRun.wants_body`), to classify a possible Envoy local reply.
+
+    A message from a wrapper to :meth:`CallRun.advance`, read once and not kept (so not frozen:
+    a frozen dataclass costs three times as much to make, once per attempt)."""
 
     response: R
     status: int
@@ -133,9 +137,11 @@ class Broken:
     response_started: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    """One request to send: where, with which header changes, within which timeout."""
+class Attempt(NamedTuple):
+    """One request to send: where, with which header changes, within which timeout.
+
+    An immutable record (a named tuple: made once per attempt, at half the cost of a frozen
+    dataclass)."""
 
     number: int
     route: Route
@@ -231,65 +237,162 @@ def backoff_upper_bound(retry_number: int) -> float:
     return min(BACKOFF_CAP_MS, ((1 << retry_number) - 1) * BACKOFF_BASE_MS) / 1000
 
 
-class CallRun(Generic[R]):
-    """The state of one logical call. Not thread-safe: one run per call."""
+@dataclass(frozen=True, slots=True)
+class ServicePlan:
+    """What every call to one service through one mesh shares, worked out once: where the Envoy
+    route goes, who enforces the policy, the service's retry budget and sidecar circuit, and the
+    header rules. :meth:`Mesh.start_call <mesh_client.Mesh.start_call>` keeps one per service;
+    the caches at the end fill as calls are made (per method, per retry count)."""
 
-    def __init__(
-        self,
-        *,
+    mesh: MeshConfig
+    service: ServiceConfig
+    #: where the Envoy route goes (the HTTP egress listener unless told otherwise)
+    envoy_address: Address
+    #: Envoy applies timeouts and retries itself (HTTP); False: the client does it on both routes,
+    #: because the proxy cannot (Envoy's thrift_proxy has neither)
+    envoy_enforces: bool = True
+    budget: RetryBudget | None = None
+    circuit: SidecarCircuit | None = None
+    clock: Callable[[], float] = _clock.monotonic
+    jitter: Callable[[float, float], float] = random.uniform
+    #: the service policy's retry-on tokens per method (for calls that do not declare idempotence)
+    tokens: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False, repr=False)
+    #: (per-try timeout applies, retries, tokens) -> the service policy's Envoy header template
+    envoy_headers: dict[tuple[bool, int, tuple[str, ...]], tuple[str, tuple[tuple[str, str], ...]]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+    #: caller-set headers with these prefixes never go out (see :func:`_drop_prefixes`)
+    drop_prefixes: tuple[str, ...] = field(init=False, compare=False, repr=False)
+    #: ``("Host", service.envoy_host)``
+    host_header: tuple[str, str] = field(init=False, compare=False, repr=False)
+
+    @classmethod
+    def of(
+        cls,
         mesh: MeshConfig,
         service: ServiceConfig,
-        method: str,
-        policy: CallPolicy,
-        route: Route,
-        route_reason: str,
-        idempotent: bool | None = None,
-        replayable: bool = True,
-        context_headers: tuple[tuple[str, str], ...] = (),
-        telemetry: CallTelemetry | None = None,
+        *,
         envoy_address: Address | None = None,
         envoy_enforces: bool = True,
         budget: RetryBudget | None = None,
         circuit: SidecarCircuit | None = None,
         clock: Callable[[], float] = _clock.monotonic,
         jitter: Callable[[float, float], float] = random.uniform,
+    ) -> ServicePlan:
+        return cls(
+            mesh,
+            service,
+            envoy_address or mesh.envoy_http,
+            envoy_enforces,
+            budget,
+            circuit,
+            clock,
+            jitter,
+        )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "drop_prefixes", _drop_prefixes(self.mesh.header_prefix))
+        object.__setattr__(self, "host_header", ("Host", self.service.envoy_host))
+
+    def envoy_template(
+        self, policy: CallPolicy, per_try_applies: bool, retries: int, tokens: tuple[str, ...]
+    ) -> tuple[str, tuple[tuple[str, str], ...]]:
+        """:func:`envoy.policy_header_template` for ``policy``, remembered here for the service's
+        own policy (a dictionary read instead of the cache's five-argument key)."""
+        own = policy is self.service.policy
+        if own:
+            found = self.envoy_headers.get((per_try_applies, retries, tokens))
+            if found is not None:
+                return found
+        template = envoy.policy_header_template(
+            self.mesh.header_prefix,
+            policy.per_try_timeout if per_try_applies else None,
+            retries,
+            tokens,
+            policy.retriable_status_codes,
+        )
+        if own and len(self.envoy_headers) < 64:
+            self.envoy_headers[(per_try_applies, retries, tokens)] = template
+        return template
+
+    def tokens_for(self, policy: CallPolicy, method: str, idempotent: bool | None) -> tuple[str, ...]:
+        """``policy.retry_tokens_for(method, idempotent)``, remembered per method for the
+        service's own policy (the usual call)."""
+        if idempotent is not None or policy is not self.service.policy:
+            return policy.retry_tokens_for(method, idempotent)
+        tokens = self.tokens.get(method)
+        if tokens is None:
+            tokens = policy.retry_tokens_for(method, None)
+            if len(self.tokens) < 64:  # methods are few (HTTP) or bounded by the IDL (Thrift)
+                self.tokens[method] = tokens
+        return tokens
+
+
+class CallRun(Generic[R]):
+    """The state of one logical call. Not thread-safe: one run per call.
+
+    ``plan`` holds what calls to the service share; the rest is this call's: the merged policy,
+    the route and why, the context headers, the telemetry. For a one-off run (a test), make its
+    plan with :meth:`ServicePlan.of`."""
+
+    # defaults of the per-call state (class attributes: one store fewer each per call)
+    attempts: int = 0
+    retries_done: int = 0
+    failed_over: bool = False
+    budget_exhausted: bool = False
+    _last_attempt: Attempt | None = None
+
+    def __init__(
+        self,
+        plan: ServicePlan,
+        method: str,
+        policy: CallPolicy,
+        route: Route,
+        route_reason: str,
+        *,
+        context_headers: tuple[tuple[str, str], ...] = (),
+        telemetry: CallTelemetry | None = None,
+        idempotent: bool | None = None,
+        replayable: bool = True,
     ) -> None:
-        self.mesh = mesh
-        self.service = service
+        self.plan = plan
         self.method = method
         self.policy = policy
         self.route = route
         self.route_reason = route_reason
-        self.clock = clock
-        self.jitter = jitter
-        self.replayable = replayable
         self.context_headers = context_headers
         self.telemetry = telemetry
-        #: where the Envoy route goes (the HTTP egress listener unless told otherwise)
-        self.envoy_address = envoy_address or mesh.envoy_http
-        #: Envoy applies timeouts and retries itself (HTTP); False: the client does it on both
-        #: routes, because the proxy cannot (Envoy's thrift_proxy has neither)
-        self.envoy_enforces = envoy_enforces
-        self.budget = budget
-        self.budget_exhausted = False
-        self.circuit = circuit
-        if budget is not None:
-            budget.deposit()
-        self.tokens = policy.retry_tokens_for(method, idempotent)
-        now = clock()
+        self.replayable = replayable
+        budget = plan.budget
+        #: whole retries the budget allowed when the call started (-1: no budget)
+        self._budget_left = budget.deposit() if budget is not None else -1
+        self.tokens = plan.tokens_for(policy, method, idempotent)
+        now = plan.clock()
         self.started = now
-        left = time_left(now)
-        self.deadline_left = left
-        total = policy.timeout if left is None else min(policy.timeout, left)
-        self.end = now + total
+        at = current_deadline()
+        if at is None:
+            self.deadline_left = None
+            self.end = now + policy.timeout
+        else:
+            left = self.deadline_left = at - now
+            self.end = now + (policy.timeout if policy.timeout < left else left)
         self.serial = next(_serials)
-        self.attempts = 0
-        self.retries_done = 0
-        self.failed_over = False
-        self._last_attempt: Attempt | None = None
-        self._prefix = mesh.header_prefix
-        self._drop_prefixes = _drop_prefixes(mesh.header_prefix)
-        self._drop_names = _drop_names(context_headers)
+
+    @property
+    def mesh(self) -> MeshConfig:
+        return self.plan.mesh
+
+    @property
+    def service(self) -> ServiceConfig:
+        return self.plan.service
+
+    @property
+    def envoy_address(self) -> Address:
+        return self.plan.envoy_address
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        return self.plan.clock
 
     # -- the state machine ---------------------------------------------------------------------
 
@@ -302,7 +405,8 @@ class CallRun(Generic[R]):
                     f"the deadline passed {-self.deadline_left * 1000:.0f} ms ago; nothing was sent",
                     None,
                 )
-            if self.route is _ENVOY and self.mesh.failover and self.circuit is not None and self.circuit.is_open():
+            circuit = self.plan.circuit
+            if self.route is _ENVOY and circuit is not None and self.plan.mesh.failover and circuit.is_open():
                 self.route = Route.HAPROXY
                 self.failed_over = True
                 self.route_reason += "; the Envoy sidecar refused connections recently (circuit open): via HAProxy"
@@ -314,21 +418,23 @@ class CallRun(Generic[R]):
     def wants_body(self, status: int, headers: Mapping[str, str]) -> bool:
         """Whether the wrapper should read this (small) response body before :meth:`advance`:
         it may be a proxy's own reply, which the core classifies."""
-        if self.route is Route.ENVOY:
-            return envoy.may_be_local_reply(status, headers, self._prefix)
+        if self.route is _ENVOY:
+            return envoy.may_be_local_reply(status, headers, self.plan.mesh.header_prefix)
         return haproxy.may_be_local_reply(status, headers)
 
     def _on_response(self, outcome: Responded[R]) -> Step[R]:
-        if self.route is Route.ENVOY and self.circuit is not None:
-            self.circuit.answered()
-        if self.route is Route.ENVOY and self.envoy_enforces:
-            reported = envoy.attempt_count(outcome.headers, self._prefix)
-            if reported and self.budget is not None:
-                self.budget.spend(reported - 1)  # Envoy's retries draw on the same budget
+        plan = self.plan
+        if self.route is _ENVOY and plan.circuit is not None:
+            plan.circuit.answered()
+        if self.route is _ENVOY and plan.envoy_enforces:
+            prefix, headers = plan.mesh.header_prefix, outcome.headers
+            reported = envoy.attempt_count(headers, prefix)
+            if reported and plan.budget is not None:
+                plan.budget.spend(reported - 1)  # Envoy's retries draw on the same budget
             info = self._info(
                 attempts=reported or self.attempts,
-                upstream_service_time=envoy.upstream_service_time(outcome.headers, self._prefix),
-                envoy_error=envoy.classify_reply(outcome.status, outcome.headers, outcome.body, self._prefix),
+                upstream_service_time=envoy.upstream_service_time(headers, prefix),
+                envoy_error=envoy.classify_reply(outcome.status, headers, outcome.body, prefix),
             )
             return self._done(outcome, info)
         if self._response_retryable(outcome) and (nxt := self._retry(self._retry_after(outcome))) is not None:
@@ -341,20 +447,20 @@ class CallRun(Generic[R]):
         assert attempt is not None, "advance(None) must come first"
         where = f"{attempt.route.value} at {attempt.address}"
         detail = f" ({outcome.detail})" if outcome.detail else ""
-        if self.route is Route.ENVOY and outcome.kind is Failure.CONNECT and self.circuit is not None:
-            self.circuit.refused()
-        if self.route is Route.ENVOY and outcome.kind is Failure.CONNECT and self.mesh.failover:
+        if self.route is Route.ENVOY and outcome.kind is Failure.CONNECT and self.plan.circuit is not None:
+            self.plan.circuit.refused()
+        if self.route is Route.ENVOY and outcome.kind is Failure.CONNECT and self.plan.mesh.failover:
             self.route = Route.HAPROXY
             self.failed_over = True
             self.attempts = 0
             self.route_reason += "; Envoy refused the connection, failed over to HAProxy"
             return self._attempt(0.0)
-        if self.route is Route.ENVOY and self.envoy_enforces:
+        if self.route is Route.ENVOY and self.plan.envoy_enforces:
             if outcome.kind is Failure.CONNECT:
                 return self._fail(
                     MeshConnectError,
                     f"cannot connect to the Envoy sidecar at {attempt.address}{detail}; nothing was sent "
-                    f"(failover is off in {self.mesh.source})",
+                    f"(failover is off in {self.plan.mesh.source})",
                     outcome.error,
                 )
             if outcome.kind is Failure.TIMEOUT and outcome.response_started:
@@ -379,7 +485,7 @@ class CallRun(Generic[R]):
         if outcome.kind is Failure.CONNECT:
             return self._fail(MeshConnectError, f"cannot connect to {where}{detail} after {tries}", outcome.error)
         if outcome.kind is Failure.TIMEOUT:
-            elapsed = self.clock() - self.started
+            elapsed = self.plan.clock() - self.started
             what = f"the response via {where} was not complete{detail}"
             if not outcome.response_started:
                 what = f"no answer via {where}"
@@ -403,12 +509,12 @@ class CallRun(Generic[R]):
             return True
         if proxy_said in ("no_route", "no_cluster", "overloaded"):  # retrying cannot help, or hurts
             return False
-        if f"{self._prefix}-overloaded" in outcome.headers:  # shed load: retrying would add to it
+        if f"{self.plan.mesh.header_prefix}-overloaded" in outcome.headers:  # shed load: retrying would add to it
             return False
         if (status == 429 or "retry-after" in outcome.headers) and self._retry_after(outcome) is None:
             return False  # the server asked for a pause longer than the call has left
         return envoy.retry_on_covers_status(
-            status, outcome.headers, tokens, self.policy.retriable_status_codes, self._prefix
+            status, outcome.headers, tokens, self.policy.retriable_status_codes, self.plan.mesh.header_prefix
         )
 
     def _failure_retryable(self, outcome: Broken, attempt: Attempt) -> bool:
@@ -431,16 +537,16 @@ class CallRun(Generic[R]):
         seconds = parse_retry_after(value)
         if seconds is None:
             return 0.0
-        return seconds if self.clock() + seconds < self.end - MIN_ATTEMPT else None
+        return seconds if self.plan.clock() + seconds < self.end - MIN_ATTEMPT else None
 
     def _retry(self, at_least: float | None = 0.0) -> Attempt | None:
         if self.retries_done >= self.policy.retries:
             return None
-        delay = max(at_least or 0.0, float(self.jitter(0.0, backoff_upper_bound(self.retries_done + 1))))
-        now = self.clock()
+        delay = max(at_least or 0.0, float(self.plan.jitter(0.0, backoff_upper_bound(self.retries_done + 1))))
+        now = self.plan.clock()
         if self.end - now - delay < MIN_ATTEMPT:
             return None
-        if self.budget is not None and not self.budget.try_withdraw():
+        if self.plan.budget is not None and not self.plan.budget.try_withdraw():
             self.budget_exhausted = True
             return None
         self.retries_done += 1
@@ -451,7 +557,8 @@ class CallRun(Generic[R]):
     # -- building attempts -----------------------------------------------------------------------
 
     def _attempt(self, delay: float, now: float | None = None) -> Attempt | Fail:
-        remaining = self.end - (self.clock() if now is None else now) - delay
+        plan = self.plan
+        remaining = self.end - (plan.clock() if now is None else now) - delay
         if remaining < MIN_ATTEMPT:
             return self._fail(
                 MeshTimeoutError,
@@ -460,57 +567,52 @@ class CallRun(Generic[R]):
                 None,
             )
         self.attempts += 1
-        svc = self.service
-        if self.route is _ENVOY and self.envoy_enforces:
-            policy = self.policy
+        context_headers = self.context_headers
+        if len(context_headers) == 1 and context_headers[0][0] == REQUEST_ID_HEADER:
+            drop_names = _DROP_WITH_REQUEST_ID  # the usual case: no trace context, no inbound request
+        else:
+            drop_names = _drop_names(context_headers)
+        policy = self.policy
+        per_try = policy.per_try_timeout
+        if self.route is _ENVOY and plan.envoy_enforces:
             retries = policy.retries
-            if self.budget is not None and self.tokens and retries > 0:
-                available = self.budget.available()
-                if available < retries:
-                    retries = available
-                    self.budget_exhausted = available == 0
-            # envoy.policy_headers, with the parts that do not change from call to call cached
-            per_try = policy.per_try_timeout
-            timeout_header, policy_rest = envoy.policy_header_template(
-                self._prefix,
-                per_try if per_try is not None and per_try < remaining else None,
-                retries,
-                self.tokens,
-                policy.retriable_status_codes,
-            )
+            if self._budget_left >= 0 and self.tokens and retries > 0 and self._budget_left < retries:
+                retries = self._budget_left  # (the budget as the call found it: one Envoy attempt per call)
+                self.budget_exhausted = retries == 0
+            per_try_applies = per_try is not None and per_try < remaining
+            timeout_header, policy_rest = plan.envoy_template(policy, per_try_applies, retries, self.tokens)
             margin = remaining * ENVOY_MARGIN_SHARE  # within [ENVOY_MARGIN_MIN, ENVOY_MARGIN_MAX]
             margin = ENVOY_MARGIN_MIN if margin < ENVOY_MARGIN_MIN else min(margin, ENVOY_MARGIN_MAX)
             attempt = Attempt(
                 number=self.attempts,
                 route=_ENVOY,
-                address=self.envoy_address,
-                host=svc.envoy_host,
+                address=plan.envoy_address,
+                host=plan.host_header[1],
                 set_headers=(
-                    ("Host", svc.envoy_host),
-                    *self.context_headers,
+                    plan.host_header,
+                    *context_headers,
                     # envoy.timeout_ms(remaining), inline: remaining >= MIN_ATTEMPT, so never below 1 ms
                     (timeout_header, str(int(remaining * 1000 + 1e-6))),
                     *policy_rest,
                 ),
-                drop_prefixes=self._drop_prefixes,
-                drop_names=self._drop_names,
+                drop_prefixes=plan.drop_prefixes,
+                drop_names=drop_names,
                 timeout=remaining + margin,
                 delay=delay,
                 call=self.serial,
             )
         else:
-            per_try = self.policy.per_try_timeout
             timeout = min(per_try, remaining) if per_try is not None else remaining
             # no proxy adds x-envoy-expected-rq-timeout-ms here: tell the upstream its budget ourselves
             budget = (MESH_TIMEOUT_HEADER, str(envoy.timeout_ms(timeout)))
             attempt = Attempt(
                 number=self.attempts,
                 route=self.route,
-                address=svc.haproxy if self.route is Route.HAPROXY else self.envoy_address,
-                host=svc.envoy_host,
-                set_headers=(("Host", svc.envoy_host), *self.context_headers, budget),
-                drop_prefixes=self._drop_prefixes,
-                drop_names=self._drop_names,
+                address=plan.service.haproxy if self.route is Route.HAPROXY else plan.envoy_address,
+                host=plan.host_header[1],
+                set_headers=(plan.host_header, *context_headers, budget),
+                drop_prefixes=plan.drop_prefixes,
+                drop_names=drop_names,
                 timeout=timeout,
                 delay=delay,
                 per_try_limited=per_try is not None and per_try < remaining,
@@ -529,14 +631,14 @@ class CallRun(Generic[R]):
         envoy_error: str | None = None,
     ) -> CallInfo:
         return CallInfo(
-            service=self.service.name,
+            service=self.plan.service.name,
             route=self.route,
             attempts=self.attempts if attempts is None else attempts,
             failed_over=self.failed_over,
             upstream_service_time=upstream_service_time,
             envoy_error=envoy_error,
             route_reason=self.route_reason,
-            elapsed=self.clock() - self.started,
+            elapsed=self.plan.clock() - self.started,
             retry_budget_exhausted=self.budget_exhausted,
         )
 
@@ -553,7 +655,7 @@ class CallRun(Generic[R]):
         return Done(outcome.response, info)
 
     def _fail(self, error: type[MeshTransportError], message: str, cause: BaseException | None) -> Fail:
-        text = f"{self.method} to service {self.service.name!r}: {message}"
+        text = f"{self.method} to service {self.plan.service.name!r}: {message}"
         info = self._info()
         if self.telemetry is not None:
             self.telemetry.finish(info, error_kind=_ERROR_KINDS.get(error, "transport_error"))

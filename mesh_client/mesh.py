@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .budget import RetryBudget
 from .circuit import SidecarCircuit
 from .context import outbound_headers
-from .core import CallRun
+from .core import CallRun, ServicePlan
 from .errors import InvalidServiceURL, MeshError
 from .policy import NO_OPTIONS, UNSET, CallOptions, current_options
 from .registry import Address, MeshConfig, ServiceConfig, load_file, load_mapping
@@ -50,8 +50,8 @@ class Mesh:
         self._clients: weakref.WeakSet[Any] = weakref.WeakSet()
         self._budgets: dict[str, RetryBudget] = {}
         self._circuits: dict[Address, SidecarCircuit] = {}
-        #: per service: its retry budget and the circuit of the sidecar listener its calls use
-        self._shared: dict[str, tuple[RetryBudget, SidecarCircuit | None]] = {}
+        #: per service: what its calls share (retry budget, sidecar circuit, header rules)
+        self._plans: dict[str, ServicePlan] = {}
 
     @classmethod
     def from_file(cls, path: str | Path, **kwargs: Any) -> Mesh:
@@ -110,21 +110,25 @@ class Mesh:
         method, or the Thrift method name for Thrift services."""
         if self._closed:
             raise MeshError(f"this Mesh ({self.config.source}) is closed; build a new one to make calls")
+        plan = self._plans.get(service.name)
+        if plan is None or plan.service is not service:
+            plan = self._plan(service)
         options = current_options()
         if extra is not None:
             options = options.merged(extra)
         if options is NO_OPTIONS:  # the usual case: the registry's policy, the flag's route
             policy, idempotent = service.policy, None
+            decision = self._router.decide(service.name)
+            route, reason = decision.route, decision.reason
         else:
             policy = options.apply(service.policy)
             idempotent = None if options.idempotent is UNSET else options.idempotent
-        if options.route is not UNSET:
-            route, reason = options.route, f"forced to {options.route.value} by call options"
-        else:
-            decision = self._router.decide(service.name)
-            route, reason = decision.route, decision.reason
-        thrift = service.protocol == "thrift"
-        if not thrift:
+            if options.route is not UNSET:
+                route, reason = options.route, f"forced to {options.route.value} by call options"
+            else:
+                decision = self._router.decide(service.name)
+                route, reason = decision.route, decision.reason
+        if service.protocol != "thrift":  # (a Thrift method is the IDL's name)
             method = method.upper()
         telemetry = CallTelemetry(service.name, method)
         try:
@@ -132,27 +136,34 @@ class Mesh:
         except ValueError:
             telemetry.span.end()
             raise
-        envoy_address = self.config.envoy_thrift if thrift else self.config.envoy_http
-        shared = self._shared.get(service.name)
-        if shared is None:
-            shared = self._shared[service.name] = (self.retry_budget(service.name), self._circuit(envoy_address))
         return CallRun(
-            mesh=self.config,
-            service=service,
-            method=method,
-            policy=policy,
-            route=route,
-            route_reason=reason,
-            idempotent=idempotent,
-            replayable=replayable,
+            plan,
+            method,
+            policy,
+            route,
+            reason,
             context_headers=tuple(context_headers),
             telemetry=telemetry,
-            # Envoy's thrift_proxy has no timeouts or retries: the client keeps them on both routes
-            envoy_address=envoy_address,
-            envoy_enforces=not thrift,
-            budget=shared[0],
-            circuit=shared[1],
+            idempotent=idempotent,
+            replayable=replayable,
         )
+
+    def _plan(self, service: ServiceConfig) -> ServicePlan:
+        """What every call to ``service`` shares (made on its first call, then kept)."""
+        thrift = service.protocol == "thrift"
+        envoy_address = self.config.envoy_thrift if thrift else self.config.envoy_http
+        plan = ServicePlan.of(
+            self.config,
+            service,
+            envoy_address=envoy_address,
+            # Envoy's thrift_proxy has no timeouts or retries: the client keeps them on both routes
+            envoy_enforces=not thrift,
+            budget=self.retry_budget(service.name),
+            circuit=self._circuit(envoy_address),
+        )
+        if self.config.services.get(service.name) is service:  # (not a stranger's config of that name)
+            self._plans[service.name] = plan
+        return plan
 
     def retry_budget(self, service: str) -> RetryBudget:
         """The retry budget shared by every call to ``service`` made through this mesh."""

@@ -14,6 +14,7 @@ While a mesh call runs, HTTP instrumentation is suppressed (the context key Open
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 from typing import TYPE_CHECKING, Final
 
@@ -78,8 +79,19 @@ class _NoHttpInstrumentation:
         otel_context.detach(self._token)
 
 
+_NOTHING_TO_SUPPRESS: Final = contextlib.nullcontext()
+#: every OpenTelemetry instrumentation is a ``BaseInstrumentor`` of this package
+_INSTRUMENTATION_PACKAGE: Final = "opentelemetry.instrumentation"
+
+
 def no_http_instrumentation() -> contextlib.AbstractContextManager[None]:
-    """Suppress OpenTelemetry HTTP instrumentations (requests, httpx...) inside the block."""
+    """Suppress OpenTelemetry HTTP instrumentations (requests, httpx...) inside the block.
+
+    Nothing to do (and nothing done) while no OpenTelemetry instrumentation has been imported:
+    an instrumentor is a ``BaseInstrumentor`` from ``opentelemetry.instrumentation``, so until
+    that package is loaded no library is instrumented."""
+    if _INSTRUMENTATION_PACKAGE not in sys.modules:
+        return _NOTHING_TO_SUPPRESS
     return _NoHttpInstrumentation()
 
 
@@ -95,7 +107,7 @@ class CallTelemetry:
 
     def __init__(self, service: str, method: str) -> None:
         # first: getting the tracer loads a provider named by OTEL_PYTHON_TRACER_PROVIDER
-        instruments = _Instruments.get()
+        instruments = _Instruments if _Instruments._ready else _Instruments.get()
         self._finished = False
         self._service = service
         self._method = method
@@ -127,7 +139,7 @@ class CallTelemetry:
         if self._finished:
             return
         self._finished = True
-        instruments = _Instruments.get()
+        instruments = _Instruments  # (ready: __init__ made sure)
         kind = error_kind or info.envoy_error
         route = info.route.value
         outcome = kind or (f"{status // 100}xx" if status is not None else "ok")

@@ -22,7 +22,7 @@ import contextvars
 import http.client
 import sys
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any, Final, cast
 
 import httpcore
@@ -37,6 +37,7 @@ from ..registry import Address
 from ..telemetry import no_http_instrumentation
 from ..wire import Wire, WireFailure, WireRequest, current_wire
 from ._body import BodyTimer
+from ._headers import kept_names
 
 try:  # which async library runs the task (httpx's own test); without it, anyio decides
     import sniffio as _sniffio
@@ -84,24 +85,24 @@ class _MeshTransportMixin:
     @staticmethod
     def _attempt_request(request: httpx.Request, attempt: Attempt) -> httpx.Request:
         url = _proxy_url(request.url, attempt.address)
-        headers: Any
-        if _HEADER_LIST:
-            # httpx's own (name, lower-case name, value) bytes: the caller's kept as they are,
-            # the attempt's encoded as ``Headers`` encodes them (ASCII), without its per-item checks
-            keep = _kept_headers(attempt)
-            items = [item for item in request.headers._list if keep(item[1])]
-            for name, value in attempt.set_headers:
-                raw = name.encode("ascii")
-                items.append((raw, raw.lower(), value.encode("ascii")))
-            headers = httpx.Headers()
-            headers._list = items
-        else:  # pragma: no cover - an httpx whose Headers keep their items otherwise
-            drops = attempt.drops
-            headers = [(k, v) for k, v in request.headers.raw if not drops(k.decode("latin-1"))]
-            headers += attempt.set_headers
         t = attempt.timeout
         extensions = {**request.extensions, "timeout": {"connect": t, "read": t, "write": t, "pool": t}}
-        return httpx.Request(request.method, url, headers=headers, stream=request.stream, extensions=extensions)
+        if _HEADER_LIST and _REQUEST_STATE and type(request) is httpx.Request:
+            # httpx's own (name, lower-case name, value) bytes: the caller's kept as they are, the
+            # attempt's encoded as ``Headers`` encodes them (ASCII), without its per-item checks;
+            # and the caller's request copied (its instance state) rather than made anew
+            headers = httpx.Headers.__new__(httpx.Headers)
+            headers.__dict__ = {"_list": _attempt_header_items(request.headers._list, attempt), "_encoding": None}
+            state = dict(request.__dict__)
+            state["url"], state["headers"], state["extensions"] = url, headers, extensions
+            copy = httpx.Request.__new__(httpx.Request)
+            copy.__dict__ = state
+            return copy
+        # a subclass of Request, or an httpx that keeps its state otherwise: the public way
+        drops = attempt.drops
+        items = [(k, v) for k, v in request.headers.raw if not drops(k.decode("latin-1"))]
+        items += [(k.encode("ascii"), v.encode("ascii")) for k, v in attempt.set_headers]
+        return httpx.Request(request.method, url, headers=items, stream=request.stream, extensions=extensions)
 
     @staticmethod
     def _over_wire(
@@ -136,7 +137,7 @@ class _MeshTransportMixin:
         """The outcome, or None when the (small) body must be read first to classify it."""
         if run.wants_body(response.status_code, response.headers):
             return None
-        return Responded(response, response.status_code, _Headers(response.headers))
+        return Responded(response, response.status_code, _header_dict(response.headers))
 
     # -- reading the body within the attempt (see mesh_client.http._body) --------------------------
 
@@ -335,34 +336,20 @@ _WIRE_ERRORS: Final = {
 }
 
 
-class _Headers(Mapping[str, str]):
-    """A response's headers as the core reads them (five lookups per Envoy response): httpx's
-    ``Headers`` lower-cases, encodes and scans its whole list on every lookup; this reads it
-    once. The same answers: names case-insensitive, values decoded as httpx decodes them,
-    repeated headers joined with ", "."""
-
-    __slots__ = ("_items",)
-
-    def __init__(self, headers: httpx.Headers) -> None:
-        items: dict[str, str] = {}
-        for name, value in headers.multi_items():  # (names lower-cased)
-            items[name] = f"{items[name]}, {value}" if name in items else value
-        self._items = items
-
-    def __getitem__(self, key: str) -> str:
-        return self._items[key.lower()]
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self._items.get(key.lower(), default)
-
-    def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and key.lower() in self._items
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._items)
-
-    def __len__(self) -> int:
-        return len(self._items)
+def _header_dict(headers: httpx.Headers) -> dict[str, str]:
+    """A response's headers as the core reads them (it looks up lower-case names only, five times
+    per Envoy response): httpx's ``Headers.get`` lower-cases, encodes and scans the whole list on
+    every lookup; a dictionary made once answers each in one step. Repeated headers are joined
+    with ", ", as httpx joins them."""
+    if _HEADER_LIST:
+        items = headers._list
+        found = {lower.decode("latin-1"): value.decode("latin-1") for _, lower, value in items}
+        if len(found) == len(items):  # no name repeated (the usual response)
+            return found
+    joined: dict[str, str] = {}
+    for name, value in headers.multi_items():  # (names lower-cased)
+        joined[name] = f"{joined[name]}, {value}" if name in joined else value
+    return joined
 
 
 #: (the caller's URL, a proxy address) -> the URL the attempt goes to: ``URL.copy_with`` parses
@@ -382,34 +369,37 @@ def _proxy_url(url: httpx.URL, address: Address) -> httpx.URL:
     return proxied
 
 
-#: httpx keeps a ``Headers``' items as (name, lower-case name, value) bytes in ``_list``
-_HEADER_LIST: Final = isinstance(getattr(httpx.Headers({"a": "b"}), "_list", None), list) and httpx.Headers(
-    {"A": "b"}
-)._list == [(b"A", b"a", b"b")]
-#: (drop prefixes, drop names) -> {lower-case header name: whether it goes out}: a caller sends
-#: the same few header names again and again
-_KEEP: dict[tuple[tuple[str, ...], frozenset[str]], dict[bytes, bool]] = {}
+#: httpx keeps a ``Headers``' items as (name, lower-case name, value) bytes in ``_list``, next to
+#: its ``_encoding``, and a ``Request``'s state in its instance dictionary: the attempt's request
+#: is made from them directly (checked here; otherwise the public constructors are used)
+_HEADER_LIST: Final = vars(httpx.Headers({"A": "b"})) == {"_list": [(b"A", b"a", b"b")], "_encoding": None}
+_REQUEST_STATE: Final = set(vars(httpx.Request("GET", "http://a/"))) <= {
+    "method",
+    "url",
+    "headers",
+    "extensions",
+    "stream",
+    "_content",
+}
+#: header name -> (name, lower-case name) as bytes, for the names the core sets (a few)
+_ENCODED_NAMES: dict[str, tuple[bytes, bytes]] = {}
 
 
-def _kept_headers(attempt: Attempt) -> Callable[[bytes], bool]:
-    """Whether a caller's header (its lower-case name as bytes) goes out on ``attempt``."""
-    key = (attempt.drop_prefixes, attempt.drop_names)
-    known = _KEEP.get(key)
-    if known is None:
-        if len(_KEEP) >= 64:
-            _KEEP.clear()
-        known = _KEEP[key] = {}
-    drops = attempt.drops
-
-    def keep(lower: bytes) -> bool:
-        kept = known.get(lower)
-        if kept is None:
-            kept = not drops(lower.decode("latin-1"))
-            if len(known) < 1024:
-                known[lower] = kept
-        return kept
-
-    return keep
+def _attempt_header_items(
+    caller: list[tuple[bytes, bytes, bytes]], attempt: Attempt
+) -> list[tuple[bytes, bytes, bytes]]:
+    """The attempt's headers as httpx keeps them: the caller's that may go out, then the core's."""
+    known = kept_names(attempt, [lower for _, lower, _ in caller])
+    items = [item for item in caller if known[item[1]]]
+    for name, value in attempt.set_headers:
+        encoded = _ENCODED_NAMES.get(name)
+        if encoded is None:
+            raw = name.encode("ascii")
+            encoded = (raw, raw.lower())
+            if len(_ENCODED_NAMES) < 256:
+                _ENCODED_NAMES[name] = encoded
+        items.append((encoded[0], encoded[1], value.encode("ascii")))
+    return items
 
 
 def _with_request(exc: httpx.TransportError, request: httpx.Request) -> None:

@@ -33,6 +33,7 @@ from ..registry import ServiceConfig
 from ..telemetry import no_http_instrumentation
 from ..wire import Wire, WireFailure, WireRequest, current_wire
 from ._body import CHUNK, BodyTimer
+from ._headers import kept_names
 
 __all__ = ["MeshAdapter", "MeshSession"]
 
@@ -136,8 +137,11 @@ class MeshAdapter(HTTPAdapter):
         def send_attempt(attempt: Attempt) -> Responded[requests.Response] | Broken:
             prepared = request.copy()
             prepared.url = attempt.base_url + path
-            for name in [n for n in prepared.headers if attempt.drops(n)]:
-                del prepared.headers[name]
+            names = list(prepared.headers)
+            known = kept_names(attempt, names)
+            for name in names:
+                if not known[name]:
+                    del prepared.headers[name]
             prepared.headers.update(attempt.set_headers)
             if wire is not None:
                 sent = self._over_wire(wire, prepared, attempt, service.name, path)
@@ -160,7 +164,8 @@ class MeshAdapter(HTTPAdapter):
                 if cut is not None:
                     response.close()
                     return cut
-            status, headers = response.status_code, response.headers
+            # (the core looks up lower-case names: a dictionary answers them at once)
+            status, headers = response.status_code, dict(response.headers.lower_items())
             body = response.content if run.wants_body(status, headers) else None
             return Responded(response, status, headers, body)
 

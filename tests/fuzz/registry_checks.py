@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from mesh_client.budget import RetryBudget
 from mesh_client.circuit import SidecarCircuit
-from mesh_client.core import Attempt, CallRun, Fail
+from mesh_client.core import Attempt, CallRun, Fail, ServicePlan
 from mesh_client.policy import Route
 from mesh_client.registry import MeshConfig
 from mesh_client.sidecar.render import envoy_bootstrap, haproxy_config
@@ -25,18 +25,15 @@ def use(config: MeshConfig) -> None:
             continue
         thrift = service.protocol == "thrift"
         for route in Route:
-            run: CallRun[object] = CallRun(
-                mesh=config,
-                service=service,
-                method="get_user" if thrift else "GET",
-                policy=service.policy,
-                route=route,
-                route_reason="fuzz",
+            plan = ServicePlan.of(
+                config,
+                service,
                 envoy_address=config.envoy_thrift if thrift else None,
                 envoy_enforces=not thrift,
                 budget=RetryBudget(service.retry_budget),
                 circuit=SidecarCircuit(),
             )
+            run: CallRun[object] = CallRun(plan, "get_user" if thrift else "GET", service.policy, route, "fuzz")
             step = run.advance(None)
             if not isinstance(step, (Attempt, Fail)):
                 raise AssertionError(f"the first step of a call is an attempt or a failure, got {step!r}")

@@ -9,7 +9,7 @@ import pytest
 from mesh_client import ConfigError, Route
 from mesh_client.budget import RetryBudget, RetryBudgetConfig
 from mesh_client.circuit import SidecarCircuit
-from mesh_client.core import Attempt, Broken, CallRun, Done, Failure, Responded, parse_retry_after
+from mesh_client.core import Attempt, Broken, CallRun, Done, Failure, Responded, ServicePlan, parse_retry_after
 from mesh_client.registry import load_mapping
 
 
@@ -34,18 +34,9 @@ def run(
     route: Route, budget: RetryBudget | None = None, circuit: SidecarCircuit | None = None, **service: Any
 ) -> CallRun[str]:
     cfg = config(**service)
-    return CallRun(
-        mesh=cfg,
-        service=cfg.services["users"],
-        method="GET",
-        policy=cfg.services["users"].policy,
-        route=route,
-        route_reason="test",
-        budget=budget,
-        circuit=circuit,
-        clock=Clock(),
-        jitter=lambda low, high: 0.0,
-    )
+    svc = cfg.services["users"]
+    plan = ServicePlan.of(cfg, svc, budget=budget, circuit=circuit, clock=Clock(), jitter=lambda low, high: 0.0)
+    return CallRun(plan, "GET", svc.policy, route, "test")
 
 
 def test_budget_allows_the_floor_then_a_share_of_calls() -> None:

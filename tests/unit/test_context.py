@@ -27,7 +27,7 @@ from mesh_client.context import (
     parse_grpc_timeout,
     read_inbound,
 )
-from mesh_client.core import Attempt, CallRun
+from mesh_client.core import Attempt, CallRun, ServicePlan
 from mesh_client.registry import MeshConfig, load_mapping
 from mesh_client.telemetry import CallTelemetry
 
@@ -998,14 +998,8 @@ def attempts() -> list[Attempt]:
     found = []
     for cfg in (mesh_config(), mesh_config(header_prefix="x-foo", context_headers=["x-tenant"])):
         for route in Route:
-            run: CallRun[Any] = CallRun(
-                mesh=cfg,
-                service=cfg.services["users"],
-                method="GET",
-                policy=cfg.services["users"].policy,
-                route=route,
-                route_reason="test",
-            )
+            svc = cfg.services["users"]
+            run: CallRun[Any] = CallRun(ServicePlan.of(cfg, svc), "GET", svc.policy, route, "test")
             attempt = run.advance(None)
             assert isinstance(attempt, Attempt)
             found.append(attempt)

@@ -17,6 +17,7 @@ from mesh_client.core import (
     Fail,
     Failure,
     Responded,
+    ServicePlan,
     backoff_upper_bound,
     drive,
 )
@@ -50,17 +51,14 @@ def run(
     **service: Any,
 ) -> CallRun[str]:
     cfg = config(**service)
-    return CallRun(
-        mesh=cfg,
-        service=cfg.services["users"],
-        method=method,
-        policy=cfg.services["users"].policy,
-        route=route,
-        route_reason="test",
-        idempotent=idempotent,
+    svc = cfg.services["users"]
+    plan = ServicePlan.of(
+        cfg,
+        svc,
         clock=clock or FakeClock(),
         jitter=lambda low, high: high,  # the longest back-off Envoy could pick
     )
+    return CallRun(plan, method, svc.policy, route, "test", idempotent=idempotent)
 
 
 def first(r: CallRun[str]) -> Attempt:
@@ -282,17 +280,9 @@ def test_backoff_that_would_pass_the_total_timeout_is_not_taken() -> None:
 
 def test_non_replayable_body_is_retried_only_when_nothing_was_sent() -> None:
     cfg = config(retries=2, retry_on=["5xx"])
-    r: CallRun[str] = CallRun(
-        mesh=cfg,
-        service=cfg.services["users"],
-        method="PUT",
-        policy=cfg.services["users"].policy,
-        route=Route.HAPROXY,
-        route_reason="test",
-        replayable=False,
-        clock=FakeClock(),
-        jitter=lambda low, high: 0.0,
-    )
+    svc = cfg.services["users"]
+    plan = ServicePlan.of(cfg, svc, clock=FakeClock(), jitter=lambda low, high: 0.0)
+    r: CallRun[str] = CallRun(plan, "PUT", svc.policy, Route.HAPROXY, "test", replayable=False)
     first(r)
     assert isinstance(r.advance(ok(503)), Done)
 
@@ -363,14 +353,8 @@ def test_caller_set_stock_envoy_headers_are_dropped_under_a_custom_prefix() -> N
             "services": {"users": {"haproxy": "127.0.0.1:20001"}},
         }
     )
-    r: CallRun[str] = CallRun(
-        mesh=cfg,
-        service=cfg.services["users"],
-        method="GET",
-        policy=cfg.services["users"].policy,
-        route=Route.ENVOY,
-        route_reason="test",
-    )
+    svc = cfg.services["users"]
+    r: CallRun[str] = CallRun(ServicePlan.of(cfg, svc), "GET", svc.policy, Route.ENVOY, "test")
     a = first(r)
     assert "x-foo-upstream-rq-timeout-ms" in headers(a)
     assert a.drops("x-foo-max-retries")
@@ -388,14 +372,9 @@ def test_an_error_escaping_send_still_ends_the_call_span() -> None:
             super().finish(info, status=status, error_kind=error_kind)
 
     cfg = config()
+    svc = cfg.services["users"]
     r: CallRun[str] = CallRun(
-        mesh=cfg,
-        service=cfg.services["users"],
-        method="GET",
-        policy=cfg.services["users"].policy,
-        route=Route.HAPROXY,
-        route_reason="test",
-        telemetry=Recording("users", "GET"),
+        ServicePlan.of(cfg, svc), "GET", svc.policy, Route.HAPROXY, "test", telemetry=Recording("users", "GET")
     )
 
     def send(attempt: Attempt) -> Responded[str]:

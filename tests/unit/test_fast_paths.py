@@ -1,10 +1,14 @@
 """The per-call shortcuts of issue 8 give the same results as the general paths they skip: context
 headers without an OpenTelemetry SDK, request ids, the retry budget's running sums, the cached
-Envoy policy headers, and the wrappers' cached URL parsing."""
+Envoy policy headers, the per-service plans, the wrappers' cached URL parsing, the httpx attempt
+request copied from the caller's, and the response header dictionaries."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
+import sys
+import types
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -18,12 +22,15 @@ from opentelemetry import baggage, propagate, trace
 from opentelemetry import context as otel_context
 from opentelemetry.propagators.textmap import Setter, TextMapPropagator
 
-from mesh_client import InvalidServiceURL, Mesh, call_info
+from mesh_client import InvalidServiceURL, Mesh, call_info, call_options
 from mesh_client import telemetry as telemetry_module
 from mesh_client.budget import RetryBudget, RetryBudgetConfig
+from mesh_client.clock import use_virtual_clock
 from mesh_client.context import begin_request, new_request_id, outbound_headers
+from mesh_client.core import Attempt
 from mesh_client.envoy import policy_header_template, policy_headers
-from mesh_client.telemetry import CallTelemetry
+from mesh_client.http.httpx import _header_dict
+from mesh_client.telemetry import CallTelemetry, no_http_instrumentation
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 REGISTRY: dict[str, Any] = {
@@ -203,9 +210,10 @@ def test_the_running_sums_answer_as_the_buckets_would(
         if op == "wait":
             now[0] += seconds
         elif op == "deposit":
-            budget.deposit()
+            left = budget.deposit()
             naive.roll()
             naive.calls[naive.epoch % 10] += 1
+            assert left == max(0, int(naive.balance()))  # what available() would say next
         elif op == "withdraw":
             naive.roll()
             allowed = naive.balance() >= 1
@@ -243,6 +251,62 @@ def test_policy_headers_reuse_the_policy_part_and_accept_lists() -> None:
         "x-envoy", timeout=0.25, per_try_timeout=0.3, retries=2, retry_on=("5xx",), retriable_status_codes=()
     )
     assert [n for n, _ in c] == ["x-envoy-upstream-rq-timeout-ms", "x-envoy-retry-on", "x-envoy-max-retries"]
+
+
+# -- per-service plans --------------------------------------------------------------------------
+
+
+def envoy_attempt(mesh: Mesh, service: Any = None) -> Attempt:
+    run = mesh.start_call(service or mesh.config.services["users"], "GET")
+    attempt = run.advance(None)
+    assert isinstance(attempt, Attempt)
+    run.abort(RuntimeError("no request is sent"))
+    return attempt
+
+
+def test_the_plans_policy_headers_are_the_general_ones(mesh: Mesh) -> None:
+    for options in ({}, {"retries": 1}, {"per_try_timeout": 0.2}, {"idempotent": False}, {"retry_on": ["5xx"]}):
+        for _ in range(2):  # the second call takes the plan's cached template
+            with call_options(**options):
+                attempt = envoy_attempt(mesh)
+            sent = dict(attempt.set_headers)
+            policy = mesh.config.services["users"].policy.new(**{k: v for k, v in options.items() if k != "idempotent"})
+            idempotent = options.get("idempotent")
+            expected = policy_headers(
+                "x-envoy",
+                timeout=int(sent["x-envoy-upstream-rq-timeout-ms"]) / 1000,
+                per_try_timeout=policy.per_try_timeout,
+                retries=policy.retries,
+                retry_on=policy.retry_tokens_for("GET", idempotent if isinstance(idempotent, bool) else None),
+                retriable_status_codes=policy.retriable_status_codes,
+            )
+            assert [(n, v) for n, v in attempt.set_headers if n.startswith("x-envoy-")] == expected
+
+
+def test_a_service_config_not_from_the_registry_gets_a_plan_of_its_own(mesh: Mesh) -> None:
+    registered = mesh.config.services["users"]
+    stranger = dataclasses.replace(registered, policy=registered.policy.new(timeout=0.2))
+    with use_virtual_clock():  # (no time passes between the start of a call and its attempt)
+        assert dict(envoy_attempt(mesh, stranger).set_headers)["x-envoy-upstream-rq-timeout-ms"] == "200"
+        assert dict(envoy_attempt(mesh).set_headers)["x-envoy-upstream-rq-timeout-ms"] == "1000"
+    # both draw on the service's one retry budget
+    assert mesh.start_call(stranger, "GET").plan.budget is mesh.retry_budget("users")
+
+
+# -- HTTP instrumentation suppressed only where there can be some -----------------------------------
+
+
+def test_http_instrumentation_is_suppressed_once_an_instrumentation_is_loaded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    key = telemetry_module._SUPPRESS_HTTP_KEY
+    monkeypatch.delitem(sys.modules, "opentelemetry.instrumentation", raising=False)
+    with no_http_instrumentation():
+        assert otel_context.get_value(key) is None  # nothing could read it: nothing set
+    monkeypatch.setitem(sys.modules, "opentelemetry.instrumentation", types.ModuleType("opentelemetry.instrumentation"))
+    with no_http_instrumentation():
+        assert otel_context.get_value(key) is True
+    assert otel_context.get_value(key) is None
 
 
 # -- the wrappers' cached URL parsing -----------------------------------------------------------
@@ -310,3 +374,60 @@ def test_requests_refuses_a_bad_service_url_on_every_call(mesh: Mesh) -> None:
         assert session.get_adapter("http://users/x") is session.mesh_adapter
         assert isinstance(session.get_adapter("http://example.com/x"), requests.adapters.HTTPAdapter)
         assert session.get_adapter("http://example.com/x") is not session.mesh_adapter
+
+
+# -- the httpx attempt request, copied from the caller's ------------------------------------------
+
+
+class TaggedRequest(httpx.Request):
+    """A Request subclass: the transport makes its attempts with httpx's public constructor."""
+
+
+def test_httpx_attempts_are_the_same_from_a_request_or_a_subclass(mesh: Mesh) -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, content=request.content)
+
+    transport = mesh.httpx_transport(httpx.MockTransport(handler))
+    sent = []
+    for cls in (httpx.Request, TaggedRequest):
+        request = cls("POST", "http://users/a?x=1", headers={"X-One": "1", "Connection": "x"}, content=b"body")
+        before = (request.url, request.headers.raw, dict(request.extensions))
+        response = transport.handle_request(request)
+        assert response.read() == b"body"
+        # the caller's request is left as it was
+        assert (request.url, request.headers.raw, dict(request.extensions)) == before
+        sent.append(seen[-1])
+    plain, tagged = sent
+    assert type(plain) is httpx.Request
+    for attempt in sent:
+        assert attempt.url == httpx.URL("http://127.0.0.1:9001/a?x=1")
+        assert attempt.method == "POST"
+        assert attempt.content == b"body"
+        assert attempt.extensions["timeout"]["read"] > 1.0  # the attempt's own (Envoy's timeout + margin)
+    assert [k for k, _ in plain.headers.raw] == [k for k, _ in tagged.headers.raw]
+    per_call = (b"x-request-id", b"x-envoy-upstream-rq-timeout-ms", b"traceparent", b"tracestate")
+    assert [v for k, v in plain.headers.raw if k not in per_call] == [
+        v for k, v in tagged.headers.raw if k not in per_call
+    ]
+
+
+# -- response headers as the core reads them -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        [("Content-Length", "2"), ("X-Envoy-Upstream-Service-Time", "7")],
+        [("Set-Cookie", "a=1"), ("set-cookie", "b=2"), ("X-Envoy-Attempt-Count", "2")],
+        [],
+    ],
+)
+def test_response_header_dict_answers_as_httpx(raw: list[tuple[str, str]]) -> None:
+    headers = httpx.Headers(raw)
+    found = _header_dict(headers)
+    for name in {n.lower() for n, _ in raw}:
+        assert found[name] == headers.get(name)  # repeated names joined with ", ", as httpx joins them
+    assert len(found) == len({n.lower() for n, _ in raw})

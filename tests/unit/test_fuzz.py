@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 import mesh_client
 from mesh_client import ConfigError, Mesh, Route, registry
 from mesh_client.context import MAX_INBOUND_TIMEOUT_MS, begin_request, check_header_value, current_inbound, read_inbound
-from mesh_client.core import Attempt, Broken, CallRun, Done, Fail, Failure, Responded, parse_retry_after
+from mesh_client.core import Attempt, Broken, CallRun, Done, Fail, Failure, Responded, ServicePlan, parse_retry_after
 from mesh_client.envoy import ENVOY_ERROR_KINDS
 from mesh_client.registry import MeshConfig, load_file, load_mapping
 
@@ -483,7 +483,7 @@ def _run(route: Route) -> CallRun[str]:
         }
     )
     service = config.services["users"]
-    return CallRun(mesh=config, service=service, method="GET", policy=service.policy, route=route, route_reason="fuzz")
+    return CallRun(ServicePlan.of(config, service), "GET", service.policy, route, "fuzz")
 
 
 @settings(max_examples=300, deadline=None)

@@ -1,0 +1,163 @@
+"""Machine instructions, branch mispredictions and cache misses per call, mesh vs plain, without
+network: ``python -m benchmarks.instructions [httpx|httpx-async|requests|decision ...] [--calls N]``.
+
+Timings on a shared VM move by tens of µs between runs; valgrind's counts do not. For each client
+this runs four processes under ``valgrind --tool=cachegrind`` (simulated caches and branch
+predictor): mesh and plain, each with a warm-up only and with a warm-up plus N calls, on the same
+canned responses as section 1's no-network table (the same headers on both sides, ``trust_env``
+off for requests). The difference of the two runs of a side is what its N calls cost; the
+difference of the sides, per call, is what mesh_client adds. Needs ``valgrind`` (``apt-get install
+valgrind``); about 2 minutes per client on the 2-core machine of docs/performance.md.
+
+Each process is one ``python -m benchmarks.instructions --child KIND SIDE N`` (no proxies, no
+network: a flag file routes ``users`` to Envoy, whose address is never dialled).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+EVENTS = {"Ir": "I refs", "I1mr": "I1  misses", "D1mr": "D1  misses", "Bcm": "Mispredicts"}
+KINDS = ("httpx", "httpx-async", "requests", "decision")
+WARMUP = 300
+
+
+def _world() -> Any:
+    """A mesh over a flag file, its World (for the plain side's headers), no processes."""
+    from mesh_client import Mesh
+    from mesh_client.registry import load_mapping
+    from mesh_client.routing import write_flag_file
+
+    from .world import POLICY, ROUTES, World, flag_data
+
+    flags = Path(tempfile.mkdtemp(prefix="mesh-instr-")) / "flags.json"
+    write_flag_file(flags, flag_data())
+    services = {
+        name: {"haproxy": f"127.0.0.1:{20000 + i}", "endpoints": ["127.0.0.1:1"], **POLICY}
+        for i, name in enumerate(ROUTES)
+    }
+    data = {
+        "mesh": {"caller": "bench", "envoy_http": "127.0.0.1:19999"},
+        "flags": {"source": "file", "path": str(flags), "poll_interval": 60},
+        "services": services,
+    }
+    config = load_mapping(data, source="benchmarks.instructions")
+    mesh = Mesh(config)
+    if mesh.route_for("users").route.value != "envoy":
+        raise SystemExit("benchmarks.instructions: the flag file did not route users to Envoy")
+    return World(config, mesh, flags, None, None, None)  # type: ignore[arg-type]
+
+
+def child(kind: str, side: str, calls: int) -> None:
+    """Make WARMUP + ``calls`` calls of one kind on one side, then leave at once."""
+    import httpx
+    import requests
+    from requests.adapters import HTTPAdapter
+
+    from .sequential import PATH, _canned, _canned_send
+
+    world = _world()
+    mesh = world.mesh
+    headers, timeout = world.plain_call("users")
+    mesh_url, plain_url = "http://users" + PATH, world.envoy_base + PATH
+    mine = side == "mesh"
+    call: Callable[[], Any] | None = None
+    if kind == "decision":
+        svc = world.config.services["users"]
+        call = (lambda: mesh.start_call(svc, "GET").advance(None)) if mine else (lambda: None)
+    elif kind == "httpx":
+        client = (
+            mesh.httpx_client(transport=httpx.MockTransport(_canned))
+            if mine
+            else httpx.Client(transport=httpx.MockTransport(_canned))
+        )
+        call = (lambda: client.get(mesh_url)) if mine else (lambda: client.get(plain_url, headers=headers))
+    elif kind == "requests":
+        HTTPAdapter.send = _canned_send  # type: ignore[assignment,method-assign]
+        session = mesh.requests_session() if mine else requests.Session()
+        session.trust_env = False
+        call = (
+            (lambda: session.get(mesh_url))
+            if mine
+            else (lambda: session.get(plain_url, headers=headers, timeout=timeout))
+        )
+    if call is not None:
+        for _ in range(WARMUP + calls):
+            call()
+    else:  # httpx-async
+        aclient = (
+            mesh.httpx_async_client(transport=httpx.MockTransport(_canned))
+            if mine
+            else httpx.AsyncClient(transport=httpx.MockTransport(_canned))
+        )
+
+        async def many() -> None:
+            for _ in range(WARMUP + calls):
+                await (aclient.get(mesh_url) if mine else aclient.get(plain_url, headers=headers))
+
+        asyncio.run(many())
+    sys.stdout.flush()
+    os._exit(0)  # (no teardown: it would be counted in one run and not the other)
+
+
+def _counts(kind: str, side: str, calls: int, valgrind: str) -> dict[str, int]:
+    argv = [valgrind, "--tool=cachegrind", "--cache-sim=yes", "--branch-sim=yes", "--cachegrind-out-file=/dev/null"]
+    argv += [sys.executable, "-m", "benchmarks.instructions", "--child", kind, side, str(calls)]
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    out = subprocess.run(argv, capture_output=True, text=True, env=env, check=True).stderr
+    found = {}
+    for event, label in EVENTS.items():
+        match = re.search(rf"{label}:\s+([\d,]+)", out)
+        if match is None:
+            raise RuntimeError(f"no '{label}' in valgrind's report:\n{out[-2000:]}")
+        found[event] = int(match.group(1).replace(",", ""))
+    return found
+
+
+def measure(kind: str, calls: int, valgrind: str) -> dict[str, dict[str, float]]:
+    runs = [(side, n) for side in ("mesh", "plain") for n in (0, calls)]
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        results = dict(zip(runs, pool.map(lambda r: _counts(kind, r[0], r[1], valgrind), runs), strict=True))
+    per_call = {
+        side: {e: (results[(side, calls)][e] - results[(side, 0)][e]) / calls for e in EVENTS}
+        for side in ("mesh", "plain")
+    }
+    per_call["added"] = {e: per_call["mesh"][e] - per_call["plain"][e] for e in EVENTS}
+    return per_call
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.instructions", description=__doc__.split("\n\n")[0])
+    parser.add_argument("kinds", nargs="*", default=list(KINDS[:3]), choices=KINDS)
+    parser.add_argument("--calls", type=int, default=1000)
+    parser.add_argument("--child", nargs=3, metavar=("KIND", "SIDE", "N"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child[0], args.child[1], int(args.child[2]))
+        return
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        raise SystemExit("benchmarks.instructions needs valgrind (apt-get install valgrind)")
+    print(f"per call, {args.calls:,} calls after {WARMUP} warm-up calls (valgrind cachegrind, simulated caches)")
+    print(f"{'client':12} {'side':6} " + " ".join(f"{e:>10}" for e in EVENTS))
+    for kind in args.kinds:
+        per_call = measure(kind, args.calls, valgrind)
+        for side in ("mesh", "plain", "added"):
+            if kind == "decision" and side == "plain":
+                continue
+            print(f"{kind:12} {side:6} " + " ".join(f"{per_call[side][e]:>10,.0f}" for e in EVENTS), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""Which of a caller's request headers go out on an attempt, remembered per set of rules.
+
+An attempt drops the caller's hop-by-hop headers, Envoy control headers and the names mesh_client
+sets itself (:meth:`Attempt.drops <mesh_client.core.Attempt.drops>`). A caller sends the same few
+header names on every call, so the answer is kept per name (as the wrapper holds it: ``str`` for
+requests, httpx's lower-case ``bytes``) for each set of drop rules.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from ..core import Attempt
+
+__all__ = ["kept_names"]
+
+#: (drop prefixes, drop names) -> {header name: whether it goes out}
+_RULES: dict[tuple[tuple[str, ...], frozenset[str]], dict[str | bytes, bool]] = {}
+_MAX_RULES: Final = 64
+_MAX_NAMES: Final = 1024
+
+
+def kept_names(attempt: Attempt, names: list[str] | list[bytes]) -> dict[str | bytes, bool]:
+    """{name: whether a caller's header of that name goes out on ``attempt``}, covering ``names``
+    (``bytes`` are httpx's lower-case names, decoded as latin-1 to be checked)."""
+    key = (attempt.drop_prefixes, attempt.drop_names)
+    known = _RULES.get(key)
+    if known is None:
+        if len(_RULES) >= _MAX_RULES:
+            _RULES.clear()
+        known = _RULES[key] = {}
+    for name in names:
+        if name not in known:
+            if len(known) >= _MAX_NAMES:
+                known.clear()
+            text = name.decode("latin-1") if isinstance(name, bytes) else name
+            known[name] = not attempt.drops(text)
+    return known
