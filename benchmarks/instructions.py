@@ -28,7 +28,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-EVENTS = {"Ir": "I refs", "I1mr": "I1  misses", "D1mr": "D1  misses", "Bcm": "Mispredicts"}
+#: column -> the line of valgrind's summary that holds it
+EVENTS = {"Ir": r"I\s+refs", "I1mr": r"I1\s+misses", "D1mr": r"D1\s+misses", "Bcm": r"Mispredicts"}
 KINDS = ("httpx", "httpx-async", "requests", "decision")
 WARMUP = 300
 
@@ -120,7 +121,7 @@ def _counts(kind: str, side: str, calls: int, valgrind: str) -> dict[str, int]:
     for event, label in EVENTS.items():
         match = re.search(rf"{label}:\s+([\d,]+)", out)
         if match is None:
-            raise RuntimeError(f"no '{label}' in valgrind's report:\n{out[-2000:]}")
+            raise RuntimeError(f"no {event} ({label}) in valgrind's report:\n{out[-2000:]}")
         found[event] = int(match.group(1).replace(",", ""))
     return found
 
@@ -139,19 +140,22 @@ def measure(kind: str, calls: int, valgrind: str) -> dict[str, dict[str, float]]
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.instructions", description=__doc__.split("\n\n")[0])
-    parser.add_argument("kinds", nargs="*", default=list(KINDS[:3]), choices=KINDS)
+    parser.add_argument("kinds", nargs="*", metavar="KIND", help=f"of {', '.join(KINDS)} (default: the first three)")
     parser.add_argument("--calls", type=int, default=1000)
     parser.add_argument("--child", nargs=3, metavar=("KIND", "SIDE", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.child[0], args.child[1], int(args.child[2]))
         return
+    unknown = [kind for kind in args.kinds if kind not in KINDS]
+    if unknown:
+        parser.error(f"unknown client {unknown[0]!r}; choose from {', '.join(KINDS)}")
     valgrind = shutil.which("valgrind")
     if valgrind is None:
         raise SystemExit("benchmarks.instructions needs valgrind (apt-get install valgrind)")
     print(f"per call, {args.calls:,} calls after {WARMUP} warm-up calls (valgrind cachegrind, simulated caches)")
     print(f"{'client':12} {'side':6} " + " ".join(f"{e:>10}" for e in EVENTS))
-    for kind in args.kinds:
+    for kind in args.kinds or KINDS[:3]:
         per_call = measure(kind, args.calls, valgrind)
         for side in ("mesh", "plain", "added"):
             if kind == "decision" and side == "plain":

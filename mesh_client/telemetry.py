@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Final
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
+from opentelemetry.metrics import _internal as _metrics_api  # where the API keeps its global provider
 
 if TYPE_CHECKING:
     from .info import CallInfo
@@ -62,6 +63,14 @@ def tracing_is_noop() -> bool:
     The same test OpenTelemetry's proxy tracer makes on every span; if the API ever stops
     exposing it, tracing is assumed on (the general path, always correct)."""
     return getattr(trace, "_TRACER_PROVIDER", True) is None
+
+
+def metrics_are_noop() -> bool:
+    """Whether no meter provider (no SDK) is installed, so the API's proxy instruments drop every
+    record (the test they make themselves: they have no real instrument until a provider is set;
+    one named by OTEL_PYTHON_METER_PROVIDER is set when the instruments are made). If the API
+    ever stops keeping its provider there, metrics are assumed on."""
+    return getattr(_metrics_api, "_METER_PROVIDER", True) is None
 
 
 _NOOP_TRACER: Final = trace.NoOpTracer()
@@ -158,6 +167,8 @@ class CallTelemetry:
                 if error_kind is not None or (status is not None and status >= 500):
                     span.set_status(trace.StatusCode.ERROR, kind or f"HTTP {status}")
             span.end()
+        if metrics_are_noop():  # the proxy instruments would drop both records
+            return
         labels = {"mesh.service": info.service, "mesh.route": route, "mesh.outcome": outcome}
         instruments.calls.add(1, labels)
         instruments.duration.record(info.elapsed, labels)

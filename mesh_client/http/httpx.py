@@ -443,11 +443,17 @@ if sys.version_info >= (3, 11):  # Task.cancelling() and uncancel()
 
 
 def _attempt_deadline(seconds: float) -> contextlib.AbstractContextManager[Any]:
-    """A block that raises ``TimeoutError`` when ``seconds`` pass: on asyncio (as sniffio tells)
-    a ``loop.call_at`` timer (:class:`_AsyncioDeadline`, Python 3.11+); otherwise ``anyio.fail_after``."""
-    if sys.version_info >= (3, 11) and _sniffio is not None and _sniffio.current_async_library() == "asyncio":
-        task = asyncio.current_task()
-        if task is not None:
+    """A block that raises ``TimeoutError`` when ``seconds`` pass: in an asyncio task a
+    ``loop.call_at`` timer (:class:`_AsyncioDeadline`, Python 3.11+); otherwise ``anyio.fail_after``."""
+    if sys.version_info >= (3, 11) and _sniffio is not None:
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:  # no asyncio loop runs in this thread
+            task = None
+        # sniffio's own answer, in its order: what a library running on top of asyncio declares
+        # (trio-asyncio...) comes first, then the running asyncio task
+        declared = _sniffio.thread_local.name or _sniffio.current_async_library_cvar.get()
+        if task is not None and declared in (None, "asyncio"):
             return _AsyncioDeadline(task, seconds)
     import anyio  # httpx's own dependency (httpcore runs on it)
 

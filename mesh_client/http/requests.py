@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
+from requests.structures import CaseInsensitiveDict
 from urllib3.exceptions import DecodeError, NewConnectionError, ProtocolError, ReadTimeoutError
 from urllib3.util import parse_url
 
@@ -39,6 +40,39 @@ __all__ = ["MeshAdapter", "MeshSession"]
 
 #: URLs whose parsing each session or adapter remembers (then it starts over)
 _CACHED_URLS: Final = 1024
+
+
+#: a ``CaseInsensitiveDict`` keeps (name, value) under the lower-case name in ``_store``: the
+#: attempt's headers are written there directly (checked here; otherwise through its methods)
+_HEADER_STORE: Final = getattr(CaseInsensitiveDict({"A": "b"}), "_store", None) == {"a": ("A", "b")}
+
+
+def _attempt_request(request: requests.PreparedRequest, attempt: Attempt, path: str) -> requests.PreparedRequest:
+    """The request one attempt sends: the caller's, to the attempt's proxy, with the caller's
+    headers that may go out and then the attempt's (:meth:`PreparedRequest.copy`, without its copy
+    of the cookie jar: the adapter only sends this request, it never writes the jar)."""
+    prepared = requests.PreparedRequest()
+    prepared.method = request.method
+    prepared.url = attempt.base_url + path
+    caller = request.headers
+    known = kept_names(attempt, list(caller))
+    headers: CaseInsensitiveDict[str] = CaseInsensitiveDict()
+    if _HEADER_STORE:
+        store: dict[str, tuple[str, str]] = headers._store  # type: ignore[attr-defined]
+        for lower, item in caller._store.items():  # type: ignore[attr-defined]
+            if known[item[0]]:
+                store[lower] = item
+        for name, value in attempt.set_headers:
+            store[name.lower()] = (name, value)
+    else:  # pragma: no cover - a requests that keeps its headers otherwise
+        headers.update((name, value) for name, value in caller.items() if known[name])
+        headers.update(attempt.set_headers)
+    prepared.headers = headers
+    prepared._cookies = request._cookies  # type: ignore[attr-defined]
+    prepared.body = request.body
+    prepared.hooks = request.hooks
+    prepared._body_position = request._body_position  # type: ignore[attr-defined]
+    return prepared
 
 
 def _failure(exc: requests.RequestException) -> Broken | None:
@@ -135,14 +169,7 @@ class MeshAdapter(HTTPAdapter):
         wire = current_wire()
 
         def send_attempt(attempt: Attempt) -> Responded[requests.Response] | Broken:
-            prepared = request.copy()
-            prepared.url = attempt.base_url + path
-            names = list(prepared.headers)
-            known = kept_names(attempt, names)
-            for name in names:
-                if not known[name]:
-                    del prepared.headers[name]
-            prepared.headers.update(attempt.set_headers)
+            prepared = _attempt_request(request, attempt, path)
             if wire is not None:
                 sent = self._over_wire(wire, prepared, attempt, service.name, path)
                 if isinstance(sent, Broken):

@@ -431,3 +431,150 @@ def test_response_header_dict_answers_as_httpx(raw: list[tuple[str, str]]) -> No
     for name in {n.lower() for n, _ in raw}:
         assert found[name] == headers.get(name)  # repeated names joined with ", ", as httpx joins them
     assert len(found) == len({n.lower() for n, _ in raw})
+
+
+# -- metrics without an SDK ----------------------------------------------------------------------------
+
+
+def test_metrics_are_skipped_exactly_when_the_proxy_instruments_would_drop_them() -> None:
+    from mesh_client.telemetry import _Instruments, metrics_are_noop
+
+    instruments = _Instruments.get()
+    for instrument in (instruments.calls, instruments.duration):
+        # the API's proxy instruments hold a real instrument only once a meter provider is set
+        assert metrics_are_noop() == (getattr(instrument, "_real_instrument", None) is None)
+
+
+def test_with_an_sdk_every_call_is_counted(mesh: Mesh, otel: Any) -> None:
+    from mesh_client.telemetry import metrics_are_noop
+
+    def counted() -> float:
+        data = otel.metrics.get_metrics_data()
+        return sum(
+            point.value
+            for resource in (data.resource_metrics if data else ())
+            for scope in resource.scope_metrics
+            for metric in scope.metrics
+            if metric.name == "mesh_client.calls"
+            for point in metric.data.data_points
+            if point.attributes.get("mesh.service") == "users" and point.attributes.get("mesh.outcome") == "2xx"
+        )
+
+    assert not metrics_are_noop()
+    before = counted()
+    with mesh.httpx_client(transport=httpx.MockTransport(lambda request: httpx.Response(200))) as client:
+        for _ in range(3):
+            client.get("http://users/x")
+    assert counted() - before == 3
+
+
+# -- the async attempt's deadline ----------------------------------------------------------------------
+
+
+def test_an_asyncio_task_gets_the_timer_deadline_and_other_callers_anyio() -> None:
+    import asyncio
+
+    import sniffio
+
+    from mesh_client.http import httpx as mesh_httpx
+
+    async def inside() -> tuple[str, str]:
+        ours = type(mesh_httpx._attempt_deadline(1.0)).__name__
+        token = sniffio.current_async_library_cvar.set("trio")  # a library on top of asyncio says so
+        try:
+            declared = type(mesh_httpx._attempt_deadline(1.0)).__name__
+        finally:
+            sniffio.current_async_library_cvar.reset(token)
+        return ours, declared
+
+    ours, declared = asyncio.run(inside())
+    assert ours == "_AsyncioDeadline"
+    assert declared != "_AsyncioDeadline"
+    assert type(mesh_httpx._attempt_deadline(1.0)).__name__ != "_AsyncioDeadline"  # no loop running here
+
+
+def test_the_timer_deadline_times_out_but_leaves_other_cancellations_alone() -> None:
+    import asyncio
+
+    from mesh_client.http import httpx as mesh_httpx
+
+    async def late() -> None:
+        with mesh_httpx._attempt_deadline(0.01):
+            await asyncio.Event().wait()  # never set
+
+    async def in_time() -> str:
+        with mesh_httpx._attempt_deadline(5.0):
+            await asyncio.sleep(0)
+        return "done"
+
+    async def cancelled_from_outside() -> None:
+        started = asyncio.Event()
+
+        async def victim() -> None:
+            with mesh_httpx._attempt_deadline(5.0):
+                started.set()
+                await asyncio.Event().wait()
+
+        task = asyncio.ensure_future(victim())
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    with pytest.raises(TimeoutError):
+        asyncio.run(late())
+    assert asyncio.run(in_time()) == "done"
+    asyncio.run(cancelled_from_outside())
+
+
+# -- the requests attempt -------------------------------------------------------------------------------
+
+
+def test_requests_attempts_keep_the_caller_headers_then_the_mesh_ones(
+    mesh: Mesh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from requests.adapters import HTTPAdapter
+    from urllib3 import HTTPResponse
+
+    sent: list[requests.PreparedRequest] = []
+
+    def send(adapter: HTTPAdapter, request: requests.PreparedRequest, **_: Any) -> requests.Response:
+        sent.append(request)
+        raw = HTTPResponse(body=b"ok", headers={"content-length": "2"}, status=200, preload_content=False)
+        response: requests.Response = adapter.build_response(request, raw)
+        return response
+
+    monkeypatch.setattr(HTTPAdapter, "send", send)
+    with mesh.requests_session() as session:
+        session.cookies.set("sid", "1")
+        caller_headers = {"X-One": "1", "Connection": "x", "x-envoy-retry-on": "5xx", "X-Request-Id": "mine"}
+        for _ in range(2):  # the second call takes the remembered header decisions
+            r = session.post("http://users/a?x=1", data=b"body", headers=caller_headers)
+            assert r.status_code == 200
+            # the caller's own request, untouched
+            assert r.request.url == "http://users/a?x=1"
+            assert r.request.headers["Connection"] == "x"
+            assert r.request.headers["X-Request-Id"] == "mine"
+            assert "x-envoy-upstream-rq-timeout-ms" not in r.request.headers
+    for attempt in sent:
+        assert attempt.url == "http://127.0.0.1:9001/a?x=1"
+        assert attempt.method == "POST"
+        assert attempt.body == b"body"
+        names = [n for n in attempt.headers if n.lower() not in ("traceparent", "tracestate")]
+        assert names == [
+            "User-Agent",
+            "Accept-Encoding",
+            "Accept",
+            "X-One",
+            "Cookie",
+            "Content-Length",
+            "Host",
+            "x-request-id",
+            "x-envoy-upstream-rq-timeout-ms",
+            "x-envoy-retry-on",
+            "x-envoy-max-retries",
+        ]
+        assert attempt.headers["x-envoy-retry-on"] == "connect-failure,refused-stream,reset-before-request"
+        assert attempt.headers["cookie"] == "sid=1"
+        assert attempt.headers["host"] == "users"
+        assert attempt.headers["x-request-id"] != "mine"  # a caller's id is not a trusted one
