@@ -17,7 +17,7 @@ from .errors import InvalidServiceURL, MeshError
 from .policy import NO_OPTIONS, UNSET, CallOptions, current_options
 from .registry import Address, MeshConfig, ServiceConfig, load_file, load_mapping
 from .routing import FlagRouter, RouteDecision, Router, make_router
-from .telemetry import CallTelemetry
+from .telemetry import call_telemetry
 
 if TYPE_CHECKING:
     import httpx
@@ -130,11 +130,12 @@ class Mesh:
                 route, reason = decision.route, decision.reason
         if service.protocol != "thrift":  # (a Thrift method is the IDL's name)
             method = method.upper()
-        telemetry = CallTelemetry(service.name, method)
+        telemetry = call_telemetry(service.name, method)  # (None: no SDK, nothing to record)
         try:
-            context_headers = outbound_headers(telemetry.propagation_context())
+            context_headers = outbound_headers(telemetry.propagation_context() if telemetry is not None else None)
         except ValueError:
-            telemetry.span.end()
+            if telemetry is not None:
+                telemetry.span.end()
             raise
         return CallRun(
             plan,

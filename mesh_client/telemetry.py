@@ -25,7 +25,7 @@ from opentelemetry.metrics import _internal as _metrics_api  # where the API kee
 if TYPE_CHECKING:
     from .info import CallInfo
 
-__all__ = ["CallTelemetry", "no_http_instrumentation"]
+__all__ = ["CallTelemetry", "call_telemetry", "no_http_instrumentation"]
 
 _SUPPRESS_HTTP_KEY: str = getattr(otel_context, "_SUPPRESS_HTTP_INSTRUMENTATION_KEY", "suppress_http_instrumentation")
 _INSTRUMENTATION = "mesh_client"
@@ -102,6 +102,18 @@ def no_http_instrumentation() -> contextlib.AbstractContextManager[None]:
     if _INSTRUMENTATION_PACKAGE not in sys.modules:
         return _NOTHING_TO_SUPPRESS
     return _NoHttpInstrumentation()
+
+
+def call_telemetry(service: str, method: str) -> CallTelemetry | None:
+    """The telemetry of a new call, or None when there is nothing to record: no tracer provider
+    and no meter provider installed (no SDK), so the call's span would be a no-op and both metric
+    records would be dropped. A provider named by ``OTEL_PYTHON_TRACER_PROVIDER`` /
+    ``OTEL_PYTHON_METER_PROVIDER`` is loaded first, as the instruments are made."""
+    if not _Instruments._ready:
+        _Instruments.get()
+    if tracing_is_noop() and metrics_are_noop():
+        return None
+    return CallTelemetry(service, method)
 
 
 class CallTelemetry:

@@ -37,7 +37,7 @@ from ..registry import Address
 from ..telemetry import no_http_instrumentation
 from ..wire import Wire, WireFailure, WireRequest, current_wire
 from ._body import BodyTimer
-from ._headers import kept_names
+from ._headers import kept_names, learn
 
 try:  # which async library runs the task (httpx's own test); without it, anyio decides
     import sniffio as _sniffio
@@ -389,16 +389,22 @@ def _attempt_header_items(
     caller: list[tuple[bytes, bytes, bytes]], attempt: Attempt
 ) -> list[tuple[bytes, bytes, bytes]]:
     """The attempt's headers as httpx keeps them: the caller's that may go out, then the core's."""
-    known = kept_names(attempt, [lower for _, lower, _ in caller])
-    items = [item for item in caller if known[item[1]]]
-    for name, value in attempt.set_headers:
-        encoded = _ENCODED_NAMES.get(name)
-        if encoded is None:
+    known = kept_names(attempt)
+    try:
+        items = [item for item in caller if known[item[1]]]
+    except KeyError:  # a header name not seen before under these rules
+        learn(known, attempt, [lower for _, lower, _ in caller])
+        items = [item for item in caller if known[item[1]]]
+    encoded = _ENCODED_NAMES
+    try:
+        items += [encoded[name] + (value.encode("ascii"),) for name, value in attempt.set_headers]
+    except KeyError:  # a name the core sets, not encoded before (a few in all)
+        if len(encoded) >= 256:
+            encoded.clear()
+        for name, _ in attempt.set_headers:
             raw = name.encode("ascii")
-            encoded = (raw, raw.lower())
-            if len(_ENCODED_NAMES) < 256:
-                _ENCODED_NAMES[name] = encoded
-        items.append((encoded[0], encoded[1], value.encode("ascii")))
+            encoded[name] = (raw, raw.lower())
+        items += [encoded[name] + (value.encode("ascii"),) for name, value in attempt.set_headers]
     return items
 
 

@@ -34,7 +34,7 @@ from ..registry import ServiceConfig
 from ..telemetry import no_http_instrumentation
 from ..wire import Wire, WireFailure, WireRequest, current_wire
 from ._body import CHUNK, BodyTimer
-from ._headers import kept_names
+from ._headers import kept_names, learn
 
 __all__ = ["MeshAdapter", "MeshSession"]
 
@@ -55,15 +55,14 @@ def _attempt_request(request: requests.PreparedRequest, attempt: Attempt, path: 
     prepared.method = request.method
     prepared.url = attempt.base_url + path
     caller = request.headers
-    known = kept_names(attempt, list(caller))
+    known = kept_names(attempt)
+    if any(name not in known for name in caller):
+        learn(known, attempt, list(caller))
     headers: CaseInsensitiveDict[str] = CaseInsensitiveDict()
     if _HEADER_STORE:
         store: dict[str, tuple[str, str]] = headers._store  # type: ignore[attr-defined]
-        for lower, item in caller._store.items():  # type: ignore[attr-defined]
-            if known[item[0]]:
-                store[lower] = item
-        for name, value in attempt.set_headers:
-            store[name.lower()] = (name, value)
+        store.update([(lower, item) for lower, item in caller._store.items() if known[item[0]]])  # type: ignore[attr-defined]
+        store.update([(name.lower(), (name, value)) for name, value in attempt.set_headers])
     else:  # pragma: no cover - a requests that keeps its headers otherwise
         headers.update((name, value) for name, value in caller.items() if known[name])
         headers.update(attempt.set_headers)

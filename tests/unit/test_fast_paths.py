@@ -578,3 +578,14 @@ def test_requests_attempts_keep_the_caller_headers_then_the_mesh_ones(
         assert attempt.headers["cookie"] == "sid=1"
         assert attempt.headers["host"] == "users"
         assert attempt.headers["x-request-id"] != "mine"  # a caller's id is not a trusted one
+
+
+@pytest.mark.parametrize(("tracing", "metrics"), [(False, False), (True, False), (False, True), (True, True)])
+def test_a_call_has_telemetry_only_when_something_would_be_recorded(
+    mesh: Mesh, monkeypatch: pytest.MonkeyPatch, tracing: bool, metrics: bool
+) -> None:
+    monkeypatch.setattr(telemetry_module, "tracing_is_noop", lambda: not tracing)
+    monkeypatch.setattr(telemetry_module, "metrics_are_noop", lambda: not metrics)
+    run = mesh.start_call(mesh.config.services["users"], "GET")
+    assert (run.telemetry is not None) == (tracing or metrics)
+    run.abort(RuntimeError("no request is sent"))
