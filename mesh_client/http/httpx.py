@@ -22,8 +22,7 @@ import contextvars
 import http.client
 import sys
 import urllib.request
-from collections.abc import Iterator
-from typing import Any, Final, cast
+from typing import Any, Final
 
 import httpcore
 import httpx
@@ -233,20 +232,25 @@ class MeshTransport(_MeshTransportMixin, httpx.BaseTransport):
     def _read_body(self, response: httpx.Response, request: httpx.Request, timer: BodyTimer) -> httpx.Response | Broken:
         self._body_begins(request, timer)
         chunks: list[bytes] = []
+        stream: httpx.SyncByteStream = response.stream  # type: ignore[assignment]
         try:
             # the stream itself, not iter_raw(): that hands the connection back to the pool as the
             # body ends, before the bound on its reads is lifted
-            with _each_read_bounded(response, timer):
-                for chunk in cast(httpx.SyncByteStream, response.stream):
+            bounded = _bound_each_read(response, timer)
+            try:
+                for chunk in stream:
                     chunks.append(chunk)
                     timer.received += len(chunk)
                     if timer.left() <= 0:  # (when the reads could not be bounded one by one)
                         response.close()
                         return self._body_broken(None, timer, request)
+            finally:
+                if bounded is not None:
+                    del bounded.read  # the class's own again
         except httpx.TransportError as exc:
             response.close()
             return self._body_broken(exc, timer, request)
-        cast(httpx.SyncByteStream, response.stream).close()
+        stream.close()
         return self._body_read(response, chunks)
 
     def close(self) -> None:
@@ -311,7 +315,7 @@ class AsyncMeshTransport(_MeshTransportMixin, httpx.AsyncBaseTransport):
         # (the caller's deadline for the whole attempt bounds the body, however it trickles)
         self._body_begins(request, timer)
         chunks: list[bytes] = []
-        stream = cast(httpx.AsyncByteStream, response.stream)
+        stream: httpx.AsyncByteStream = response.stream  # type: ignore[assignment]
         try:
             # the stream itself, not aiter_raw() (see _body_read)
             async for chunk in stream:
@@ -470,20 +474,20 @@ def _reraise(exc: BaseException) -> Broken:
     raise exc
 
 
-@contextlib.contextmanager
-def _each_read_bounded(response: httpx.Response, timer: BodyTimer) -> Iterator[None]:
-    """Bound each network read of an HTTP/1 body by the time the attempt has left.
+def _bound_each_read(response: httpx.Response, timer: BodyTimer) -> Any | None:
+    """Bound each network read of an HTTP/1 body by the time the attempt has left; return the
+    network stream whose reads are now bounded (``del stream.read`` gives it back its class's own
+    reads), or None when they could not be.
 
     httpcore takes one read timeout for a whole body, so a body that trickles and then stops
     (Envoy stops passing one on at its timeout) would wait that long again after its last byte.
     Its ``network_stream`` is this connection's alone until the response is closed, which the
-    caller does after this block; with HTTP/2 it is shared, so it is left alone (the time is then
-    checked between chunks only)."""
+    caller does after lifting the bound; with HTTP/2 it is shared, so it is left alone (the time is
+    then checked between chunks only)."""
     stream: Any = response.extensions.get("network_stream")
     read = getattr(stream, "read", None)
     if read is None or response.extensions.get("http_version") not in (b"HTTP/1.1", b"HTTP/1.0"):
-        yield
-        return
+        return None
 
     def bounded_read(max_bytes: int, timeout: float | None = None) -> bytes:
         left = timer.left()
@@ -493,10 +497,7 @@ def _each_read_bounded(response: httpx.Response, timer: BodyTimer) -> Iterator[N
         return data
 
     stream.read = bounded_read
-    try:
-        yield
-    finally:
-        del stream.read  # the class's own again
+    return stream
 
 
 class _Client(httpx.Client):
