@@ -344,7 +344,8 @@ def _header_dict(headers: httpx.Headers) -> dict[str, str]:
     """A response's headers as the core reads them (it looks up lower-case names only, five times
     per Envoy response): httpx's ``Headers.get`` lower-cases, encodes and scans the whole list on
     every lookup; a dictionary made once answers each in one step. Repeated headers are joined
-    with ", ", as httpx joins them."""
+    with ", ", as httpx joins them; values are read as latin-1 text (the core reads numbers and
+    tokens, which are ASCII; the response the caller gets is untouched)."""
     if _HEADER_LIST:
         items = headers._list
         found = {lower.decode("latin-1"): value.decode("latin-1") for _, lower, value in items}
