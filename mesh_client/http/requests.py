@@ -63,7 +63,7 @@ def _attempt_request(request: requests.PreparedRequest, attempt: Attempt, path: 
         store: dict[str, tuple[str, str]] = headers._store  # type: ignore[attr-defined]
         store.update([(lower, item) for lower, item in caller._store.items() if known[item[0]]])  # type: ignore[attr-defined]
         store.update([(name.lower(), (name, value)) for name, value in attempt.set_headers])
-    else:  # pragma: no cover - a requests that keeps its headers otherwise
+    else:  # a requests that keeps its headers otherwise
         headers.update((name, value) for name, value in caller.items() if known[name])
         headers.update(attempt.set_headers)
     prepared.headers = headers

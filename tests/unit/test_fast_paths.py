@@ -530,11 +530,18 @@ def test_the_timer_deadline_times_out_but_leaves_other_cancellations_alone() -> 
 # -- the requests attempt -------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("direct", [True, False], ids=["headers-written-to-the-store", "headers-through-methods"])
 def test_requests_attempts_keep_the_caller_headers_then_the_mesh_ones(
-    mesh: Mesh, monkeypatch: pytest.MonkeyPatch
+    mesh: Mesh, monkeypatch: pytest.MonkeyPatch, direct: bool
 ) -> None:
     from requests.adapters import HTTPAdapter
     from urllib3 import HTTPResponse
+
+    from mesh_client.http import requests as mesh_requests
+
+    # the same request either way: the shortcut, and the public path for a requests whose
+    # CaseInsensitiveDict keeps its items otherwise
+    monkeypatch.setattr(mesh_requests, "_HEADER_STORE", direct and mesh_requests._HEADER_STORE)
 
     sent: list[requests.PreparedRequest] = []
 
