@@ -11,12 +11,18 @@ not ``OK``, the fix. In order:
    reaches the service. Envoy's 404 with an empty body (``no_route``) means ``envoy_host`` matches
    none of Envoy's domains.
 5. ``envoy headers``: Envoy honours the client's ``x-envoy-*`` headers (see below).
-6. ``envoy thrift`` (only with Thrift services): the Thrift listener accepts connections.
-7. ``haproxy NAME``, per service: the service's HAProxy port accepts connections (and, for HTTP
+6. ``envoy reporting`` (with HTTP services): the virtual hosts of the HTTP services set
+   ``include_attempt_count_in_response`` (without it ``call_info().attempts`` stays 1 and the retry
+   budget charges every retryable answer all the retries Envoy was allowed) and
+   ``include_request_attempt_count``, and the router filter does not set ``suppress_envoy_headers``;
+   read from ``/config_dump`` (RDS route configurations included), else judged by whether Envoy's
+   answers in check 4 carried ``x-envoy-attempt-count``. Missing settings are a ``WARN``.
+7. ``envoy thrift`` (only with Thrift services): the Thrift listener accepts connections.
+8. ``haproxy NAME``, per service: the service's HAProxy port accepts connections (and, for HTTP
    services, answers a ``GET``).
-8. ``flags``: the flag source loads (the flag file is readable, valid JSON, and LaunchDarkly's file
+9. ``flags``: the flag source loads (the flag file is readable, valid JSON, and LaunchDarkly's file
    data source loaded it; or the LaunchDarkly client initialised within ``flags.start_wait``).
-9. ``route NAME``, per service: what the flags decide now (:meth:`Mesh.route_for`), and why.
+10. ``route NAME``, per service: what the flags decide now (:meth:`Mesh.route_for`), and why.
 
 Verdicts: ``OK``; ``WARN`` (calls work, but something is off or could not be proven); ``FAIL``
 (calls go wrong, or will); ``SKIP`` (not checked because a check it needs failed). The exit code
@@ -255,6 +261,8 @@ class _Admin:
 
     version: str = ""
     listeners: list[dict[str, Any]] = field(default_factory=list)
+    #: route configurations that came over RDS, by name (inline ones are in the listeners)
+    route_configs: dict[str, dict[str, Any]] = field(default_factory=dict)
     header_prefix: str | None = None
     error: str = ""
 
@@ -363,6 +371,65 @@ def _domains(listener: Mapping[str, Any] | None) -> str:
     return f"; Envoy's domains: {', '.join(domains)}" if domains else ""
 
 
+def _route_configs(dump: Any) -> dict[str, dict[str, Any]]:
+    """The route configurations of a ``/config_dump?resource=dynamic_route_configs`` answer, by name."""
+    found: dict[str, dict[str, Any]] = {}
+    configs = dump.get("configs", []) if isinstance(dump, dict) else []
+    for entry in configs if isinstance(configs, list) else []:
+        route_config = entry.get("route_config") if isinstance(entry, dict) else None
+        if isinstance(route_config, dict):
+            found[str(route_config.get("name", ""))] = route_config
+    return found
+
+
+def _virtual_host_for(route_config: Mapping[str, Any], host: str) -> dict[str, Any] | None:
+    """The virtual host Envoy picks for ``Host: host``: an exact domain, else the longest suffix
+    wildcard (``*.example.com``), else the longest prefix wildcard (``users.*``), else ``*``."""
+    host = host.lower()
+    best: dict[str, Any] | None = None
+    best_rank = (-1, 0)
+    for vhost in route_config.get("virtual_hosts", []):
+        if not isinstance(vhost, dict):
+            continue
+        for domain in (str(d).lower() for d in vhost.get("domains", [])):
+            if domain == host:
+                return vhost
+            if domain == "*":
+                rank = (0, 0)
+            elif domain.startswith("*") and len(host) >= len(domain) and host.endswith(domain[1:]):
+                rank = (2, len(domain))
+            elif domain.endswith("*") and len(host) >= len(domain) and host.startswith(domain[:-1]):
+                rank = (1, len(domain))
+            else:
+                continue
+            if rank > best_rank:
+                best, best_rank = vhost, rank
+    return best
+
+
+def _suppresses_envoy_headers(hcm: Mapping[str, Any]) -> bool:
+    """Whether the connection manager's router filter sets ``suppress_envoy_headers``."""
+    for flt in hcm.get("http_filters", []):
+        typed = flt.get("typed_config", {}) if isinstance(flt, dict) else {}
+        router = flt.get("name") == "envoy.filters.http.router" or str(typed.get("@type", "")).endswith(".Router")
+        if router and isinstance(typed, dict) and typed.get("suppress_envoy_headers") is True:
+            return True
+    return False
+
+
+#: Virtual host settings the client reads, and what goes missing without them.
+ATTEMPT_COUNT_SETTINGS: Final = {
+    "include_attempt_count_in_response": (
+        "call_info().attempts stays 1, and the retry budget charges every retryable answer all the retries "
+        "Envoy was allowed (it cannot see Envoy's retries that ended in a success)"
+    ),
+    "include_request_attempt_count": (
+        "the service is not told which attempt a request is (no x-envoy-attempt-count on requests)"
+    ),
+}
+_ATTEMPTS_DOC: Final = "docs/routes.md#envoy-settings-the-client-needs"
+
+
 # -- probes of the header check ------------------------------------------------------------------
 
 
@@ -402,6 +469,7 @@ class _Doctor:
         source_ip = self._egress(config)
         routed = self._vhosts(config, source_ip is not None, admin)
         self._headers(config, admin, source_ip, routed)
+        self._reporting(config, admin, routed)
         self._thrift(config)
         self._haproxy(config)
         self._flags(config)
@@ -446,6 +514,9 @@ class _Doctor:
         try:
             for resource in ("static_listeners", "dynamic_listeners"):
                 admin.listeners += _listeners(_admin_json(address, f"/config_dump?resource={resource}", self.timeout))
+            if any("rds" in hcm for listener in admin.listeners for hcm in _hcms(listener)):
+                dump = _admin_json(address, "/config_dump?resource=dynamic_route_configs", self.timeout)
+                admin.route_configs = _route_configs(dump)
             bootstrap = _admin_json(address, "/config_dump?mask=bootstrap.header_prefix", self.timeout)
             for entry in bootstrap.get("configs", []) if isinstance(bootstrap, dict) else []:
                 prefix = entry.get("bootstrap", {}).get("header_prefix") if isinstance(entry, dict) else None
@@ -722,6 +793,104 @@ class _Doctor:
                 else "make Envoy's admin endpoint (mesh.envoy_admin) readable from this machine",
             )
 
+    # -- what Envoy reports back ------------------------------------------------------------------
+
+    def _reporting(self, config: MeshConfig, admin: _Admin | None, routed: dict[str, _Reply]) -> None:
+        """Which settings that make Envoy report attempts (and its timings) the running config
+        lacks, per virtual host of the HTTP services; from the answers alone without the config."""
+        name = "envoy reporting"
+        http = [svc for svc in config.services.values() if svc.protocol == "http"]
+        if not http:
+            return
+        listener = None
+        if admin is not None and not admin.error:
+            listener = _listener_at(admin.listeners, config.envoy_http, self.egress_ip)
+        if listener is None:
+            self._reporting_from_answers(config, routed)
+            return
+        assert admin is not None
+        missing: dict[str, list[str]] = {setting: [] for setting in ATTEMPT_COUNT_SETTINGS}
+        seen: list[str] = []
+        suppressed = False
+        for hcm in _hcms(listener):
+            suppressed = suppressed or _suppresses_envoy_headers(hcm)
+            route_config = hcm.get("route_config")
+            if route_config is None and isinstance(hcm.get("rds"), dict):
+                route_config = admin.route_configs.get(str(hcm["rds"].get("route_config_name", "")))
+            for svc in http:
+                vhost = _virtual_host_for(route_config, svc.envoy_host) if isinstance(route_config, dict) else None
+                if vhost is None:
+                    continue  # (the envoy vhost check says whether Envoy routes it)
+                label = str(vhost.get("name", "?"))
+                label = label if label == svc.name else f"{label} (for {svc.name})"
+                seen.append(label)
+                for setting, hosts in missing.items():
+                    if vhost.get(setting) is not True:
+                        hosts.append(label)
+        problems = [
+            f"{setting} is not set on virtual host {', '.join(dict.fromkeys(hosts))}: {ATTEMPT_COUNT_SETTINGS[setting]}"
+            for setting, hosts in missing.items()
+            if hosts
+        ]
+        if suppressed:
+            problems.append(
+                "the router filter sets suppress_envoy_headers: the called service gets no "
+                f"{config.header_prefix}-expected-rq-timeout-ms (its middleware sees no deadline), "
+                "call_info().upstream_service_time stays None, and Envoy's overload signal no longer reaches the client"
+            )
+        if not seen:
+            names = ", ".join(svc.envoy_host for svc in http)
+            if any(c.name.startswith("envoy vhost ") and c.verdict == "FAIL" for c in self.checks):
+                self.check(name, "SKIP", f"not checked: no virtual host routes {names} (see the envoy vhost checks)")
+            else:
+                self.check(
+                    name,
+                    "WARN",
+                    f"cannot tell: the virtual hosts for {names} are not in the route configuration doctor read "
+                    f"from listener {listener.get('name', '?')} (scoped routes?)",
+                    f"check include_attempt_count_in_response and include_request_attempt_count by hand "
+                    f"({_ATTEMPTS_DOC})",
+                )
+            return
+        if problems:
+            settings = [f"{setting}: true" for setting, hosts in missing.items() if hosts]
+            fixes = [f"set {' and '.join(settings)} on the virtual hosts named"] if settings else []
+            if suppressed:
+                fixes.append("remove suppress_envoy_headers from the router filter")
+            self.check(name, "WARN", "; ".join(problems), f"{'; '.join(fixes)} ({_RENDER_HINT}; {_ATTEMPTS_DOC})")
+            return
+        self.check(
+            name,
+            "OK",
+            f"virtual host {', '.join(dict.fromkeys(seen))}: include_attempt_count_in_response and "
+            "include_request_attempt_count set",
+        )
+
+    def _reporting_from_answers(self, config: MeshConfig, routed: dict[str, _Reply]) -> None:
+        """The ``envoy reporting`` check without Envoy's config: whether its answers carried the count."""
+        name = "envoy reporting"
+        if not routed:
+            self.check(name, "SKIP", "not checked: Envoy's config was not read and no HTTP service answered through it")
+            return
+        prefix = config.header_prefix
+        without = [svc for svc, reply in routed.items() if envoy.attempt_count(reply.headers, prefix) is None]
+        if without:
+            consequence = ATTEMPT_COUNT_SETTINGS["include_attempt_count_in_response"]
+            self.check(
+                name,
+                "WARN",
+                f"Envoy's answers via {', '.join(without)} carry no {prefix}-attempt-count, so "
+                f"include_attempt_count_in_response is not set: {consequence}",
+                f"set include_attempt_count_in_response: true on the virtual hosts ({_ATTEMPTS_DOC})",
+            )
+            return
+        self.check(
+            name,
+            "OK",
+            f"Envoy's answers via {', '.join(routed)} carry {prefix}-attempt-count "
+            "(include_request_attempt_count was not checked: Envoy's config was not read)",
+        )
+
     # -- the rest --------------------------------------------------------------------------------
 
     def _thrift(self, config: MeshConfig) -> None:
@@ -992,9 +1161,11 @@ DESCRIPTION = """\
 Checks that this machine's mesh matches the registry: the registry loads; Envoy's admin
 endpoint answers (with mesh.envoy_admin); Envoy's HTTP egress accepts connections; every HTTP
 service's virtual host routes (GET --path with Host: envoy_host); Envoy honours the client's
-x-envoy-* headers (the listener config from /config_dump, and probes through Envoy); Envoy's
-Thrift listener accepts connections (with Thrift services); every service's HAProxy port
-accepts connections; the flag source loads; and what each service routes to now.
+x-envoy-* headers (the listener config from /config_dump, and probes through Envoy); which
+settings that make Envoy report attempts are missing (include_attempt_count_in_response,
+include_request_attempt_count); Envoy's Thrift listener accepts connections (with Thrift
+services); every service's HAProxy port accepts connections; the flag source loads; and what
+each service routes to now.
 One line per check: OK, WARN, FAIL or SKIP (not checked because a check it needs failed),
 and the fix when it is not OK.
 """

@@ -120,6 +120,7 @@ def test_doctor_on_a_healthy_mesh_is_all_ok(mesh: RunningMesh, capsys: pytest.Ca
         "envoy egress": "OK",
         "envoy vhost users": "OK",
         "envoy headers": "OK",
+        "envoy reporting": "OK",
         "haproxy users": "OK",
         "flags": "OK",
         "route users": "OK",
@@ -129,7 +130,10 @@ def test_doctor_on_a_healthy_mesh_is_all_ok(mesh: RunningMesh, capsys: pytest.Ca
     # the rendered routes report attempt counts, so the retry probe decides, deterministically
     assert "retry probe: asked to retry status 200 once, Envoy answered after 2 attempts" in headers
     assert "haproxy: flag mesh-route-users = 'haproxy'" in line_of(out, "route users")
-    assert out.splitlines()[-1] == "8 checks: 8 OK, 0 WARN, 0 FAIL: healthy"
+    assert line_of(out, "envoy reporting").endswith(
+        "virtual host users: include_attempt_count_in_response and include_request_attempt_count set"
+    )
+    assert out.splitlines()[-1] == "9 checks: 9 OK, 0 WARN, 0 FAIL: healthy"
 
 
 def test_doctor_fails_the_header_check_of_an_envoy_without_internal_address_config(
@@ -157,6 +161,43 @@ def test_doctor_fails_the_header_check_of_an_envoy_without_internal_address_conf
         "-> fix: on the egress HTTP connection manager set use_remote_address: true and internal_address_config" in line
     )
     assert "127.0.0.0, prefix_len: 8" in line
+
+
+def test_doctor_names_the_reporting_settings_a_stock_envoy_config_lacks(
+    mesh: RunningMesh, tmp_path: Path, backend: Backend, envoy_bin: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a control plane's config: no attempt counts either way, and the router suppresses x-envoy-* headers
+    data = registry(backend, Path(mesh.data["flags"]["path"]))
+    data["services"]["users"]["haproxy"] = mesh.data["services"]["users"]["haproxy"]  # the running HAProxy
+    path = write_toml(tmp_path / "mesh.toml", data)
+    config = load_file(path)
+    bootstrap = envoy_bootstrap(config)
+    hcm = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    (vhost,) = hcm["route_config"]["virtual_hosts"]
+    del vhost["include_attempt_count_in_response"], vhost["include_request_attempt_count"]
+    hcm["http_filters"][0]["typed_config"]["suppress_envoy_headers"] = True
+    with start_envoy(config, tmp_path, binary=envoy_bin, bootstrap=bootstrap):
+        assert run(["doctor", str(path)]) == 0  # calls work: warnings only
+    out = capsys.readouterr().out
+    found = verdicts(out)
+    assert [name for name, verdict in found.items() if verdict != "OK"] == ["envoy reporting"], out
+    line = line_of(out, "envoy reporting")
+    assert line.startswith(
+        "WARN  envoy reporting      include_attempt_count_in_response is not set on virtual host users: "
+        "call_info().attempts stays 1, and the retry budget charges every retryable answer all the retries Envoy "
+        "was allowed"
+    ), line
+    assert "; include_request_attempt_count is not set on virtual host users: the service is not told" in line
+    assert (
+        "; the router filter sets suppress_envoy_headers: the called service gets no x-envoy-expected-rq-timeout-ms"
+        in line
+    )
+    assert (
+        "-> fix: set include_attempt_count_in_response: true and include_request_attempt_count: true on the virtual "
+        "hosts named; remove suppress_envoy_headers from the router filter" in line
+    )
+    # with no count in Envoy's answers, the header check decides by the timeout probe and the config
+    assert "timeout probe" in line_of(out, "envoy headers")
 
 
 def test_doctor_fails_the_port_of_a_stopped_haproxy(

@@ -337,6 +337,7 @@ def test_doctor_with_nothing_running_fails_each_proxy_check_with_its_fix(
         "envoy egress": "FAIL",
         "envoy vhost users": "SKIP",
         "envoy headers": "SKIP",
+        "envoy reporting": "SKIP",
         "haproxy users": "FAIL",
         "flags": "OK",
         "route users": "OK",
@@ -345,7 +346,7 @@ def test_doctor_with_nothing_running_fails_each_proxy_check_with_its_fix(
     assert "-> fix: start the Envoy sidecar, or set mesh.envoy_http" in out
     assert "-> fix: start HAProxy (SmartStack) for this machine, or set services.users.haproxy" in out
     assert "route users          haproxy: flag mesh-route-users = 'haproxy' (FALLTHROUGH) (but haproxy users" in out
-    assert out.splitlines()[-1] == "8 checks: 3 OK, 1 WARN, 2 FAIL, 2 SKIP: FAILED"
+    assert out.splitlines()[-1] == "9 checks: 3 OK, 1 WARN, 2 FAIL, 3 SKIP: FAILED"
 
 
 UNBUCKETED = rollout_flag("mesh-route-users", 50)
@@ -521,3 +522,93 @@ def test_doctor_help_documents_the_checks_and_exit_codes(capsys: pytest.CaptureF
     assert "exit codes:" in out
     assert "--timeout S" in out
     assert "x-envoy-* headers" in out
+
+
+# -- doctor: the settings that make Envoy report attempts ----------------------------------------------
+
+
+def reporting(registry: Path, admin: _Admin | None, routed: dict[str, _Reply] | None = None) -> Check:
+    config = load_file(registry)
+    checks: list[Check] = []
+    d = _Doctor(str(registry), 0.2, "/", checks.append)
+    d.egress_ip = "127.0.0.1"
+    d._reporting(config, admin, routed or {})
+    (check,) = checks
+    assert check.name == "envoy reporting"
+    return check
+
+
+def test_the_virtual_host_is_picked_as_envoy_picks_it() -> None:
+    exact, suffix, prefix, anything = (
+        {"name": "exact", "domains": ["users", "users:*"]},
+        {"name": "suffix", "domains": ["*.svc", "*ers"]},
+        {"name": "prefix", "domains": ["us*"]},
+        {"name": "any", "domains": ["*"]},
+    )
+    config = {"virtual_hosts": [anything, prefix, suffix, exact]}
+    assert doctor._virtual_host_for(config, "USERS") is exact
+    assert doctor._virtual_host_for(config, "a.svc") is suffix
+    assert doctor._virtual_host_for(config, "players") is suffix  # a suffix wildcard beats a prefix one
+    assert doctor._virtual_host_for(config, "useless") is prefix
+    assert doctor._virtual_host_for(config, "cart") is anything
+    assert doctor._virtual_host_for({"virtual_hosts": [exact]}, "orders") is None
+
+
+def test_reporting_is_ok_on_the_rendered_config(registry: Path) -> None:
+    listener, _ = rendered_hcm(registry)
+    check = reporting(registry, _Admin(listeners=[listener]))
+    assert (check.verdict, check.detail) == (
+        "OK",
+        "virtual host users: include_attempt_count_in_response and include_request_attempt_count set",
+    )
+
+
+def test_reporting_names_each_missing_setting_with_what_it_costs(registry: Path) -> None:
+    listener, hcm = rendered_hcm(registry)
+    (vhost,) = hcm["route_config"]["virtual_hosts"]
+    vhost["name"] = "users_vh"
+    del vhost["include_attempt_count_in_response"]
+    check = reporting(registry, _Admin(listeners=[listener]))
+    assert check.verdict == "WARN"
+    assert check.detail == (
+        "include_attempt_count_in_response is not set on virtual host users_vh (for users): call_info().attempts "
+        "stays 1, and the retry budget charges every retryable answer all the retries Envoy was allowed (it cannot "
+        "see Envoy's retries that ended in a success)"
+    )
+    assert check.fix.startswith("set include_attempt_count_in_response: true on the virtual hosts named (")
+    vhost["include_request_attempt_count"] = False
+    check = reporting(registry, _Admin(listeners=[listener]))
+    assert (
+        "; include_request_attempt_count is not set on virtual host users_vh (for users): the service" in check.detail
+    )
+    assert check.fix.startswith(
+        "set include_attempt_count_in_response: true and include_request_attempt_count: true on the virtual hosts"
+    )
+
+
+def test_reporting_reads_routes_that_came_over_rds(registry: Path) -> None:
+    listener, hcm = rendered_hcm(registry)
+    route_config = hcm.pop("route_config")
+    hcm["rds"] = {"route_config_name": "egress_routes", "config_source": {"ads": {}}}
+    del route_config["virtual_hosts"][0]["include_request_attempt_count"]
+    dump = {"configs": [{"version_info": "7", "route_config": {**route_config, "name": "egress_routes"}}]}
+    check = reporting(registry, _Admin(listeners=[listener], route_configs=doctor._route_configs(dump)))
+    assert check.verdict == "WARN"
+    assert check.detail.startswith("include_request_attempt_count is not set on virtual host users:")
+    # the route configuration named is not known: doctor says it cannot tell rather than guess
+    check = reporting(registry, _Admin(listeners=[listener]))
+    assert check.verdict == "WARN"
+    assert check.detail.startswith("cannot tell: the virtual hosts for users are not in the route configuration")
+
+
+def test_reporting_without_envoys_config_judges_by_the_answers(registry: Path) -> None:
+    counted = _Reply(200, "OK", {"x-envoy-attempt-count": "1"}, None, 0.001)
+    uncounted = _Reply(200, "OK", {}, None, 0.001)
+    assert reporting(registry, None).verdict == "SKIP"  # no config and no answer
+    check = reporting(registry, None, {"users": counted})
+    assert check.verdict == "OK"
+    assert "include_request_attempt_count was not checked" in check.detail
+    check = reporting(registry, _Admin(error="GET /config_dump answered 403 Forbidden"), {"users": uncounted})
+    assert check.verdict == "WARN"
+    assert check.detail.startswith("Envoy's answers via users carry no x-envoy-attempt-count, so ")
+    assert check.fix.startswith("set include_attempt_count_in_response: true on the virtual hosts")
