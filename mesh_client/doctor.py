@@ -88,13 +88,23 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TextIO
 
 from . import envoy, haproxy
 from .errors import ConfigError
-from .policy import Route
+from .policy import MAX_SECONDS, Route
 from .registry import Address, MeshConfig, ServiceConfig, load_file
 
 if TYPE_CHECKING:
     from .mesh import Mesh
 
-__all__ = ["DEFAULT_TIMEOUT", "Check", "add_parser", "diagnose", "exit_code", "run", "seconds_arg"]
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "Check",
+    "add_parser",
+    "diagnose",
+    "exit_code",
+    "flag_source_problem",
+    "quiet_flag_logs",
+    "run",
+    "seconds_arg",
+]
 
 #: Seconds each network step may take (``--timeout``).
 DEFAULT_TIMEOUT: Final = 2.0
@@ -479,7 +489,13 @@ class _Doctor:
         try:
             config = load_file(self.registry)
         except ConfigError as exc:
-            self.check("registry", "FAIL", str(exc), "correct the key named (docs/registry.md lists every key)")
+            if exc.key is not None:
+                fix = f"correct {exc.key} in {self.registry} (docs/registry.md lists every key)"
+            elif not os.access(self.registry, os.R_OK) or not Path(self.registry).is_file():
+                fix = "pass the path of a registry TOML file this user can read (docs/registry.md)"
+            else:
+                fix = "correct the file where the message says (docs/registry.md describes the format)"
+            self.check("registry", "FAIL", str(exc), fix)
             return None
         services = ", ".join(f"{s.name} ({s.protocol})" for s in config.services.values()) or "none"
         flags = config.flags
@@ -952,10 +968,9 @@ class _Doctor:
 
     def _flags(self, config: MeshConfig) -> None:
         flags = config.flags
-        where = f"flag file {flags.path}" if flags.source == "file" else "LaunchDarkly"
         summary = ""
         if flags.source == "file":
-            problem, summary, warning = self._read_flag_file(config)
+            problem, summary, warning = _read_flag_file(config)
             if problem:
                 fix = f"write it (mesh_client.routing.write_flag_file) or correct flags.path in {self.registry}"
                 self.check(
@@ -963,42 +978,29 @@ class _Doctor:
                 )
                 self._routes(config, None)
                 return
-        elif flags.source == "launchdarkly" and not os.environ.get(flags.sdk_key_env):
-            self.check(
-                "flags",
-                "FAIL",
-                f"flags.source is 'launchdarkly' but ${flags.sdk_key_env} is empty; every call uses default_route "
-                f"{config.default_route.value}",
-                f"export {flags.sdk_key_env}=<the LaunchDarkly server-side SDK key>",
-            )
-            self._routes(config, None)
-            return
         from .mesh import Mesh
 
         started = time.monotonic()
-        with _quiet_flag_logs() as messages:
+        with quiet_flag_logs() as messages:
             mesh = Mesh(config)  # the LaunchDarkly client waits at most flags.start_wait
-        said = messages[0] if messages else ""
         try:
             took = time.monotonic() - started
             client = mesh.flag_client
+            problem = flag_source_problem(config, mesh, messages)
             if flags.source == "none":
                 self.check(
                     "flags",
                     "OK",
                     f"no flag source (flags.source = 'none'): calls use default_route {config.default_route.value}",
                 )
-            elif client is None or not client.is_initialized():
-                self.check(
-                    "flags",
-                    "FAIL",
-                    f"the LaunchDarkly client did not initialise from {where} within flags.start_wait "
-                    f"({flags.start_wait:g} s){f' ({said})' if said else ''}; calls use default_route "
-                    f"{config.default_route.value}",
-                    "check network access to LaunchDarkly and the SDK key, or raise flags.start_wait"
-                    if flags.source == "launchdarkly"
-                    else "check that the file is LaunchDarkly flag data (docs/registry.md)",
-                )
+            elif problem:
+                if flags.source == "launchdarkly" and client is None:  # no SDK key
+                    fix = f"export {flags.sdk_key_env}=<the LaunchDarkly server-side SDK key>"
+                elif flags.source == "launchdarkly":
+                    fix = "check network access to LaunchDarkly and the SDK key, or raise flags.start_wait"
+                else:
+                    fix = "check that the file is LaunchDarkly flag data (docs/registry.md)"
+                self.check("flags", "FAIL", f"{problem}; calls use default_route {config.default_route.value}", fix)
             elif flags.source == "file" and warning:
                 self.check("flags", "WARN", f"{summary}; {warning}", ROLLOUT_FIX)
             elif flags.source == "file":
@@ -1008,38 +1010,8 @@ class _Doctor:
             loaded = flags.source == "none" or (client is not None and client.is_initialized())
             self._routes(config, mesh if loaded else None)
         finally:
-            with _quiet_flag_logs():
+            with quiet_flag_logs():
                 mesh.close()
-
-    def _read_flag_file(self, config: MeshConfig) -> tuple[str, str, str]:
-        """(problem, summary, warning) about the flag file; an empty problem when it is usable."""
-        path = config.flags.path
-        assert path is not None
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except OSError as exc:
-            return f"cannot read flag file {path}: {exc.strerror or exc}", "", ""
-        except UnicodeDecodeError as exc:
-            return f"flag file {path} is not UTF-8 text ({exc})", "", ""
-        except ValueError as exc:
-            return f"flag file {path} is not valid JSON ({exc})", "", ""
-        flags = data.get("flags", {}) if isinstance(data, dict) else None
-        values = data.get("flagValues", {}) if isinstance(data, dict) else None
-        if not isinstance(flags, dict) or not isinstance(values, dict):
-            return f'flag file {path} is not LaunchDarkly flag data (an object with "flags" or "flagValues")', "", ""
-        keys = set(flags) | set(values)
-        ours = [config.flags.key_for(s) for s in config.services]
-        found = [k for k in ours if k in keys]
-        summary = (
-            f"flag file {path}: valid JSON, {len(keys)} flag(s), route flags for {len(found)} of {len(ours)} service(s)"
-        )
-        bad = [k for k in found if k in flags and _rollout_without_kind(flags[k])]
-        warning = (
-            f'{", ".join(bad)}: a rollout without "contextKind": "service" (every caller lands in the same bucket)'
-            if bad
-            else ""
-        )
-        return "", summary, warning
 
     def _routes(self, config: MeshConfig, mesh: Mesh | None) -> None:
         failed = {c.name for c in self.checks if c.verdict == "FAIL"}
@@ -1051,7 +1023,7 @@ class _Doctor:
                 detail = f"{route.value}: the flag source did not load, so default_route applies"
                 self.check(name, "WARN", detail + _failed_note(svc, route, failed), "fix the flags check above")
                 continue
-            with _quiet_flag_logs():
+            with quiet_flag_logs():
                 decision = mesh.route_for(svc.name)
             detail = f"{decision.route.value}: {decision.reason}" + _failed_note(svc, decision.route, failed)
             if config.flags.source == "none" or decision.flag_value in ("envoy", "haproxy"):
@@ -1063,6 +1035,57 @@ class _Doctor:
                 self.check(name, "WARN", detail, fix)
             else:
                 self.check(name, "WARN", detail, f"make the variations of {key} 'envoy' and 'haproxy'")
+
+
+def _read_flag_file(config: MeshConfig) -> tuple[str, str, str]:
+    """(problem, summary, warning) about the flag file; an empty problem when it is usable."""
+    path = config.flags.path
+    assert path is not None
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        return f"cannot read flag file {path}: {exc.strerror or exc}", "", ""
+    except UnicodeDecodeError as exc:
+        return f"flag file {path} is not UTF-8 text ({exc})", "", ""
+    except ValueError as exc:
+        return f"flag file {path} is not valid JSON ({exc})", "", ""
+    flags = data.get("flags", {}) if isinstance(data, dict) else None
+    values = data.get("flagValues", {}) if isinstance(data, dict) else None
+    if not isinstance(flags, dict) or not isinstance(values, dict):
+        return f'flag file {path} is not LaunchDarkly flag data (an object with "flags" or "flagValues")', "", ""
+    keys = set(flags) | set(values)
+    ours = [config.flags.key_for(s) for s in config.services]
+    found = [k for k in ours if k in keys]
+    summary = (
+        f"flag file {path}: valid JSON, {len(keys)} flag(s), route flags for {len(found)} of {len(ours)} service(s)"
+    )
+    bad = [k for k in found if k in flags and _rollout_without_kind(flags[k])]
+    warning = (
+        f'{", ".join(bad)}: a rollout without "contextKind": "service" (every caller lands in the same bucket)'
+        if bad
+        else ""
+    )
+    return "", summary, warning
+
+
+def flag_source_problem(config: MeshConfig, mesh: Mesh, said: list[str] | None = None) -> str:
+    """Why ``mesh``'s flag source did not load, in a few words ('' when it loaded, or when the
+    registry has none); ``said`` holds the SDK's error messages from :func:`quiet_flag_logs`."""
+    flags = config.flags
+    if flags.source == "none":
+        return ""
+    if flags.source == "launchdarkly" and not os.environ.get(flags.sdk_key_env):
+        return f"flags.source is 'launchdarkly' but ${flags.sdk_key_env} is empty"
+    client = mesh.flag_client
+    if client is not None and client.is_initialized():
+        return ""
+    if flags.source == "file":
+        problem = _read_flag_file(config)[0]
+        if problem:
+            return problem
+    where = f"flag file {flags.path}" if flags.source == "file" else "LaunchDarkly"
+    text = f"the LaunchDarkly client did not initialise from {where} within flags.start_wait ({flags.start_wait:g} s)"
+    return text + (f" ({said[0]})" if said else "")
 
 
 def _failed_note(svc: ServiceConfig, route: Route, failed: set[str]) -> str:
@@ -1103,7 +1126,7 @@ class _Captured(logging.Handler):
 
 
 @contextlib.contextmanager
-def _quiet_flag_logs() -> Iterator[list[str]]:
+def quiet_flag_logs() -> Iterator[list[str]]:
     """Doctor reports flag trouble itself: keep the library's and the SDK's log lines (and the
     tracebacks the SDK prints) out of its output; yields the SDK's error messages."""
     handler = _Captured()
@@ -1148,6 +1171,8 @@ def seconds_arg(text: str) -> float:
         raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"must be a number of seconds greater than 0, got {text!r}")
+    if value > MAX_SECONDS:  # what the library accepts (sockets refuse far less than infinity)
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_SECONDS} seconds (a day), got {text!r}")
     return value
 
 

@@ -247,6 +247,24 @@ def test_call_takes_the_route_asked_for_and_the_backend_sees_it(
     assert json.loads(out.split("application/json\n", 1)[1])["path"] == "/v1/users/1"  # the body, printed
 
 
+def test_call_forced_to_envoy_that_fails_over_to_haproxy_exits_3(
+    mesh: RunningMesh, backend: Backend, key: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = registry(backend, Path(mesh.data["flags"]["path"]))  # an Envoy address nothing listens on
+    data["services"]["users"]["haproxy"] = mesh.data["services"]["users"]["haproxy"]  # the running HAProxy
+    path = write_toml(tmp_path / "mesh.toml", data)
+    assert run(["call", str(path), "users", "GET", f"/?key={key}", "--route", "envoy"]) == 3
+    captured = capsys.readouterr()
+    row = fields(captured.out)
+    assert (row["status"], row["route"], row["failed_over"]) == ("200 OK", "haproxy", "yes")
+    assert captured.err == (
+        "mesh-client call: --route envoy was asked for, but the call went via haproxy "
+        "(Envoy refused the connection, failed over to HAProxy)\n"
+    )
+    (seen,) = backend.records(key)  # delivered once, through HAProxy
+    assert "x-mesh-timeout-ms" in seen.headers
+
+
 def test_call_without_route_follows_the_flag(
     mesh: RunningMesh, backend: Backend, key: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

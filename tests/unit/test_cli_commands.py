@@ -9,6 +9,9 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,7 @@ from mesh_client.info import CallInfo
 from mesh_client.registry import load_file
 from mesh_client.routing import rollout_flag, route_flag, write_flag_file
 from mesh_client.sidecar import envoy_bootstrap, free_port
+from mesh_client.testing import Backend
 
 
 def parser() -> argparse.ArgumentParser:
@@ -154,6 +158,8 @@ def test_call_invalid_registry_exits_1(tmp_path: Path, capsys: pytest.CaptureFix
     [
         (["--timeout", "0"], "argument --timeout: must be a number of seconds greater than 0"),
         (["--timeout", "soon"], "argument --timeout: must be a number of seconds, got 'soon'"),
+        # what no socket takes: refused here, not a traceback from the library later
+        (["--timeout", "1e10"], "argument --timeout: must be at most 86400 seconds (a day), got '1e10'"),
         (["--route", "nginx"], "argument --route: invalid choice: 'nginx'"),
         (["--max-body", "-1"], "argument --max-body: must be 0 (no limit) or more"),
     ],
@@ -210,9 +216,12 @@ def test_call_transport_error_prints_the_error_classes_and_call_info(
 
 
 def test_call_transport_error_as_json(registry: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["call", str(registry), "users", "GET", "/", "--route", "envoy", "--json", "--timeout", "0.5"]) == 1
-    result = json.loads(capsys.readouterr().out)
-    # the sidecar refused the connection: failover to HAProxy, which refused it too
+    # the sidecar refused the connection: failover to HAProxy, which refused it too; the route asked
+    # for was not the one taken, so 3 (not 1), whatever the outcome
+    assert main(["call", str(registry), "users", "GET", "/", "--route", "envoy", "--json", "--timeout", "0.5"]) == 3
+    captured = capsys.readouterr()
+    assert captured.err.startswith("mesh-client call: --route envoy was asked for, but the call went via haproxy")
+    result = json.loads(captured.out)
     assert result["ok"] is False
     assert result["status"] is None
     assert result["body"] is None
@@ -222,6 +231,49 @@ def test_call_transport_error_as_json(registry: Path, capsys: pytest.CaptureFixt
     assert result["error"]["type"] == "MeshConnectError"
     assert result["error"]["classes"] == ["MeshConnectError", "requests.exceptions.ConnectionError"]
     assert "cannot connect to haproxy" in result["error"]["message"]
+
+
+def test_call_forced_route_that_was_not_taken_exits_3(registry: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # nothing listens at mesh.envoy_http: the call fails over to "HAProxy" (a backend on its port)
+    config = load_file(registry)
+    with Backend("users", port=config.services["users"].haproxy.port):
+        assert main(["call", str(registry), "users", "GET", "/", "--route", "envoy"]) == 3
+        captured = capsys.readouterr()
+        assert "  status                  200 OK" in captured.out  # the answer is still shown
+        assert "  failed_over             yes" in captured.out
+        assert captured.err == (
+            "mesh-client call: --route envoy was asked for, but the call went via haproxy "
+            "(Envoy refused the connection, failed over to HAProxy)\n"
+        )
+        # the route asked for and taken: 0; no route asked for: the flag decides, nothing to hold it to
+        assert main(["call", str(registry), "users", "GET", "/", "--route", "haproxy"]) == 0
+        assert main(["call", str(registry), "users", "GET", "/"]) == 0
+        assert capsys.readouterr().err == ""
+
+
+def run_cli(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The command as a user runs it: a new process, so the SDK's own logging reaches stderr."""
+    return subprocess.run(
+        [sys.executable, "-m", "mesh_client", *argv],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_call_with_a_flag_source_that_fails_notes_it_in_one_line(tmp_path: Path) -> None:
+    path = write_registry(tmp_path)  # flags.json was never written
+    config = load_file(path)
+    with Backend("users", port=config.services["users"].haproxy.port):
+        done = run_cli("call", str(path), "users", "GET", "/")
+    assert done.returncode == 0, done.stderr  # the call itself worked, on the fallback route
+    assert done.stderr == (
+        f"mesh-client call: note: the flag source did not load: cannot read flag file {tmp_path / 'flags.json'}: "
+        "No such file or directory; the call takes the fallback route\n"
+    )
+    assert "route_reason            flag mesh-route-users has no value" in done.stdout
 
 
 def fake_response(status: int, body: bytes, content_type: str = "application/json") -> requests.Response:
@@ -322,8 +374,28 @@ def test_doctor_invalid_registry_is_one_failed_check(tmp_path: Path, capsys: pyt
     assert main(["doctor", str(bad)]) == 1
     out = capsys.readouterr().out
     assert "FAIL  registry             mesh.envoy_http: 'nowhere' is not a 'host:port' address" in out
-    assert "-> fix: correct the key named" in out
+    assert f"-> fix: correct mesh.envoy_http in {bad} (docs/registry.md lists every key)" in out
     assert out.splitlines()[-1] == "1 check: 0 OK, 0 WARN, 1 FAIL: FAILED"
+
+
+@pytest.mark.parametrize(
+    ("content", "detail", "fix"),
+    [
+        (None, "cannot read the registry: No such file or directory", "pass the path of a registry TOML file"),
+        ("[mesh\n", "not valid TOML: Expected ']'", "correct the file where the message says"),
+    ],
+)
+def test_doctor_fix_for_a_registry_that_names_no_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str | None, detail: str, fix: str
+) -> None:
+    path = tmp_path / "mesh.toml"
+    if content is not None:
+        path.write_text(content)
+    assert main(["doctor", str(path)]) == 1
+    (line,) = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("FAIL")]
+    assert line.startswith(f"FAIL  registry             {detail}")
+    assert f"-> fix: {fix}" in line
+    assert "key" not in line.split("-> fix:")[1]  # no key is named, so the fix names none
 
 
 def test_doctor_with_nothing_running_fails_each_proxy_check_with_its_fix(
@@ -408,6 +480,7 @@ def test_doctor_no_flag_source_is_ok(tmp_path: Path) -> None:
     ("option", "message"),
     [
         (["--timeout", "-1"], "argument --timeout: must be a number of seconds greater than 0"),
+        (["--timeout", "1e10"], "argument --timeout: must be at most 86400 seconds (a day), got '1e10'"),
         (["--path", "health"], "argument --path: must be a path starting with '/'"),
     ],
 )
