@@ -136,17 +136,31 @@ def test_doctor_on_a_healthy_mesh_is_all_ok(mesh: RunningMesh, capsys: pytest.Ca
     assert out.splitlines()[-1] == "9 checks: 9 OK, 0 WARN, 0 FAIL: healthy"
 
 
-def test_doctor_fails_the_header_check_of_an_envoy_without_internal_address_config(
-    mesh: RunningMesh, tmp_path: Path, backend: Backend, envoy_bin: str, capsys: pytest.CaptureFixture[str]
-) -> None:
+def own_envoy_registry(mesh: RunningMesh, backend: Backend, tmp_path: Path) -> tuple[Path, MeshConfig]:
+    """A registry file with Envoy addresses of its own (nothing listens there yet), the running
+    HAProxy and the flag file; and its config."""
     data = registry(backend, Path(mesh.data["flags"]["path"]))
     data["services"]["users"]["haproxy"] = mesh.data["services"]["users"]["haproxy"]  # the running HAProxy
     path = write_toml(tmp_path / "mesh.toml", data)
-    config = load_file(path)
-    assert config.envoy_admin is not None
+    return path, load_file(path)
+
+
+def egress_hcm(bootstrap: dict[str, Any]) -> dict[str, Any]:
+    """The HTTP connection manager of a rendered bootstrap's egress listener."""
+    hcm: dict[str, Any] = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
+        "typed_config"
+    ]
+    return hcm
+
+
+def test_doctor_fails_the_header_check_of_an_envoy_without_internal_address_config(
+    mesh: RunningMesh, tmp_path: Path, backend: Backend, envoy_bin: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, config = own_envoy_registry(mesh, backend, tmp_path)
     bootstrap = envoy_bootstrap(config)
-    hcm = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-    del hcm["internal_address_config"]  # what an Envoy >= 1.36 configured before the change looks like
+    del egress_hcm(bootstrap)[
+        "internal_address_config"
+    ]  # what an Envoy >= 1.36 configured before the change looks like
     with start_envoy(config, tmp_path, binary=envoy_bin, bootstrap=bootstrap):
         assert run(["doctor", str(path)]) == 1
     out = capsys.readouterr().out
@@ -167,12 +181,9 @@ def test_doctor_names_the_reporting_settings_a_stock_envoy_config_lacks(
     mesh: RunningMesh, tmp_path: Path, backend: Backend, envoy_bin: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # a control plane's config: no attempt counts either way, and the router suppresses x-envoy-* headers
-    data = registry(backend, Path(mesh.data["flags"]["path"]))
-    data["services"]["users"]["haproxy"] = mesh.data["services"]["users"]["haproxy"]  # the running HAProxy
-    path = write_toml(tmp_path / "mesh.toml", data)
-    config = load_file(path)
+    path, config = own_envoy_registry(mesh, backend, tmp_path)
     bootstrap = envoy_bootstrap(config)
-    hcm = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm = egress_hcm(bootstrap)
     (vhost,) = hcm["route_config"]["virtual_hosts"]
     del vhost["include_attempt_count_in_response"], vhost["include_request_attempt_count"]
     hcm["http_filters"][0]["typed_config"]["suppress_envoy_headers"] = True
@@ -250,9 +261,7 @@ def test_call_takes_the_route_asked_for_and_the_backend_sees_it(
 def test_call_forced_to_envoy_that_fails_over_to_haproxy_exits_3(
     mesh: RunningMesh, backend: Backend, key: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    data = registry(backend, Path(mesh.data["flags"]["path"]))  # an Envoy address nothing listens on
-    data["services"]["users"]["haproxy"] = mesh.data["services"]["users"]["haproxy"]  # the running HAProxy
-    path = write_toml(tmp_path / "mesh.toml", data)
+    path, _ = own_envoy_registry(mesh, backend, tmp_path)  # an Envoy address nothing listens on
     assert run(["call", str(path), "users", "GET", f"/?key={key}", "--route", "envoy"]) == 3
     captured = capsys.readouterr()
     row = fields(captured.out)

@@ -73,7 +73,8 @@ def test_unknown_service_is_an_error(registry: Path, capsys: pytest.CaptureFixtu
 
 
 def run_cli(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """The command as a user runs it: a new process, so the SDK's own logging would reach stderr."""
+    """The command as a user runs it: a new process, where the SDK's own logging would reach stderr
+    (under pytest it goes to the log capture instead)."""
     return subprocess.run(
         [sys.executable, "-m", "mesh_client", *argv],
         capture_output=True,

@@ -9,9 +9,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +23,8 @@ from mesh_client.registry import load_file
 from mesh_client.routing import rollout_flag, route_flag, write_flag_file
 from mesh_client.sidecar import envoy_bootstrap, free_port
 from mesh_client.testing import Backend
+
+from .test_cli import run_cli
 
 
 def parser() -> argparse.ArgumentParser:
@@ -249,18 +248,6 @@ def test_call_forced_route_that_was_not_taken_exits_3(registry: Path, capsys: py
         assert main(["call", str(registry), "users", "GET", "/", "--route", "haproxy"]) == 0
         assert main(["call", str(registry), "users", "GET", "/"]) == 0
         assert capsys.readouterr().err == ""
-
-
-def run_cli(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """The command as a user runs it: a new process, so the SDK's own logging reaches stderr."""
-    return subprocess.run(
-        [sys.executable, "-m", "mesh_client", *argv],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-        env={**os.environ, **(env or {})},
-    )
 
 
 def test_call_with_a_flag_source_that_fails_notes_it_in_one_line(tmp_path: Path) -> None:
