@@ -4,8 +4,11 @@ In the spirit of Finagle's ``RetryBudget``: every call deposits ``percent`` % of
 retry withdraws one, deposits expire after ``ttl`` seconds, and a floor of ``min_per_second``
 retries per second is always allowed so a quiet service can still retry. When the budget is
 empty, the client retries nothing more (HAProxy route, Thrift, failover) and asks Envoy for
-``x-envoy-max-retries: 0``; Envoy's own retries (reported in ``x-envoy-attempt-count``) are
-withdrawn afterwards, so both layers draw on the same budget.
+``x-envoy-max-retries: 0``; Envoy's own retries are withdrawn afterwards, so both layers draw on
+the same budget: the count Envoy reports in ``x-envoy-attempt-count`` when the route adds it, else
+the whole ``x-envoy-max-retries`` the call sent when the answer is one its retry-on conditions
+cover (Envoy gave up on it only when its retries ran out), and nothing for any other answer (see
+``CallRun._envoy_may_have_retried`` in :mod:`mesh_client.core`).
 
 So retries can add at most ``percent`` % to a service's load, plus the floor: a failing
 dependency sees about ``1 + percent/100`` requests per call instead of ``1 + retries``, and

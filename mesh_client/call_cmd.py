@@ -9,7 +9,9 @@ names. ``--json`` prints the same as one JSON object.
 
 Exit codes: 0 a response with a status below 400; 1 a status of 400 or more, a transport error
 (no response) or an invalid registry; 2 bad arguments (an unknown or Thrift service, a malformed
-``-H``, an unreadable ``--data @FILE``, a bad method or path).
+``-H``, an unreadable ``--data @FILE``, a bad method or path); 3 ``--route`` was given and the call
+went another way (the Envoy sidecar refused the connection and the call failed over to HAProxy),
+whatever its status.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import dataclasses
 import json
 import re
 import sys
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TextIO
@@ -27,7 +30,7 @@ from typing import Any, Final, TextIO
 import requests
 
 from .core import DROPPED_HEADERS
-from .doctor import seconds_arg
+from .doctor import flag_source_problem, quiet_flag_logs, seconds_arg
 from .errors import ConfigError, MeshError
 from .info import CallInfo, call_info
 from .mesh import Mesh
@@ -264,7 +267,7 @@ def _print_text(out: TextIO, call: _Outcome, *, include: bool) -> None:
 
 def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Run ``mesh-client call``: 0 for a status below 400, 1 for a higher status or an error,
-    2 for bad arguments."""
+    2 for bad arguments, 3 when the route asked for was not the route taken."""
     out = out or sys.stdout
     err = err or sys.stderr
     try:
@@ -286,7 +289,15 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
     call = _Outcome(args.service, method, path)
     route = Route(args.route) if args.route else UNSET
     timeout = args.timeout if args.timeout is not None else UNSET
-    with Mesh(config) as mesh, call_options(route=route, timeout=timeout):
+    with quiet_flag_logs() as said:  # a flag source that fails gets one line below, not the SDK's traceback
+        mesh = Mesh(config)
+    problem = flag_source_problem(config, mesh, said)
+    if problem and route is UNSET:
+        print(
+            f"mesh-client call: note: the flag source did not load: {problem}; the call takes the fallback route",
+            file=err,
+        )
+    with quiet_flag_logs() if problem else nullcontext(), mesh, call_options(route=route, timeout=timeout):
         session = mesh.requests_session()
         merged: dict[str, str] = {}
         for name, value in headers:  # repeated -H of one name: joined, as HTTP allows
@@ -304,6 +315,14 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
         print(json.dumps(_as_json(call), indent=2), file=out)
     else:
         _print_text(out, call, include=args.include)
+    if route is not UNSET and call.info is not None and call.info.route is not route:
+        why = call.info.route_reason.rsplit("; ", 1)[-1]
+        print(
+            f"mesh-client call: --route {route.value} was asked for, but the call went via {call.info.route.value} "
+            f"({why})",
+            file=err,
+        )
+        return 3
     return 0 if call.ok else 1
 
 
@@ -340,6 +359,8 @@ exit codes:
   1    a status of 400 or more, a transport error (no response), or an invalid registry
   2    bad arguments: unknown or Thrift service, malformed -H, unreadable --data @FILE,
        bad METHOD or PATH, bad option values
+  3    --route was given and the call went another way (it failed over to HAProxy),
+       whatever its status
 """
 
 

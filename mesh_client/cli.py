@@ -12,8 +12,9 @@ Commands (see ``docs/cli.md``):
 - ``mesh-client call MESH.toml SERVICE METHOD PATH``: one call, with its route, attempts and
   ``call_info`` (:mod:`mesh_client.call_cmd`).
 
-Exit codes: 0 success; 1 invalid registry, failed command or failed demo; 2 bad arguments;
-130 interrupted (Ctrl-C or SIGTERM).
+Exit codes (the table per command is in ``docs/cli.md``): 0 success; 1 invalid registry, failed
+command (``route``: the flag source did not load), failed demo or failed check; 2 bad arguments;
+3 ``call --route R`` went another way (failed over); 130 interrupted (Ctrl-C or SIGTERM).
 """
 
 from __future__ import annotations
@@ -38,15 +39,32 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _route(args: argparse.Namespace) -> int:
-    with Mesh.from_file(args.registry) as mesh:
-        names = [args.service] if args.service else sorted(mesh.config.services)
-        for name in names:
-            if name not in mesh.config.services:
-                known = ", ".join(sorted(mesh.config.services)) or "none"
-                print(f"mesh-client route: no service {name!r} in {args.registry} (services: {known})", file=sys.stderr)
-                return 2  # a bad argument, as for `call`
-            decision = mesh.route_for(name)
+    config = load_file(args.registry)
+    if args.service and args.service not in config.services:
+        known = ", ".join(sorted(config.services)) or "none"
+        print(f"mesh-client route: no service {args.service!r} in {args.registry} (services: {known})", file=sys.stderr)
+        return 2  # a bad argument, as for `call`
+    with doctor.quiet_flag_logs() as said:  # a flag source that fails is reported below, in one line
+        mesh = Mesh(config)
+    try:
+        problem = doctor.flag_source_problem(config, mesh, said)
+        for name in [args.service] if args.service else sorted(config.services):
+            if problem:  # every service falls back: its decision says so; the SDK need not repeat it
+                with doctor.quiet_flag_logs():
+                    decision = mesh.route_for(name)
+            else:
+                decision = mesh.route_for(name)
             print(f"{name:24} {decision.route.value:8} {decision.reason}")
+    finally:
+        with doctor.quiet_flag_logs():
+            mesh.close()
+    if problem:
+        print(
+            f"mesh-client route: the flag source did not load: {problem}; every route above is the fallback, "
+            f"default_route {config.default_route.value}",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

@@ -94,6 +94,11 @@ _ERROR_KINDS: Final = {
 }
 
 
+#: Envoy's own replies to requests it never sent upstream: no retry can have happened before them
+_NOT_RETRIED_BY_ENVOY: Final = frozenset(
+    {"no_route", "no_cluster", "no_healthy_upstream", "overloaded", "invalid_header"}
+)
+
 _serials = itertools.count(1)
 _ENVOY: Final = Route.ENVOY  # a module global is read faster than an enum member, on every call
 
@@ -340,6 +345,9 @@ class CallRun(Generic[R]):
     retries_done: int = 0
     failed_over: bool = False
     budget_exhausted: bool = False
+    #: the x-envoy-max-retries the Envoy attempt allowed (what a retryable answer without
+    #: Envoy's attempt count is charged to the budget)
+    envoy_retries: int = 0
     _last_attempt: Attempt | None = None
 
     def __init__(
@@ -429,12 +437,16 @@ class CallRun(Generic[R]):
         if self.route is _ENVOY and plan.envoy_enforces:
             prefix, headers = plan.mesh.header_prefix, outcome.headers
             reported = envoy.attempt_count(headers, prefix)
-            if reported and plan.budget is not None:
-                plan.budget.spend(reported - 1)  # Envoy's retries draw on the same budget
+            envoy_error = envoy.classify_reply(outcome.status, headers, outcome.body, prefix)
+            if plan.budget is not None:  # Envoy's retries draw on the same budget
+                if reported:
+                    plan.budget.spend(reported - 1)
+                elif self.envoy_retries and self._envoy_may_have_retried(outcome, envoy_error):
+                    plan.budget.spend(self.envoy_retries)  # no count: charge all it was allowed
             info = self._info(
                 attempts=reported or self.attempts,
                 upstream_service_time=envoy.upstream_service_time(headers, prefix),
-                envoy_error=envoy.classify_reply(outcome.status, headers, outcome.body, prefix),
+                envoy_error=envoy_error,
             )
             return self._done(outcome, info)
         if self._response_retryable(outcome) and (nxt := self._retry(self._retry_after(outcome))) is not None:
@@ -495,6 +507,23 @@ class CallRun(Generic[R]):
                 outcome.error,
             )
         return self._fail(MeshTransportError, f"the connection to {where} broke{detail} after {tries}", outcome.error)
+
+    def _envoy_may_have_retried(self, outcome: Responded[R], envoy_error: str | None) -> bool:
+        """Whether Envoy could have retried before giving up with this answer: the call's retry-on
+        tokens cover it, so Envoy stopped only when its retries (or the time) ran out. A success,
+        an application's 4xx and Envoy's replies to requests it never sent upstream (no route, no
+        cluster, no healthy upstream, overload, invalid header) say no."""
+        tokens = self.tokens
+        if envoy_error is not None and f"{self.plan.mesh.header_prefix}-upstream-service-time" not in outcome.headers:
+            if envoy_error in _NOT_RETRIED_BY_ENVOY:
+                return False
+            if envoy_error == "connect_failure":
+                return not envoy.CONNECT_FAILURE_RETRY_ON.isdisjoint(tokens)
+            if envoy_error in ("upstream_reset", "timeout") and not envoy.RESET_RETRY_ON.isdisjoint(tokens):
+                return True
+        return envoy.retry_on_covers_status(
+            outcome.status, outcome.headers, tokens, self.policy.retriable_status_codes, self.plan.mesh.header_prefix
+        )
 
     # -- retry rules (HAProxy route; Envoy applies the same ones itself) -------------------------
 
@@ -579,6 +608,8 @@ class CallRun(Generic[R]):
             if self._budget_left >= 0 and self.tokens and retries > 0 and self._budget_left < retries:
                 retries = self._budget_left  # (the budget as the call found it: one Envoy attempt per call)
                 self.budget_exhausted = retries == 0
+            if self.tokens:
+                self.envoy_retries = retries  # (the template sends it only with a retry-on condition)
             per_try_applies = per_try is not None and per_try < remaining
             timeout_header, policy_rest = plan.envoy_template(policy, per_try_applies, retries, self.tokens)
             margin = remaining * ENVOY_MARGIN_SHARE  # within [ENVOY_MARGIN_MIN, ENVOY_MARGIN_MAX]

@@ -11,12 +11,18 @@ not ``OK``, the fix. In order:
    reaches the service. Envoy's 404 with an empty body (``no_route``) means ``envoy_host`` matches
    none of Envoy's domains.
 5. ``envoy headers``: Envoy honours the client's ``x-envoy-*`` headers (see below).
-6. ``envoy thrift`` (only with Thrift services): the Thrift listener accepts connections.
-7. ``haproxy NAME``, per service: the service's HAProxy port accepts connections (and, for HTTP
+6. ``envoy reporting`` (with HTTP services): the virtual hosts of the HTTP services set
+   ``include_attempt_count_in_response`` (without it ``call_info().attempts`` stays 1 and the retry
+   budget charges every retryable answer all the retries Envoy was allowed) and
+   ``include_request_attempt_count``, and the router filter does not set ``suppress_envoy_headers``;
+   read from ``/config_dump`` (RDS route configurations included), else judged by whether Envoy's
+   answers in check 4 carried ``x-envoy-attempt-count``. Missing settings are a ``WARN``.
+7. ``envoy thrift`` (only with Thrift services): the Thrift listener accepts connections.
+8. ``haproxy NAME``, per service: the service's HAProxy port accepts connections (and, for HTTP
    services, answers a ``GET``).
-8. ``flags``: the flag source loads (the flag file is readable, valid JSON, and LaunchDarkly's file
+9. ``flags``: the flag source loads (the flag file is readable, valid JSON, and LaunchDarkly's file
    data source loaded it; or the LaunchDarkly client initialised within ``flags.start_wait``).
-9. ``route NAME``, per service: what the flags decide now (:meth:`Mesh.route_for`), and why.
+10. ``route NAME``, per service: what the flags decide now (:meth:`Mesh.route_for`), and why.
 
 Verdicts: ``OK``; ``WARN`` (calls work, but something is off or could not be proven); ``FAIL``
 (calls go wrong, or will); ``SKIP`` (not checked because a check it needs failed). The exit code
@@ -82,13 +88,23 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TextIO
 
 from . import envoy, haproxy
 from .errors import ConfigError
-from .policy import Route
+from .policy import MAX_SECONDS, Route
 from .registry import Address, MeshConfig, ServiceConfig, load_file
 
 if TYPE_CHECKING:
     from .mesh import Mesh
 
-__all__ = ["DEFAULT_TIMEOUT", "Check", "add_parser", "diagnose", "exit_code", "run", "seconds_arg"]
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "Check",
+    "add_parser",
+    "diagnose",
+    "exit_code",
+    "flag_source_problem",
+    "quiet_flag_logs",
+    "run",
+    "seconds_arg",
+]
 
 #: Seconds each network step may take (``--timeout``).
 DEFAULT_TIMEOUT: Final = 2.0
@@ -255,6 +271,8 @@ class _Admin:
 
     version: str = ""
     listeners: list[dict[str, Any]] = field(default_factory=list)
+    #: route configurations that came over RDS, by name (inline ones are in the listeners)
+    route_configs: dict[str, dict[str, Any]] = field(default_factory=dict)
     header_prefix: str | None = None
     error: str = ""
 
@@ -363,6 +381,65 @@ def _domains(listener: Mapping[str, Any] | None) -> str:
     return f"; Envoy's domains: {', '.join(domains)}" if domains else ""
 
 
+def _route_configs(dump: Any) -> dict[str, dict[str, Any]]:
+    """The route configurations of a ``/config_dump?resource=dynamic_route_configs`` answer, by name."""
+    found: dict[str, dict[str, Any]] = {}
+    configs = dump.get("configs", []) if isinstance(dump, dict) else []
+    for entry in configs if isinstance(configs, list) else []:
+        route_config = entry.get("route_config") if isinstance(entry, dict) else None
+        if isinstance(route_config, dict):
+            found[str(route_config.get("name", ""))] = route_config
+    return found
+
+
+def _virtual_host_for(route_config: Mapping[str, Any], host: str) -> dict[str, Any] | None:
+    """The virtual host Envoy picks for ``Host: host``: an exact domain, else the longest suffix
+    wildcard (``*.example.com``), else the longest prefix wildcard (``users.*``), else ``*``."""
+    host = host.lower()
+    best: dict[str, Any] | None = None
+    best_rank = (-1, 0)
+    for vhost in route_config.get("virtual_hosts", []):
+        if not isinstance(vhost, dict):
+            continue
+        for domain in (str(d).lower() for d in vhost.get("domains", [])):
+            if domain == host:
+                return vhost
+            if domain == "*":
+                rank = (0, 0)
+            elif domain.startswith("*") and len(host) >= len(domain) and host.endswith(domain[1:]):
+                rank = (2, len(domain))
+            elif domain.endswith("*") and len(host) >= len(domain) and host.startswith(domain[:-1]):
+                rank = (1, len(domain))
+            else:
+                continue
+            if rank > best_rank:
+                best, best_rank = vhost, rank
+    return best
+
+
+def _suppresses_envoy_headers(hcm: Mapping[str, Any]) -> bool:
+    """Whether the connection manager's router filter sets ``suppress_envoy_headers``."""
+    for flt in hcm.get("http_filters", []):
+        typed = flt.get("typed_config", {}) if isinstance(flt, dict) else {}
+        router = flt.get("name") == "envoy.filters.http.router" or str(typed.get("@type", "")).endswith(".Router")
+        if router and isinstance(typed, dict) and typed.get("suppress_envoy_headers") is True:
+            return True
+    return False
+
+
+#: Virtual host settings the client reads, and what goes missing without them.
+ATTEMPT_COUNT_SETTINGS: Final = {
+    "include_attempt_count_in_response": (
+        "call_info().attempts stays 1, and the retry budget charges every retryable answer all the retries "
+        "Envoy was allowed (it cannot see Envoy's retries that ended in a success)"
+    ),
+    "include_request_attempt_count": (
+        "the service is not told which attempt a request is (no x-envoy-attempt-count on requests)"
+    ),
+}
+_ATTEMPTS_DOC: Final = "docs/routes.md#envoy-settings-the-client-needs"
+
+
 # -- probes of the header check ------------------------------------------------------------------
 
 
@@ -402,6 +479,7 @@ class _Doctor:
         source_ip = self._egress(config)
         routed = self._vhosts(config, source_ip is not None, admin)
         self._headers(config, admin, source_ip, routed)
+        self._reporting(config, admin, routed)
         self._thrift(config)
         self._haproxy(config)
         self._flags(config)
@@ -411,7 +489,13 @@ class _Doctor:
         try:
             config = load_file(self.registry)
         except ConfigError as exc:
-            self.check("registry", "FAIL", str(exc), "correct the key named (docs/registry.md lists every key)")
+            if exc.key is not None:
+                fix = f"correct {exc.key} in {self.registry} (docs/registry.md lists every key)"
+            elif not os.access(self.registry, os.R_OK) or not Path(self.registry).is_file():
+                fix = "pass the path of a registry TOML file this user can read (docs/registry.md)"
+            else:
+                fix = "correct the file where the message says (docs/registry.md describes the format)"
+            self.check("registry", "FAIL", str(exc), fix)
             return None
         services = ", ".join(f"{s.name} ({s.protocol})" for s in config.services.values()) or "none"
         flags = config.flags
@@ -446,6 +530,9 @@ class _Doctor:
         try:
             for resource in ("static_listeners", "dynamic_listeners"):
                 admin.listeners += _listeners(_admin_json(address, f"/config_dump?resource={resource}", self.timeout))
+            if any("rds" in hcm for listener in admin.listeners for hcm in _hcms(listener)):
+                dump = _admin_json(address, "/config_dump?resource=dynamic_route_configs", self.timeout)
+                admin.route_configs = _route_configs(dump)
             bootstrap = _admin_json(address, "/config_dump?mask=bootstrap.header_prefix", self.timeout)
             for entry in bootstrap.get("configs", []) if isinstance(bootstrap, dict) else []:
                 prefix = entry.get("bootstrap", {}).get("header_prefix") if isinstance(entry, dict) else None
@@ -722,6 +809,104 @@ class _Doctor:
                 else "make Envoy's admin endpoint (mesh.envoy_admin) readable from this machine",
             )
 
+    # -- what Envoy reports back ------------------------------------------------------------------
+
+    def _reporting(self, config: MeshConfig, admin: _Admin | None, routed: dict[str, _Reply]) -> None:
+        """Which settings that make Envoy report attempts (and its timings) the running config
+        lacks, per virtual host of the HTTP services; from the answers alone without the config."""
+        name = "envoy reporting"
+        http = [svc for svc in config.services.values() if svc.protocol == "http"]
+        if not http:
+            return
+        listener = None
+        if admin is not None and not admin.error:
+            listener = _listener_at(admin.listeners, config.envoy_http, self.egress_ip)
+        if listener is None:
+            self._reporting_from_answers(config, routed)
+            return
+        assert admin is not None
+        missing: dict[str, list[str]] = {setting: [] for setting in ATTEMPT_COUNT_SETTINGS}
+        seen: list[str] = []
+        suppressed = False
+        for hcm in _hcms(listener):
+            suppressed = suppressed or _suppresses_envoy_headers(hcm)
+            route_config = hcm.get("route_config")
+            if route_config is None and isinstance(hcm.get("rds"), dict):
+                route_config = admin.route_configs.get(str(hcm["rds"].get("route_config_name", "")))
+            for svc in http:
+                vhost = _virtual_host_for(route_config, svc.envoy_host) if isinstance(route_config, dict) else None
+                if vhost is None:
+                    continue  # (the envoy vhost check says whether Envoy routes it)
+                label = str(vhost.get("name", "?"))
+                label = label if label == svc.name else f"{label} (for {svc.name})"
+                seen.append(label)
+                for setting, hosts in missing.items():
+                    if vhost.get(setting) is not True:
+                        hosts.append(label)
+        problems = [
+            f"{setting} is not set on virtual host {', '.join(dict.fromkeys(hosts))}: {ATTEMPT_COUNT_SETTINGS[setting]}"
+            for setting, hosts in missing.items()
+            if hosts
+        ]
+        if suppressed:
+            problems.append(
+                "the router filter sets suppress_envoy_headers: the called service gets no "
+                f"{config.header_prefix}-expected-rq-timeout-ms (its middleware sees no deadline), "
+                "call_info().upstream_service_time stays None, and Envoy's overload signal no longer reaches the client"
+            )
+        if not seen:
+            names = ", ".join(svc.envoy_host for svc in http)
+            if any(c.name.startswith("envoy vhost ") and c.verdict == "FAIL" for c in self.checks):
+                self.check(name, "SKIP", f"not checked: no virtual host routes {names} (see the envoy vhost checks)")
+            else:
+                self.check(
+                    name,
+                    "WARN",
+                    f"cannot tell: the virtual hosts for {names} are not in the route configuration doctor read "
+                    f"from listener {listener.get('name', '?')} (scoped routes?)",
+                    f"check include_attempt_count_in_response and include_request_attempt_count by hand "
+                    f"({_ATTEMPTS_DOC})",
+                )
+            return
+        if problems:
+            settings = [f"{setting}: true" for setting, hosts in missing.items() if hosts]
+            fixes = [f"set {' and '.join(settings)} on the virtual hosts named"] if settings else []
+            if suppressed:
+                fixes.append("remove suppress_envoy_headers from the router filter")
+            self.check(name, "WARN", "; ".join(problems), f"{'; '.join(fixes)} ({_RENDER_HINT}; {_ATTEMPTS_DOC})")
+            return
+        self.check(
+            name,
+            "OK",
+            f"virtual host {', '.join(dict.fromkeys(seen))}: include_attempt_count_in_response and "
+            "include_request_attempt_count set",
+        )
+
+    def _reporting_from_answers(self, config: MeshConfig, routed: dict[str, _Reply]) -> None:
+        """The ``envoy reporting`` check without Envoy's config: whether its answers carried the count."""
+        name = "envoy reporting"
+        if not routed:
+            self.check(name, "SKIP", "not checked: Envoy's config was not read and no HTTP service answered through it")
+            return
+        prefix = config.header_prefix
+        without = [svc for svc, reply in routed.items() if envoy.attempt_count(reply.headers, prefix) is None]
+        if without:
+            consequence = ATTEMPT_COUNT_SETTINGS["include_attempt_count_in_response"]
+            self.check(
+                name,
+                "WARN",
+                f"Envoy's answers via {', '.join(without)} carry no {prefix}-attempt-count, so "
+                f"include_attempt_count_in_response is not set: {consequence}",
+                f"set include_attempt_count_in_response: true on the virtual hosts ({_ATTEMPTS_DOC})",
+            )
+            return
+        self.check(
+            name,
+            "OK",
+            f"Envoy's answers via {', '.join(routed)} carry {prefix}-attempt-count "
+            "(include_request_attempt_count was not checked: Envoy's config was not read)",
+        )
+
     # -- the rest --------------------------------------------------------------------------------
 
     def _thrift(self, config: MeshConfig) -> None:
@@ -783,10 +968,9 @@ class _Doctor:
 
     def _flags(self, config: MeshConfig) -> None:
         flags = config.flags
-        where = f"flag file {flags.path}" if flags.source == "file" else "LaunchDarkly"
         summary = ""
         if flags.source == "file":
-            problem, summary, warning = self._read_flag_file(config)
+            problem, summary, warning = _read_flag_file(config)
             if problem:
                 fix = f"write it (mesh_client.routing.write_flag_file) or correct flags.path in {self.registry}"
                 self.check(
@@ -794,42 +978,29 @@ class _Doctor:
                 )
                 self._routes(config, None)
                 return
-        elif flags.source == "launchdarkly" and not os.environ.get(flags.sdk_key_env):
-            self.check(
-                "flags",
-                "FAIL",
-                f"flags.source is 'launchdarkly' but ${flags.sdk_key_env} is empty; every call uses default_route "
-                f"{config.default_route.value}",
-                f"export {flags.sdk_key_env}=<the LaunchDarkly server-side SDK key>",
-            )
-            self._routes(config, None)
-            return
         from .mesh import Mesh
 
         started = time.monotonic()
-        with _quiet_flag_logs() as messages:
+        with quiet_flag_logs() as messages:
             mesh = Mesh(config)  # the LaunchDarkly client waits at most flags.start_wait
-        said = messages[0] if messages else ""
         try:
             took = time.monotonic() - started
             client = mesh.flag_client
+            problem = flag_source_problem(config, mesh, messages)
             if flags.source == "none":
                 self.check(
                     "flags",
                     "OK",
                     f"no flag source (flags.source = 'none'): calls use default_route {config.default_route.value}",
                 )
-            elif client is None or not client.is_initialized():
-                self.check(
-                    "flags",
-                    "FAIL",
-                    f"the LaunchDarkly client did not initialise from {where} within flags.start_wait "
-                    f"({flags.start_wait:g} s){f' ({said})' if said else ''}; calls use default_route "
-                    f"{config.default_route.value}",
-                    "check network access to LaunchDarkly and the SDK key, or raise flags.start_wait"
-                    if flags.source == "launchdarkly"
-                    else "check that the file is LaunchDarkly flag data (docs/registry.md)",
-                )
+            elif problem:
+                if flags.source == "launchdarkly" and client is None:  # no SDK key
+                    fix = f"export {flags.sdk_key_env}=<the LaunchDarkly server-side SDK key>"
+                elif flags.source == "launchdarkly":
+                    fix = "check network access to LaunchDarkly and the SDK key, or raise flags.start_wait"
+                else:
+                    fix = "check that the file is LaunchDarkly flag data (docs/registry.md)"
+                self.check("flags", "FAIL", f"{problem}; calls use default_route {config.default_route.value}", fix)
             elif flags.source == "file" and warning:
                 self.check("flags", "WARN", f"{summary}; {warning}", ROLLOUT_FIX)
             elif flags.source == "file":
@@ -839,38 +1010,8 @@ class _Doctor:
             loaded = flags.source == "none" or (client is not None and client.is_initialized())
             self._routes(config, mesh if loaded else None)
         finally:
-            with _quiet_flag_logs():
+            with quiet_flag_logs():
                 mesh.close()
-
-    def _read_flag_file(self, config: MeshConfig) -> tuple[str, str, str]:
-        """(problem, summary, warning) about the flag file; an empty problem when it is usable."""
-        path = config.flags.path
-        assert path is not None
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except OSError as exc:
-            return f"cannot read flag file {path}: {exc.strerror or exc}", "", ""
-        except UnicodeDecodeError as exc:
-            return f"flag file {path} is not UTF-8 text ({exc})", "", ""
-        except ValueError as exc:
-            return f"flag file {path} is not valid JSON ({exc})", "", ""
-        flags = data.get("flags", {}) if isinstance(data, dict) else None
-        values = data.get("flagValues", {}) if isinstance(data, dict) else None
-        if not isinstance(flags, dict) or not isinstance(values, dict):
-            return f'flag file {path} is not LaunchDarkly flag data (an object with "flags" or "flagValues")', "", ""
-        keys = set(flags) | set(values)
-        ours = [config.flags.key_for(s) for s in config.services]
-        found = [k for k in ours if k in keys]
-        summary = (
-            f"flag file {path}: valid JSON, {len(keys)} flag(s), route flags for {len(found)} of {len(ours)} service(s)"
-        )
-        bad = [k for k in found if k in flags and _rollout_without_kind(flags[k])]
-        warning = (
-            f'{", ".join(bad)}: a rollout without "contextKind": "service" (every caller lands in the same bucket)'
-            if bad
-            else ""
-        )
-        return "", summary, warning
 
     def _routes(self, config: MeshConfig, mesh: Mesh | None) -> None:
         failed = {c.name for c in self.checks if c.verdict == "FAIL"}
@@ -882,7 +1023,7 @@ class _Doctor:
                 detail = f"{route.value}: the flag source did not load, so default_route applies"
                 self.check(name, "WARN", detail + _failed_note(svc, route, failed), "fix the flags check above")
                 continue
-            with _quiet_flag_logs():
+            with quiet_flag_logs():
                 decision = mesh.route_for(svc.name)
             detail = f"{decision.route.value}: {decision.reason}" + _failed_note(svc, decision.route, failed)
             if config.flags.source == "none" or decision.flag_value in ("envoy", "haproxy"):
@@ -894,6 +1035,57 @@ class _Doctor:
                 self.check(name, "WARN", detail, fix)
             else:
                 self.check(name, "WARN", detail, f"make the variations of {key} 'envoy' and 'haproxy'")
+
+
+def _read_flag_file(config: MeshConfig) -> tuple[str, str, str]:
+    """(problem, summary, warning) about the flag file; an empty problem when it is usable."""
+    path = config.flags.path
+    assert path is not None
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        return f"cannot read flag file {path}: {exc.strerror or exc}", "", ""
+    except UnicodeDecodeError as exc:
+        return f"flag file {path} is not UTF-8 text ({exc})", "", ""
+    except ValueError as exc:
+        return f"flag file {path} is not valid JSON ({exc})", "", ""
+    flags = data.get("flags", {}) if isinstance(data, dict) else None
+    values = data.get("flagValues", {}) if isinstance(data, dict) else None
+    if not isinstance(flags, dict) or not isinstance(values, dict):
+        return f'flag file {path} is not LaunchDarkly flag data (an object with "flags" or "flagValues")', "", ""
+    keys = set(flags) | set(values)
+    ours = [config.flags.key_for(s) for s in config.services]
+    found = [k for k in ours if k in keys]
+    summary = (
+        f"flag file {path}: valid JSON, {len(keys)} flag(s), route flags for {len(found)} of {len(ours)} service(s)"
+    )
+    bad = [k for k in found if k in flags and _rollout_without_kind(flags[k])]
+    warning = (
+        f'{", ".join(bad)}: a rollout without "contextKind": "service" (every caller lands in the same bucket)'
+        if bad
+        else ""
+    )
+    return "", summary, warning
+
+
+def flag_source_problem(config: MeshConfig, mesh: Mesh, said: list[str] | None = None) -> str:
+    """Why ``mesh``'s flag source did not load, in a few words ('' when it loaded, or when the
+    registry has none); ``said`` holds the SDK's error messages from :func:`quiet_flag_logs`."""
+    flags = config.flags
+    if flags.source == "none":
+        return ""
+    if flags.source == "launchdarkly" and not os.environ.get(flags.sdk_key_env):
+        return f"flags.source is 'launchdarkly' but ${flags.sdk_key_env} is empty"
+    client = mesh.flag_client
+    if client is not None and client.is_initialized():
+        return ""
+    if flags.source == "file":
+        problem = _read_flag_file(config)[0]
+        if problem:
+            return problem
+    where = f"flag file {flags.path}" if flags.source == "file" else "LaunchDarkly"
+    text = f"the LaunchDarkly client did not initialise from {where} within flags.start_wait ({flags.start_wait:g} s)"
+    return text + (f" ({said[0]})" if said else "")
 
 
 def _failed_note(svc: ServiceConfig, route: Route, failed: set[str]) -> str:
@@ -934,7 +1126,7 @@ class _Captured(logging.Handler):
 
 
 @contextlib.contextmanager
-def _quiet_flag_logs() -> Iterator[list[str]]:
+def quiet_flag_logs() -> Iterator[list[str]]:
     """Doctor reports flag trouble itself: keep the library's and the SDK's log lines (and the
     tracebacks the SDK prints) out of its output; yields the SDK's error messages."""
     handler = _Captured()
@@ -979,6 +1171,8 @@ def seconds_arg(text: str) -> float:
         raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"must be a number of seconds greater than 0, got {text!r}")
+    if value > MAX_SECONDS:  # what the library accepts (sockets refuse far less than infinity)
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_SECONDS} seconds (a day), got {text!r}")
     return value
 
 
@@ -992,9 +1186,11 @@ DESCRIPTION = """\
 Checks that this machine's mesh matches the registry: the registry loads; Envoy's admin
 endpoint answers (with mesh.envoy_admin); Envoy's HTTP egress accepts connections; every HTTP
 service's virtual host routes (GET --path with Host: envoy_host); Envoy honours the client's
-x-envoy-* headers (the listener config from /config_dump, and probes through Envoy); Envoy's
-Thrift listener accepts connections (with Thrift services); every service's HAProxy port
-accepts connections; the flag source loads; and what each service routes to now.
+x-envoy-* headers (the listener config from /config_dump, and probes through Envoy); which
+settings that make Envoy report attempts are missing (include_attempt_count_in_response,
+include_request_attempt_count); Envoy's Thrift listener accepts connections (with Thrift
+services); every service's HAProxy port accepts connections; the flag source loads; and what
+each service routes to now.
 One line per check: OK, WARN, FAIL or SKIP (not checked because a check it needs failed),
 and the fix when it is not OK.
 """

@@ -22,8 +22,9 @@ class CallInfo:
     - ``route``: :attr:`Route.ENVOY` or :attr:`Route.HAPROXY`, the route that produced the answer.
     - ``attempts``: requests sent towards the upstream, as far as the client knows: the client's
       own attempts on the HAProxy route; on the Envoy route Envoy's count when it reports it
-      (``x-envoy-attempt-count``), else 1. A refused connection to Envoy before a failover is
-      not an attempt.
+      (``x-envoy-attempt-count``, with the route's ``include_attempt_count_in_response``), else 1,
+      the one request sent to Envoy, however many times Envoy retried it. A refused connection to
+      Envoy before a failover is not an attempt.
     - ``failed_over``: the Envoy sidecar refused the connection and the call went via HAProxy.
     - ``upstream_service_time``: seconds, from Envoy's ``x-envoy-upstream-service-time``, or None.
     - ``envoy_error``: None, or the kind of Envoy-generated failure (see

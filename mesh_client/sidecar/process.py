@@ -14,10 +14,11 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import IO, Any
 
 from ..registry import Address, MeshConfig
 from .render import envoy_bootstrap_json, haproxy_config
@@ -61,6 +62,46 @@ def haproxy_binary() -> str | None:
     return "/usr/sbin/haproxy" if os.access("/usr/sbin/haproxy", os.X_OK) else None
 
 
+class _Spawner:
+    """Forks sidecars from one long-lived thread when the caller is not the main thread.
+
+    Linux's parent-death signal (``PR_SET_PDEATHSIG``, which a launcher may set before it execs
+    the binary, and which survives the exec) fires when the *thread* that forked the child exits,
+    not the process. A sidecar started from a short-lived thread (a fixture's helper, a worker)
+    would die with it; forked from this thread, it lives as long as the process. The main
+    thread forks directly: it lasts as long as the process anyway."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._executor: ThreadPoolExecutor | None = None
+
+    def popen(self, argv: list[str], log: IO[bytes]) -> subprocess.Popen[bytes]:
+        """Start ``argv`` with its output in ``log`` and no input."""
+
+        def spawn() -> subprocess.Popen[bytes]:
+            return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+        if threading.current_thread() is threading.main_thread():
+            return spawn()
+        with self._lock:
+            if self._executor is None:  # (its one worker waits for work until the process ends)
+                self._executor = ThreadPoolExecutor(1, thread_name_prefix="mesh-sidecar-spawner")
+            executor = self._executor
+        return executor.submit(spawn).result()
+
+
+_spawner = _Spawner()
+
+
+def _new_spawner_after_fork() -> None:
+    # the spawner's thread did not survive the fork (and its lock may be held): a child makes its own
+    global _spawner
+    _spawner = _Spawner()
+
+
+os.register_at_fork(after_in_child=_new_spawner_after_fork)
+
+
 class SidecarProcess:
     """One proxy process: started with :meth:`start`, stopped by its own pid with :meth:`stop`."""
 
@@ -78,9 +119,10 @@ class SidecarProcess:
         return self.process.pid if self.process else None
 
     def start(self, timeout: float = 15.0) -> SidecarProcess:
-        """Start the process and wait until it answers; raise RuntimeError with its log if not."""
+        """Start the process and wait until it answers; raise RuntimeError with its log if not.
+        Any thread may start it: it runs until :meth:`stop`, also after that thread ends."""
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.process = _spawner.popen(self.argv, log)
         try:
             until = time.monotonic() + timeout
             while time.monotonic() < until:

@@ -120,6 +120,7 @@ def test_doctor_on_a_healthy_mesh_is_all_ok(mesh: RunningMesh, capsys: pytest.Ca
         "envoy egress": "OK",
         "envoy vhost users": "OK",
         "envoy headers": "OK",
+        "envoy reporting": "OK",
         "haproxy users": "OK",
         "flags": "OK",
         "route users": "OK",
@@ -129,20 +130,37 @@ def test_doctor_on_a_healthy_mesh_is_all_ok(mesh: RunningMesh, capsys: pytest.Ca
     # the rendered routes report attempt counts, so the retry probe decides, deterministically
     assert "retry probe: asked to retry status 200 once, Envoy answered after 2 attempts" in headers
     assert "haproxy: flag mesh-route-users = 'haproxy'" in line_of(out, "route users")
-    assert out.splitlines()[-1] == "8 checks: 8 OK, 0 WARN, 0 FAIL: healthy"
+    assert line_of(out, "envoy reporting").endswith(
+        "virtual host users: include_attempt_count_in_response and include_request_attempt_count set"
+    )
+    assert out.splitlines()[-1] == "9 checks: 9 OK, 0 WARN, 0 FAIL: healthy"
+
+
+def own_envoy_registry(mesh: RunningMesh, backend: Backend, tmp_path: Path) -> tuple[Path, MeshConfig]:
+    """A registry file with Envoy addresses of its own (nothing listens there yet), the running
+    HAProxy and the flag file; and its config."""
+    data = registry(backend, Path(mesh.data["flags"]["path"]))
+    data["services"]["users"]["haproxy"] = mesh.data["services"]["users"]["haproxy"]  # the running HAProxy
+    path = write_toml(tmp_path / "mesh.toml", data)
+    return path, load_file(path)
+
+
+def egress_hcm(bootstrap: dict[str, Any]) -> dict[str, Any]:
+    """The HTTP connection manager of a rendered bootstrap's egress listener."""
+    hcm: dict[str, Any] = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
+        "typed_config"
+    ]
+    return hcm
 
 
 def test_doctor_fails_the_header_check_of_an_envoy_without_internal_address_config(
     mesh: RunningMesh, tmp_path: Path, backend: Backend, envoy_bin: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    data = registry(backend, Path(mesh.data["flags"]["path"]))
-    data["services"]["users"]["haproxy"] = mesh.data["services"]["users"]["haproxy"]  # the running HAProxy
-    path = write_toml(tmp_path / "mesh.toml", data)
-    config = load_file(path)
-    assert config.envoy_admin is not None
+    path, config = own_envoy_registry(mesh, backend, tmp_path)
     bootstrap = envoy_bootstrap(config)
-    hcm = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-    del hcm["internal_address_config"]  # what an Envoy >= 1.36 configured before the change looks like
+    del egress_hcm(bootstrap)[
+        "internal_address_config"
+    ]  # what an Envoy >= 1.36 configured before the change looks like
     with start_envoy(config, tmp_path, binary=envoy_bin, bootstrap=bootstrap):
         assert run(["doctor", str(path)]) == 1
     out = capsys.readouterr().out
@@ -157,6 +175,40 @@ def test_doctor_fails_the_header_check_of_an_envoy_without_internal_address_conf
         "-> fix: on the egress HTTP connection manager set use_remote_address: true and internal_address_config" in line
     )
     assert "127.0.0.0, prefix_len: 8" in line
+
+
+def test_doctor_names_the_reporting_settings_a_stock_envoy_config_lacks(
+    mesh: RunningMesh, tmp_path: Path, backend: Backend, envoy_bin: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a control plane's config: no attempt counts either way, and the router suppresses x-envoy-* headers
+    path, config = own_envoy_registry(mesh, backend, tmp_path)
+    bootstrap = envoy_bootstrap(config)
+    hcm = egress_hcm(bootstrap)
+    (vhost,) = hcm["route_config"]["virtual_hosts"]
+    del vhost["include_attempt_count_in_response"], vhost["include_request_attempt_count"]
+    hcm["http_filters"][0]["typed_config"]["suppress_envoy_headers"] = True
+    with start_envoy(config, tmp_path, binary=envoy_bin, bootstrap=bootstrap):
+        assert run(["doctor", str(path)]) == 0  # calls work: warnings only
+    out = capsys.readouterr().out
+    found = verdicts(out)
+    assert [name for name, verdict in found.items() if verdict != "OK"] == ["envoy reporting"], out
+    line = line_of(out, "envoy reporting")
+    assert line.startswith(
+        "WARN  envoy reporting      include_attempt_count_in_response is not set on virtual host users: "
+        "call_info().attempts stays 1, and the retry budget charges every retryable answer all the retries Envoy "
+        "was allowed"
+    ), line
+    assert "; include_request_attempt_count is not set on virtual host users: the service is not told" in line
+    assert (
+        "; the router filter sets suppress_envoy_headers: the called service gets no x-envoy-expected-rq-timeout-ms"
+        in line
+    )
+    assert (
+        "-> fix: set include_attempt_count_in_response: true and include_request_attempt_count: true on the virtual "
+        "hosts named; remove suppress_envoy_headers from the router filter" in line
+    )
+    # with no count in Envoy's answers, the header check decides by the timeout probe and the config
+    assert "timeout probe" in line_of(out, "envoy headers")
 
 
 def test_doctor_fails_the_port_of_a_stopped_haproxy(
@@ -204,6 +256,22 @@ def test_call_takes_the_route_asked_for_and_the_backend_sees_it(
     assert ("x-envoy-expected-rq-timeout-ms" in seen.headers) is (route == "envoy")
     assert ("x-mesh-timeout-ms" in seen.headers) is (route == "haproxy")
     assert json.loads(out.split("application/json\n", 1)[1])["path"] == "/v1/users/1"  # the body, printed
+
+
+def test_call_forced_to_envoy_that_fails_over_to_haproxy_exits_3(
+    mesh: RunningMesh, backend: Backend, key: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, _ = own_envoy_registry(mesh, backend, tmp_path)  # an Envoy address nothing listens on
+    assert run(["call", str(path), "users", "GET", f"/?key={key}", "--route", "envoy"]) == 3
+    captured = capsys.readouterr()
+    row = fields(captured.out)
+    assert (row["status"], row["route"], row["failed_over"]) == ("200 OK", "haproxy", "yes")
+    assert captured.err == (
+        "mesh-client call: --route envoy was asked for, but the call went via haproxy "
+        "(Envoy refused the connection, failed over to HAProxy)\n"
+    )
+    (seen,) = backend.records(key)  # delivered once, through HAProxy
+    assert "x-mesh-timeout-ms" in seen.headers
 
 
 def test_call_without_route_follows_the_flag(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import math
 import socket
 import socketserver
 import struct
@@ -38,6 +39,7 @@ from mesh_client import Mesh, MeshError, MeshTimeoutError, Route, call_info, cal
 from mesh_client.registry import Address, MeshConfig, load_mapping
 from mesh_client.routing import route_flag, write_flag_file
 from mesh_client.sidecar import SidecarProcess, free_port, start_envoy, start_haproxy
+from mesh_client.sidecar.render import envoy_bootstrap
 from mesh_client.testing import Backend
 
 from .conftest import CLIENT_KINDS, Caller, MeshWorld
@@ -128,6 +130,74 @@ def test_retry_amplification_through_three_layers(chain: dict[str, Any], mode: s
         assert per_call == pytest.approx(9.0, abs=0.01)
     else:
         assert per_call <= 1.2 * 1.2 + 0.1
+
+
+BUDGET_CALLS = 500
+ATTEMPT_COUNT_SETTINGS = ("include_request_attempt_count", "include_attempt_count_in_response")
+
+
+@pytest.mark.parametrize("reported", [False, True], ids=["stock-route", "attempt-count-in-response"])
+def test_envoy_retry_budget_holds_whether_or_not_envoy_reports_attempts(
+    tmp_path: Path, envoy_bin: str, reported: bool
+) -> None:
+    """500 GETs with retries = 3 to an always-503 upstream through real Envoy, the registry's
+    default retry budget (20 % of calls + 10 retries per second over 10 s). On a stock route
+    (neither attempt-count setting) Envoy reports no count: each 503 is charged the retries the
+    call allowed. Either way the upstream sees at most 1.2 x calls + the floor, and more than the
+    calls alone (the budget lets retries happen)."""
+    with Backend("users") as upstream:
+        data = {
+            "mesh": {
+                "caller": "checkout",
+                "envoy_http": f"127.0.0.1:{free_port()}",
+                "envoy_admin": f"127.0.0.1:{free_port()}",
+                "default_route": "envoy",
+            },
+            "services": {
+                "users": {
+                    "haproxy": f"127.0.0.1:{free_port()}",
+                    "endpoints": [str(upstream.address)],
+                    "timeout": 5.0,
+                    "retries": 3,
+                    "retry_on": ["5xx"],
+                }
+            },
+        }
+        with Mesh.from_dict(data) as mesh:
+            bootstrap = envoy_bootstrap(mesh.config)
+            hcm = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+            for vhost in hcm["route_config"]["virtual_hosts"]:
+                for setting in ATTEMPT_COUNT_SETTINGS:
+                    if not reported:
+                        del vhost[setting]
+                    assert vhost.get(setting, False) is reported
+            with start_envoy(mesh.config, tmp_path / "envoy", binary=envoy_bin, bootstrap=bootstrap):
+                started = time.monotonic()
+                attempts = []
+                with mesh.requests_session() as session:
+                    for _ in range(BUDGET_CALLS):
+                        r = session.get("http://users/always?status=503")
+                        assert r.status_code == 503
+                        info = call_info(r)
+                        assert info is not None
+                        assert info.route is Route.ENVOY
+                        attempts.append(info.attempts)
+                elapsed = time.monotonic() - started
+            budget = mesh.config.services["users"].retry_budget
+    at_upstream = len(upstream.records())
+    # the floor is min_per_second retries per second over each ttl window the run spanned
+    floor = budget.min_per_second * budget.ttl * math.ceil(elapsed / budget.ttl)
+    bound = (1 + budget.percent / 100) * BUDGET_CALLS + floor
+    print(
+        f"attempt count {'reported' if reported else 'not reported'}: the upstream received {at_upstream} requests "
+        f"for {BUDGET_CALLS} calls ({at_upstream / BUDGET_CALLS:.2f} per call; bound {bound:.0f}) in {elapsed:.1f} s; "
+        f"call_info attempts: {sum(attempts)} in all, at most {max(attempts)}"
+    )
+    assert BUDGET_CALLS * (1 + budget.percent / 100) <= at_upstream <= bound
+    if reported:
+        assert sum(attempts) == at_upstream  # Envoy's count, call by call
+    else:
+        assert set(attempts) == {1}  # as far as the client knows: Envoy's retries are not visible
 
 
 def test_flag_file_corrupted_deleted_and_restored_during_traffic(world: MeshWorld, key: str) -> None:

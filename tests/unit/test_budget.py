@@ -83,6 +83,85 @@ def test_empty_budget_tells_envoy_not_to_retry_and_envoy_retries_are_spent() -> 
     assert done.info.retry_budget_exhausted
 
 
+def envoy_call(budget: RetryBudget, reply: Responded[str], method: str = "GET", **service: Any) -> tuple[int, Any]:
+    """One call on the Envoy route answered with ``reply``: the max-retries it sent, its result."""
+    cfg = config(**service)
+    svc = cfg.services["users"]
+    plan = ServicePlan.of(cfg, svc, budget=budget, clock=Clock(), jitter=lambda low, high: 0.0)
+    r: CallRun[str] = CallRun(plan, method, svc.policy, Route.ENVOY, "test")
+    attempt = r.advance(None)
+    assert isinstance(attempt, Attempt)
+    return int(dict(attempt.set_headers)["x-envoy-max-retries"]), r.advance(reply)
+
+
+def test_without_envoys_count_a_retryable_answer_is_charged_every_retry_it_allowed() -> None:
+    # a stock Envoy route reports no x-envoy-attempt-count: Envoy may have made 1 + max-retries
+    # requests for each 503, so the budget is charged that, and the total stays within it
+    budget = RetryBudget(RetryBudgetConfig(percent=20, min_per_second=1, ttl=10), Clock())  # floor 10
+    could_have_sent = 0
+    for _ in range(1000):
+        retries, done = envoy_call(budget, Responded("503", 503, {}), retries=3, retry_on=["5xx"])
+        could_have_sent += 1 + retries
+        assert isinstance(done, Done)
+        assert done.info.attempts == 1  # as far as the client knows
+    assert 1000 * 1.2 <= could_have_sent <= 1000 * 1.2 + 10  # without the charge: 4,000
+    assert budget.available() == 0
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "body", "method", "retry_on", "charged"),
+    [
+        (200, {}, None, "GET", ["5xx"], False),  # a healthy service pays nothing
+        (404, {}, b"{}", "GET", ["5xx"], False),  # the application's own 4xx: not retried
+        (503, {}, b"{}", "GET", ["5xx"], True),
+        (502, {}, b"{}", "GET", ["gateway-error"], True),
+        (500, {}, b"{}", "GET", ["gateway-error"], False),  # gateway-error does not cover 500
+        (409, {}, b"{}", "GET", ["retriable-4xx"], True),
+        (503, {}, b"no healthy upstream", "GET", ["5xx"], False),  # Envoy sent nothing upstream
+        (503, {"x-envoy-overloaded": "true"}, b"maintenance mode", "GET", ["5xx"], False),
+        (503, {}, b"", "GET", ["5xx"], False),  # no_cluster: the route's cluster does not exist
+        (404, {}, b"", "GET", ["5xx"], False),  # no_route
+        (
+            503,
+            {},
+            b"upstream connect error or disconnect/reset before headers. reset reason: remote connection failure",
+            "POST",
+            ["connect-failure"],
+            True,  # a POST's connect failures are retried by Envoy
+        ),
+        (
+            503,
+            {},
+            b"upstream connect error or disconnect/reset before headers. reset reason: connection termination",
+            "GET",
+            ["reset"],
+            True,
+        ),
+        (504, {}, b"upstream request timeout", "GET", ["reset"], True),  # a per-try timeout, retried
+        (503, {}, b"{}", "POST", ["5xx"], False),  # no retry allowed for a POST: max-retries 0
+    ],
+)
+def test_what_an_answer_without_envoys_count_is_charged(
+    status: int, headers: dict[str, str], body: bytes | None, method: str, retry_on: list[str], charged: bool
+) -> None:
+    budget = RetryBudget(RetryBudgetConfig(percent=0, min_per_second=1, ttl=10), Clock())  # 10 retries
+    length = {"content-length": str(len(body))} if body is not None else {}
+    reply = Responded(str(status), status, {**headers, **length}, body)
+    retries, done = envoy_call(budget, reply, method, retries=2, retry_on=retry_on)
+    assert isinstance(done, Done)
+    # a POST keeps only tokens that prove nothing was sent (connect-failure), else Envoy gets 0
+    assert retries == (0 if method == "POST" and "5xx" in retry_on else 2)
+    assert budget.available() == (10 - retries if charged else 10)
+
+
+def test_envoys_count_when_reported_is_what_is_charged() -> None:
+    budget = RetryBudget(RetryBudgetConfig(percent=0, min_per_second=1, ttl=10), Clock())  # 10 retries
+    _, done = envoy_call(budget, Responded("200", 200, {"x-envoy-attempt-count": "2"}), retries=3, retry_on=["5xx"])
+    assert isinstance(done, Done)
+    assert done.info.attempts == 2
+    assert budget.available() == 9  # the one retry Envoy made, though the call ended in a 200
+
+
 def test_overloaded_responses_are_never_retried() -> None:
     r = run(Route.HAPROXY, retries=3, retry_on=["5xx"])
     r.advance(None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -69,6 +70,48 @@ def test_route_shows_the_flag_decision_and_the_fallback(registry: Path, capsys: 
 def test_unknown_service_is_an_error(registry: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["route", str(registry), "--service", "nope"]) == 2
     assert "no service 'nope'" in capsys.readouterr().err
+
+
+def run_cli(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The command as a user runs it: a new process, where the SDK's own logging would reach stderr
+    (under pytest it goes to the log capture instead)."""
+    return subprocess.run(
+        [sys.executable, "-m", "mesh_client", *argv],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.mark.parametrize("content", [None, "{not json"])
+def test_route_exits_1_in_one_line_when_the_flag_file_does_not_load(registry: Path, content: str | None) -> None:
+    flags = registry.parent / "flags.json"
+    flags.unlink()
+    if content is not None:
+        flags.write_text(content)
+    done = run_cli("route", str(registry))
+    assert done.returncode == 1
+    # the routes the fallback gives are still shown; then one line on stderr, no SDK traceback
+    assert [line.split()[:2] for line in done.stdout.splitlines()] == [["orders", "haproxy"], ["users", "haproxy"]]
+    problem = f"cannot read flag file {flags}: No such file or directory" if content is None else "is not valid JSON"
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("mesh-client route: the flag source did not load: ")
+    assert problem in line
+    assert line.endswith("; every route above is the fallback, default_route haproxy")
+
+
+def test_route_exits_1_when_launchdarkly_has_no_sdk_key(registry: Path) -> None:
+    registry.write_text(
+        REGISTRY.replace('source = "file"\npath = "flags.json"', 'source = "launchdarkly"\nsdk_key_env = "NO_SUCH_KEY"')
+    )
+    done = run_cli("route", str(registry), "--service", "users", env={"NO_SUCH_KEY": ""})
+    assert done.returncode == 1
+    assert done.stderr == (
+        "mesh-client route: the flag source did not load: flags.source is 'launchdarkly' but $NO_SUCH_KEY is "
+        "empty; every route above is the fallback, default_route haproxy\n"
+    )
 
 
 def test_invalid_registry_exits_1_naming_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

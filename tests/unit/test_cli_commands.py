@@ -22,6 +22,9 @@ from mesh_client.info import CallInfo
 from mesh_client.registry import load_file
 from mesh_client.routing import rollout_flag, route_flag, write_flag_file
 from mesh_client.sidecar import envoy_bootstrap, free_port
+from mesh_client.testing import Backend
+
+from .test_cli import run_cli
 
 
 def parser() -> argparse.ArgumentParser:
@@ -154,6 +157,8 @@ def test_call_invalid_registry_exits_1(tmp_path: Path, capsys: pytest.CaptureFix
     [
         (["--timeout", "0"], "argument --timeout: must be a number of seconds greater than 0"),
         (["--timeout", "soon"], "argument --timeout: must be a number of seconds, got 'soon'"),
+        # what no socket takes: refused here, not a traceback from the library later
+        (["--timeout", "1e10"], "argument --timeout: must be at most 86400 seconds (a day), got '1e10'"),
         (["--route", "nginx"], "argument --route: invalid choice: 'nginx'"),
         (["--max-body", "-1"], "argument --max-body: must be 0 (no limit) or more"),
     ],
@@ -210,9 +215,12 @@ def test_call_transport_error_prints_the_error_classes_and_call_info(
 
 
 def test_call_transport_error_as_json(registry: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["call", str(registry), "users", "GET", "/", "--route", "envoy", "--json", "--timeout", "0.5"]) == 1
-    result = json.loads(capsys.readouterr().out)
-    # the sidecar refused the connection: failover to HAProxy, which refused it too
+    # the sidecar refused the connection: failover to HAProxy, which refused it too; the route asked
+    # for was not the one taken, so 3 (not 1), whatever the outcome
+    assert main(["call", str(registry), "users", "GET", "/", "--route", "envoy", "--json", "--timeout", "0.5"]) == 3
+    captured = capsys.readouterr()
+    assert captured.err.startswith("mesh-client call: --route envoy was asked for, but the call went via haproxy")
+    result = json.loads(captured.out)
     assert result["ok"] is False
     assert result["status"] is None
     assert result["body"] is None
@@ -222,6 +230,37 @@ def test_call_transport_error_as_json(registry: Path, capsys: pytest.CaptureFixt
     assert result["error"]["type"] == "MeshConnectError"
     assert result["error"]["classes"] == ["MeshConnectError", "requests.exceptions.ConnectionError"]
     assert "cannot connect to haproxy" in result["error"]["message"]
+
+
+def test_call_forced_route_that_was_not_taken_exits_3(registry: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # nothing listens at mesh.envoy_http: the call fails over to "HAProxy" (a backend on its port)
+    config = load_file(registry)
+    with Backend("users", port=config.services["users"].haproxy.port):
+        assert main(["call", str(registry), "users", "GET", "/", "--route", "envoy"]) == 3
+        captured = capsys.readouterr()
+        assert "  status                  200 OK" in captured.out  # the answer is still shown
+        assert "  failed_over             yes" in captured.out
+        assert captured.err == (
+            "mesh-client call: --route envoy was asked for, but the call went via haproxy "
+            "(Envoy refused the connection, failed over to HAProxy)\n"
+        )
+        # the route asked for and taken: 0; no route asked for: the flag decides, nothing to hold it to
+        assert main(["call", str(registry), "users", "GET", "/", "--route", "haproxy"]) == 0
+        assert main(["call", str(registry), "users", "GET", "/"]) == 0
+        assert capsys.readouterr().err == ""
+
+
+def test_call_with_a_flag_source_that_fails_notes_it_in_one_line(tmp_path: Path) -> None:
+    path = write_registry(tmp_path)  # flags.json was never written
+    config = load_file(path)
+    with Backend("users", port=config.services["users"].haproxy.port):
+        done = run_cli("call", str(path), "users", "GET", "/")
+    assert done.returncode == 0, done.stderr  # the call itself worked, on the fallback route
+    assert done.stderr == (
+        f"mesh-client call: note: the flag source did not load: cannot read flag file {tmp_path / 'flags.json'}: "
+        "No such file or directory; the call takes the fallback route\n"
+    )
+    assert "route_reason            flag mesh-route-users has no value" in done.stdout
 
 
 def fake_response(status: int, body: bytes, content_type: str = "application/json") -> requests.Response:
@@ -322,8 +361,28 @@ def test_doctor_invalid_registry_is_one_failed_check(tmp_path: Path, capsys: pyt
     assert main(["doctor", str(bad)]) == 1
     out = capsys.readouterr().out
     assert "FAIL  registry             mesh.envoy_http: 'nowhere' is not a 'host:port' address" in out
-    assert "-> fix: correct the key named" in out
+    assert f"-> fix: correct mesh.envoy_http in {bad} (docs/registry.md lists every key)" in out
     assert out.splitlines()[-1] == "1 check: 0 OK, 0 WARN, 1 FAIL: FAILED"
+
+
+@pytest.mark.parametrize(
+    ("content", "detail", "fix"),
+    [
+        (None, "cannot read the registry: No such file or directory", "pass the path of a registry TOML file"),
+        ("[mesh\n", "not valid TOML: Expected ']'", "correct the file where the message says"),
+    ],
+)
+def test_doctor_fix_for_a_registry_that_names_no_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str | None, detail: str, fix: str
+) -> None:
+    path = tmp_path / "mesh.toml"
+    if content is not None:
+        path.write_text(content)
+    assert main(["doctor", str(path)]) == 1
+    (line,) = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("FAIL")]
+    assert line.startswith(f"FAIL  registry             {detail}")
+    assert f"-> fix: {fix}" in line
+    assert "key" not in line.split("-> fix:")[1]  # no key is named, so the fix names none
 
 
 def test_doctor_with_nothing_running_fails_each_proxy_check_with_its_fix(
@@ -337,6 +396,7 @@ def test_doctor_with_nothing_running_fails_each_proxy_check_with_its_fix(
         "envoy egress": "FAIL",
         "envoy vhost users": "SKIP",
         "envoy headers": "SKIP",
+        "envoy reporting": "SKIP",
         "haproxy users": "FAIL",
         "flags": "OK",
         "route users": "OK",
@@ -345,7 +405,7 @@ def test_doctor_with_nothing_running_fails_each_proxy_check_with_its_fix(
     assert "-> fix: start the Envoy sidecar, or set mesh.envoy_http" in out
     assert "-> fix: start HAProxy (SmartStack) for this machine, or set services.users.haproxy" in out
     assert "route users          haproxy: flag mesh-route-users = 'haproxy' (FALLTHROUGH) (but haproxy users" in out
-    assert out.splitlines()[-1] == "8 checks: 3 OK, 1 WARN, 2 FAIL, 2 SKIP: FAILED"
+    assert out.splitlines()[-1] == "9 checks: 3 OK, 1 WARN, 2 FAIL, 3 SKIP: FAILED"
 
 
 UNBUCKETED = rollout_flag("mesh-route-users", 50)
@@ -407,6 +467,7 @@ def test_doctor_no_flag_source_is_ok(tmp_path: Path) -> None:
     ("option", "message"),
     [
         (["--timeout", "-1"], "argument --timeout: must be a number of seconds greater than 0"),
+        (["--timeout", "1e10"], "argument --timeout: must be at most 86400 seconds (a day), got '1e10'"),
         (["--path", "health"], "argument --path: must be a path starting with '/'"),
     ],
 )
@@ -521,3 +582,93 @@ def test_doctor_help_documents_the_checks_and_exit_codes(capsys: pytest.CaptureF
     assert "exit codes:" in out
     assert "--timeout S" in out
     assert "x-envoy-* headers" in out
+
+
+# -- doctor: the settings that make Envoy report attempts ----------------------------------------------
+
+
+def reporting(registry: Path, admin: _Admin | None, routed: dict[str, _Reply] | None = None) -> Check:
+    config = load_file(registry)
+    checks: list[Check] = []
+    d = _Doctor(str(registry), 0.2, "/", checks.append)
+    d.egress_ip = "127.0.0.1"
+    d._reporting(config, admin, routed or {})
+    (check,) = checks
+    assert check.name == "envoy reporting"
+    return check
+
+
+def test_the_virtual_host_is_picked_as_envoy_picks_it() -> None:
+    exact, suffix, prefix, anything = (
+        {"name": "exact", "domains": ["users", "users:*"]},
+        {"name": "suffix", "domains": ["*.svc", "*ers"]},
+        {"name": "prefix", "domains": ["us*"]},
+        {"name": "any", "domains": ["*"]},
+    )
+    config = {"virtual_hosts": [anything, prefix, suffix, exact]}
+    assert doctor._virtual_host_for(config, "USERS") is exact
+    assert doctor._virtual_host_for(config, "a.svc") is suffix
+    assert doctor._virtual_host_for(config, "players") is suffix  # a suffix wildcard beats a prefix one
+    assert doctor._virtual_host_for(config, "useless") is prefix
+    assert doctor._virtual_host_for(config, "cart") is anything
+    assert doctor._virtual_host_for({"virtual_hosts": [exact]}, "orders") is None
+
+
+def test_reporting_is_ok_on_the_rendered_config(registry: Path) -> None:
+    listener, _ = rendered_hcm(registry)
+    check = reporting(registry, _Admin(listeners=[listener]))
+    assert (check.verdict, check.detail) == (
+        "OK",
+        "virtual host users: include_attempt_count_in_response and include_request_attempt_count set",
+    )
+
+
+def test_reporting_names_each_missing_setting_with_what_it_costs(registry: Path) -> None:
+    listener, hcm = rendered_hcm(registry)
+    (vhost,) = hcm["route_config"]["virtual_hosts"]
+    vhost["name"] = "users_vh"
+    del vhost["include_attempt_count_in_response"]
+    check = reporting(registry, _Admin(listeners=[listener]))
+    assert check.verdict == "WARN"
+    assert check.detail == (
+        "include_attempt_count_in_response is not set on virtual host users_vh (for users): call_info().attempts "
+        "stays 1, and the retry budget charges every retryable answer all the retries Envoy was allowed (it cannot "
+        "see Envoy's retries that ended in a success)"
+    )
+    assert check.fix.startswith("set include_attempt_count_in_response: true on the virtual hosts named (")
+    vhost["include_request_attempt_count"] = False
+    check = reporting(registry, _Admin(listeners=[listener]))
+    assert (
+        "; include_request_attempt_count is not set on virtual host users_vh (for users): the service" in check.detail
+    )
+    assert check.fix.startswith(
+        "set include_attempt_count_in_response: true and include_request_attempt_count: true on the virtual hosts"
+    )
+
+
+def test_reporting_reads_routes_that_came_over_rds(registry: Path) -> None:
+    listener, hcm = rendered_hcm(registry)
+    route_config = hcm.pop("route_config")
+    hcm["rds"] = {"route_config_name": "egress_routes", "config_source": {"ads": {}}}
+    del route_config["virtual_hosts"][0]["include_request_attempt_count"]
+    dump = {"configs": [{"version_info": "7", "route_config": {**route_config, "name": "egress_routes"}}]}
+    check = reporting(registry, _Admin(listeners=[listener], route_configs=doctor._route_configs(dump)))
+    assert check.verdict == "WARN"
+    assert check.detail.startswith("include_request_attempt_count is not set on virtual host users:")
+    # the route configuration named is not known: doctor says it cannot tell rather than guess
+    check = reporting(registry, _Admin(listeners=[listener]))
+    assert check.verdict == "WARN"
+    assert check.detail.startswith("cannot tell: the virtual hosts for users are not in the route configuration")
+
+
+def test_reporting_without_envoys_config_judges_by_the_answers(registry: Path) -> None:
+    counted = _Reply(200, "OK", {"x-envoy-attempt-count": "1"}, None, 0.001)
+    uncounted = _Reply(200, "OK", {}, None, 0.001)
+    assert reporting(registry, None).verdict == "SKIP"  # no config and no answer
+    check = reporting(registry, None, {"users": counted})
+    assert check.verdict == "OK"
+    assert "include_request_attempt_count was not checked" in check.detail
+    check = reporting(registry, _Admin(error="GET /config_dump answered 403 Forbidden"), {"users": uncounted})
+    assert check.verdict == "WARN"
+    assert check.detail.startswith("Envoy's answers via users carry no x-envoy-attempt-count, so ")
+    assert check.fix.startswith("set include_attempt_count_in_response: true on the virtual hosts")
