@@ -143,6 +143,23 @@ def _package_version() -> str:
         return ""
 
 
+def duration_histograms(meter: metrics.Meter) -> tuple[metrics.Histogram, metrics.Histogram]:
+    """``http.client.request.duration`` and ``rpc.client.call.duration`` made by ``meter``."""
+    http = meter.create_histogram(
+        "http.client.request.duration",
+        unit="s",
+        description="Duration of HTTP client requests.",
+        explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+    )
+    rpc = meter.create_histogram(
+        "rpc.client.call.duration",
+        unit="s",
+        description="Measures the duration of an outgoing Remote Procedure Call (RPC).",
+        explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+    )
+    return http, rpc
+
+
 class _Instruments:
     """Tracer and meter instruments, created on first use (never at import time)."""
 
@@ -160,18 +177,7 @@ class _Instruments:
                     version = _package_version()
                     cls.tracer = trace.get_tracer(_INSTRUMENTATION, version, schema_url=SCHEMA_URL)
                     meter = metrics.get_meter(_INSTRUMENTATION, version, schema_url=SCHEMA_URL)
-                    cls.http_duration = meter.create_histogram(
-                        "http.client.request.duration",
-                        unit="s",
-                        description="Duration of HTTP client requests.",
-                        explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
-                    )
-                    cls.rpc_duration = meter.create_histogram(
-                        "rpc.client.call.duration",
-                        unit="s",
-                        description="Measures the duration of an outgoing Remote Procedure Call (RPC).",
-                        explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
-                    )
+                    cls.http_duration, cls.rpc_duration = duration_histograms(meter)
                     cls._ready = True
         return cls
 

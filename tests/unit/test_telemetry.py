@@ -270,3 +270,39 @@ def test_the_scope_names_the_package_version_and_schema(fake_mesh: FakeMesh, mes
         version("mesh-client"),
         "https://opentelemetry.io/schemas/1.44.0",
     )
+
+
+# -- the dashboard queries of docs/context.md ------------------------------------------------------------
+
+
+def test_the_prometheus_names_the_dashboard_queries_use(
+    fake_mesh: FakeMesh, mesh: Mesh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/context.md's PromQL reads http_client_request_duration_seconds_{bucket,count} by
+    mesh_route, server_address, error_type and le: the names the Prometheus exporter gives."""
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader
+    from opentelemetry.sdk.metrics import MeterProvider
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    registry = CollectorRegistry()
+    provider = MeterProvider(metric_readers=[PrometheusMetricReader(registry=registry)])
+    http, _rpc = telemetry_module.duration_histograms(provider.get_meter("mesh_client"))
+    telemetry_module._Instruments.get()
+    monkeypatch.setattr(telemetry_module._Instruments, "http_duration", http)
+    fake_mesh.add("users", reply(200), reply(503))
+    with mesh.httpx_client() as client:
+        client.get("http://users/x")
+        client.get("http://users/x")
+    samples = [
+        s for family in text_string_to_metric_families(generate_latest(registry).decode()) for s in family.samples
+    ]
+    provider.shutdown()
+    buckets = {s.labels["le"] for s in samples if s.name == "http_client_request_duration_seconds_bucket"}
+    assert buckets == {str(b) for b in DURATION_BUCKETS} | {"+Inf"}
+    counts = {
+        (s.labels["mesh_route"], s.labels["server_address"], s.labels.get("error_type", "")): s.value
+        for s in samples
+        if s.name == "http_client_request_duration_seconds_count"
+    }
+    assert counts == {("envoy", "users", ""): 1.0, ("envoy", "users", "503"): 1.0}
