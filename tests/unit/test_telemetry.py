@@ -306,3 +306,20 @@ def test_the_prometheus_names_the_dashboard_queries_use(
         if s.name == "http_client_request_duration_seconds_count"
     }
     assert counts == {("envoy", "users", ""): 1.0, ("envoy", "users", "503"): 1.0}
+
+
+def test_the_probes_say_no_when_the_internals_are_gone(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    import opentelemetry.metrics
+
+    monkeypatch.delattr(opentelemetry.metrics, "_internal")
+    monkeypatch.setitem(sys.modules, "opentelemetry.metrics._internal", None)  # import fails
+    assert telemetry_module._probe_metrics_api() is None
+
+    class Elsewhere(trace.TraceState):  # a TraceState that keeps its entries under another name
+        def __init__(self, entries: Any = None) -> None:
+            self._entries = dict(entries or ())
+
+    monkeypatch.setattr(trace, "TraceState", Elsewhere)
+    assert not telemetry_module._probe_trace_state_store()
