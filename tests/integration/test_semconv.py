@@ -109,29 +109,15 @@ class Recorded:
     unit: str
 
 
-def histogram_counts(otel: Otel, scope: str) -> dict[frozenset[tuple[str, Any]], tuple[int, tuple[float, ...], str]]:
-    data = otel.metrics.get_metrics_data()
-    counts = {}
-    for rm in data.resource_metrics if data else ():
-        for sm in rm.scope_metrics:
-            if sm.scope.name != scope:
-                continue
-            for metric in sm.metrics:
-                if metric.name == "http.client.request.duration":
-                    for p in metric.data.data_points:
-                        counts[frozenset(p.attributes.items())] = (p.count, tuple(p.explicit_bounds), metric.unit)
-    return counts
-
-
 def record(otel: Otel, scope: str, call: Any, *, recorded: bool = True) -> Recorded:
     """Make ``call``; the one CLIENT span it ended under ``scope`` and the histogram point it
     counted (``recorded=False``: it must count none)."""
     otel.spans.clear()
-    before = histogram_counts(otel, scope)
+    before = otel.histogram(scope, "http.client.request.duration")
     call()
     spans = otel.finished()
     (span,) = [s for s in spans if s.kind is trace.SpanKind.CLIENT and s.instrumentation_scope.name == scope]  # type: ignore[union-attr]
-    after = histogram_counts(otel, scope)
+    after = otel.histogram(scope, "http.client.request.duration")
     grown = [(key, value) for key, value in after.items() if value[0] != before.get(key, (0,))[0]]
     if not recorded:
         assert grown == []

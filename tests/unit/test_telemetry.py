@@ -66,23 +66,11 @@ def the_span(otel: Otel) -> ReadableSpan:
     return span
 
 
-def points(otel: Otel, name: str) -> dict[frozenset[tuple[str, Any]], tuple[int, tuple[float, ...], str]]:
-    data = otel.metrics.get_metrics_data()
-    found = {}
-    for rm in data.resource_metrics if data else ():
-        for sm in rm.scope_metrics:
-            for metric in sm.metrics:
-                if sm.scope.name == "mesh_client" and metric.name == name:
-                    for p in metric.data.data_points:
-                        found[frozenset(p.attributes.items())] = (p.count, tuple(p.explicit_bounds), metric.unit)
-    return found
-
-
 def new_point(otel: Otel, name: str, call: Any) -> dict[str, Any]:
     """The attributes of the one point of histogram ``name`` that ``call`` counted."""
-    before = points(otel, name)
+    before = otel.histogram("mesh_client", name)
     call()
-    grown = [(k, v) for k, v in points(otel, name).items() if v[0] != before.get(k, (0,))[0]]
+    grown = [(k, v) for k, v in otel.histogram("mesh_client", name).items() if v[0] != before.get(k, (0,))[0]]
     assert len(grown) == 1, grown
     key, (_count, bounds, unit) = grown[0]
     assert (bounds, unit) == (DURATION_BUCKETS, "s")
