@@ -12,7 +12,7 @@ app returns or raises. Lifespan and other scopes pass through.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, Final
 
 from .context import begin_request
 from .mesh import Mesh
@@ -24,17 +24,26 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+#: headers whose repeated fields are joined into one value
+JOINED: Final = frozenset({"traceparent", "tracestate", "baggage"})
+
 
 def scope_headers(scope: Scope) -> dict[str, str]:
-    """The request headers of an ASGI scope, lower-case names (latin-1 decoded, as HTTP says)."""
-    headers = {}
+    """The request headers of an ASGI scope, lower-case names (latin-1 decoded, as HTTP says).
+
+    The W3C trace context fields received several times (:data:`JOINED`) are one value, joined
+    with ``,`` in order (RFC 9110 section 5.3), as WSGI servers join them: several ``tracestate``
+    or ``baggage`` fields are one list, and two ``traceparent`` fields make an invalid one. Of any
+    other header received several times the last one is kept."""
+    headers: dict[str, str] = {}
     for pair in scope.get("headers") or ():
         try:
             name, value = pair
         except (TypeError, ValueError):
             continue  # a malformed entry from a misbehaving server is ignored
         if isinstance(name, (bytes, bytearray)) and isinstance(value, (bytes, bytearray)):
-            headers[bytes(name).decode("latin-1").lower()] = bytes(value).decode("latin-1")
+            key, text = bytes(name).decode("latin-1").lower(), bytes(value).decode("latin-1")
+            headers[key] = f"{headers[key]},{text}" if key in headers and key in JOINED else text
     return headers
 
 

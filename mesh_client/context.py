@@ -32,6 +32,9 @@ from opentelemetry.propagators.textmap import Setter
 from opentelemetry.trace import INVALID_SPAN_CONTEXT as _INVALID_SPAN_CONTEXT
 from opentelemetry.trace import get_current_span as _get_current_span
 
+from .telemetry import trace_state
+from .tracestate import format_tracestate, parse_tracestate
+
 __all__ = [
     "MESH_TIMEOUT_HEADER",
     "NEVER_FORWARDED",
@@ -49,6 +52,7 @@ __all__ = [
 #: ``x-envoy-expected-rq-timeout-ms``) and read back by the middleware.
 MESH_TIMEOUT_HEADER: Final = "x-mesh-timeout-ms"
 REQUEST_ID_HEADER: Final = "x-request-id"
+TRACESTATE_HEADER: Final = "tracestate"
 #: The THeader header naming a Thrift call's destination service; the rendered Envoy Thrift
 #: listener routes THeader calls on it.
 MESH_SERVICE_HEADER: Final = "x-mesh-service"
@@ -286,6 +290,38 @@ def outbound_headers(otel_context: Any | None = None) -> list[tuple[str, str]]:
     return headers
 
 
+def _extract(headers: Mapping[str, str], current: Any) -> Any:
+    """``propagate.extract`` of the inbound headers, with ``tracestate`` read by the W3C rules of
+    :mod:`mesh_client.tracestate` rather than OpenTelemetry's older ones: invalid headers dropped,
+    repeated keys dropped, and keys the current grammar allows kept."""
+    from opentelemetry import propagate, trace
+
+    raw = headers.get(TRACESTATE_HEADER)
+    if raw is None:
+        return propagate.extract(headers, context=current)
+    members = parse_tracestate(raw)
+    carrier = {name: value for name, value in headers.items() if name != TRACESTATE_HEADER}
+    if members:
+        carrier[TRACESTATE_HEADER] = format_tracestate(members)
+    extracted = propagate.extract(carrier, context=current)
+    if not members:
+        return extracted
+    parent = trace.get_current_span(extracted).get_span_context()
+    traceparent = headers.get("traceparent", "").strip(" \t")
+    if not (parent.is_valid and parent.is_remote and traceparent[3:35] == f"{parent.trace_id:032x}"):
+        return extracted  # no W3C parent (a tracestate without a valid traceparent is discarded)
+    if list(parent.trace_state.items()) == members:
+        return extracted
+    parent = trace.SpanContext(
+        parent.trace_id,
+        parent.span_id,
+        is_remote=True,
+        trace_flags=parent.trace_flags,
+        trace_state=trace_state(members),
+    )
+    return trace.set_span_in_context(trace.NonRecordingSpan(parent), extracted)
+
+
 def begin_request(
     headers: Mapping[str, str], *, header_prefix: str, context_headers: Iterable[str]
 ) -> Callable[[], None]:
@@ -296,7 +332,7 @@ def begin_request(
     Never raises because of a header value.
     """
     from opentelemetry import context as otel_context
-    from opentelemetry import propagate, trace
+    from opentelemetry import trace
 
     from .deadline import restore_deadline, shrink_deadline
 
@@ -310,7 +346,7 @@ def begin_request(
         extracted = current
     else:
         try:
-            extracted = propagate.extract(headers, context=current)
+            extracted = _extract(headers, current)
         except Exception:  # a propagator choking on a hostile value must not fail the request
             extracted = current
     otel_token = otel_context.attach(extracted)

@@ -678,19 +678,31 @@ class CallRun(Generic[R]):
         close its telemetry. The error itself is re-raised by the wrapper."""
         if self.telemetry is not None:
             kind = "cancelled" if type(error).__name__ == "CancelledError" else "error"
-            self.telemetry.finish(self._info(), error_kind=kind)
+            self.telemetry.finish(self._info(), error_kind=kind, peer=self._peer(), escaped=error)
 
     def _done(self, outcome: Responded[R], info: CallInfo) -> Done[R]:
         if self.telemetry is not None:
-            self.telemetry.finish(info, status=outcome.status)
+            self.telemetry.finish(info, status=outcome.status, peer=self._peer(), response=outcome.response)
         return Done(outcome.response, info)
 
     def _fail(self, error: type[MeshTransportError], message: str, cause: BaseException | None) -> Fail:
         text = f"{self.method} to service {self.plan.service.name!r}: {message}"
         info = self._info()
         if self.telemetry is not None:
-            self.telemetry.finish(info, error_kind=_ERROR_KINDS.get(error, "transport_error"))
+            self.telemetry.finish(
+                info,
+                error_kind=_ERROR_KINDS.get(error, "transport_error"),
+                peer=self._peer(),
+                error=error,
+                message=text,
+                cause=cause,
+            )
         return Fail(error, text, info, cause)
+
+    def _peer(self) -> Address | None:
+        """Where the last attempt went (for telemetry), None before the first."""
+        attempt = self._last_attempt
+        return attempt.address if attempt is not None else None
 
     def _timeout_text(self) -> str:
         per_try = self.policy.per_try_timeout

@@ -104,10 +104,13 @@ class Mesh:
         extra: CallOptions | None = None,
         *,
         replayable: bool = True,
+        source: object = None,
     ) -> CallRun[Any]:
         """The I/O-free run of one call: policy merged with the current :func:`call_options` and
         ``extra``, route decided by the flag (or forced by the options). ``method`` is the HTTP
-        method, or the Thrift method name for Thrift services."""
+        method, or the Thrift method name for Thrift services. ``source``, read by telemetry only
+        (when an SDK is installed): the library's request (URL, ``User-Agent``), or for Thrift the
+        thriftpy2 service."""
         if self._closed:
             raise MeshError(f"this Mesh ({self.config.source}) is closed; build a new one to make calls")
         plan = self._plans.get(service.name)
@@ -130,7 +133,7 @@ class Mesh:
                 route, reason = decision.route, decision.reason
         if service.protocol != "thrift":  # (a Thrift method is the IDL's name)
             method = method.upper()
-        telemetry = call_telemetry(service.name, method)  # (None: no SDK, nothing to record)
+        telemetry = call_telemetry(service.name, method, source, service.protocol)  # (None: no SDK)
         try:
             context_headers = outbound_headers(telemetry.propagation_context() if telemetry is not None else None)
         except ValueError:

@@ -1,14 +1,21 @@
-"""Spans and metrics through ``opentelemetry-api`` only (a no-op when the app has no SDK).
+"""Spans and metrics through ``opentelemetry-api`` only (nothing is made when the app has no SDK).
 
-One CLIENT span per logical call, whatever the retries and the failover inside it, with the
-attributes ``mesh.service``, ``mesh.route``, ``mesh.attempts``, ``mesh.failed_over``,
-``mesh.upstream_service_time`` (s), ``mesh.error_kind``, plus ``http.request.method``,
-``http.response.status_code`` and ``peer.service``. Metrics: the counter ``mesh_client.calls``
-and the histogram ``mesh_client.call.duration`` (s), both by service, route and outcome.
+One CLIENT span per logical call, whatever the retries and the failover inside it, following
+OpenTelemetry's semantic conventions: the stable HTTP client conventions for HTTP calls (the
+attributes ``opentelemetry-instrumentation-requests`` / ``-httpx`` set with
+``OTEL_SEMCONV_STABILITY_OPT_IN=http``, with the logical service URL as ``url.full`` and the proxy
+actually connected to as ``network.peer.*``), the RPC conventions for Thrift calls, plus the
+``mesh.*`` attributes. One histogram point per call: ``http.client.request.duration`` (HTTP) or
+``rpc.client.call.duration`` (Thrift), in seconds, with the conventions' advisory buckets.
+docs/context.md lists every attribute.
 
 While a mesh call runs, HTTP instrumentation is suppressed (the context key OpenTelemetry's
 ``suppress_http_instrumentation()`` sets), so ``opentelemetry-instrumentation-requests`` or
 ``-httpx`` installed beside mesh_client does not add a second client span for the same call.
+
+The private parts of ``opentelemetry-api`` read here (where it keeps its global providers, a
+``TraceState``'s entries, the suppression key) are each probed once and have a public fallback;
+they are kept together in the section "private OpenTelemetry internals" below.
 """
 
 from __future__ import annotations
@@ -16,45 +23,63 @@ from __future__ import annotations
 import contextlib
 import sys
 import threading
-from typing import TYPE_CHECKING, Final
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import urlsplit
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
-from opentelemetry.metrics import _internal as _metrics_api  # where the API keeps its global provider
 
 if TYPE_CHECKING:
     from .info import CallInfo
+    from .registry import Address
 
-__all__ = ["CallTelemetry", "call_telemetry", "no_http_instrumentation"]
+__all__ = [
+    "DURATION_BUCKETS",
+    "SCHEMA_URL",
+    "CallTelemetry",
+    "call_telemetry",
+    "no_http_instrumentation",
+    "trace_state",
+]
 
-_SUPPRESS_HTTP_KEY: str = getattr(otel_context, "_SUPPRESS_HTTP_INSTRUMENTATION_KEY", "suppress_http_instrumentation")
-_INSTRUMENTATION = "mesh_client"
+_INSTRUMENTATION: Final = "mesh_client"
+#: The semantic conventions version the names follow: the stable HTTP conventions, and the RPC
+#: ones as renamed in 1.39 (``rpc.system.name``, a fully-qualified ``rpc.method``, ``peer.service``
+#: -> ``service.peer.name``); 1.44.0 is the newest the installed ``opentelemetry-semantic-conventions``
+#: (0.66b2) knows, and nothing emitted here changed between 1.39 and 1.44.
+SCHEMA_URL: Final = "https://opentelemetry.io/schemas/1.44.0"
+#: The conventions' advisory bucket boundaries (s) for ``http.client.request.duration`` and
+#: ``rpc.client.call.duration``.
+DURATION_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+#: Methods kept as they are in ``http.request.method`` (others become ``_OTHER``), as in
+#: ``opentelemetry-util-http``'s ``sanitize_method``.
+_KNOWN_METHODS: Final = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "QUERY"}
+)
+#: query parameters whose values ``url.full`` redacts (the HTTP conventions' list)
+_REDACTED_PARAMS: Final = frozenset({"AWSAccessKeyId", "Signature", "sig", "X-Goog-Signature"})
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+_HTTP_VERSIONS: Final = {9: "0.9", 10: "1.0", 11: "1.1", 20: "2", 30: "3"}
+_RPC_SYSTEM: Final = "thrift"
 
 
-class _Instruments:
-    """Tracer and meter instruments, created on first use (never at import time)."""
+# -- private OpenTelemetry internals: each probed, each with a public fallback ------------------------
+# (a later refactor moves this section to mesh_client/_compat/otel.py)
 
-    _lock = threading.Lock()
-    _ready = False
-    tracer: trace.Tracer
-    calls: metrics.Counter
-    duration: metrics.Histogram
 
-    @classmethod
-    def get(cls) -> type[_Instruments]:
-        if not cls._ready:
-            with cls._lock:
-                if not cls._ready:
-                    cls.tracer = trace.get_tracer(_INSTRUMENTATION)
-                    meter = metrics.get_meter(_INSTRUMENTATION)
-                    cls.calls = meter.create_counter(
-                        "mesh_client.calls", unit="{call}", description="Calls to mesh services"
-                    )
-                    cls.duration = meter.create_histogram(
-                        "mesh_client.call.duration", unit="s", description="Duration of calls to mesh services"
-                    )
-                    cls._ready = True
-        return cls
+def _probe_metrics_api() -> Any:
+    """The module where the metrics API keeps its global provider (``_METER_PROVIDER``), or None
+    when it is not there any more (then metrics are assumed on: every call records, which the
+    API's proxy instruments drop while no provider is set: always correct, a little slower)."""
+    try:
+        from opentelemetry.metrics import _internal
+    except ImportError:  # the API moved it
+        return None
+    return _internal if hasattr(_internal, "_METER_PROVIDER") else None
+
+
+_METRICS_API: Any = _probe_metrics_api()
 
 
 def tracing_is_noop() -> bool:
@@ -68,9 +93,93 @@ def tracing_is_noop() -> bool:
 def metrics_are_noop() -> bool:
     """Whether no meter provider (no SDK) is installed, so the API's proxy instruments drop every
     record (the test they make themselves: they have no real instrument until a provider is set;
-    one named by OTEL_PYTHON_METER_PROVIDER is set when the instruments are made). If the API
-    ever stops keeping its provider there, metrics are assumed on."""
-    return getattr(_metrics_api, "_METER_PROVIDER", True) is None
+    one named by OTEL_PYTHON_METER_PROVIDER is set when the instruments are made). See
+    :func:`_probe_metrics_api` for the fallback."""
+    api = _METRICS_API
+    return api is not None and getattr(api, "_METER_PROVIDER", True) is None
+
+
+#: the context key ``suppress_http_instrumentation()`` sets (the value it has had since 1.20)
+_SUPPRESS_HTTP_KEY: str = getattr(otel_context, "_SUPPRESS_HTTP_INSTRUMENTATION_KEY", "suppress_http_instrumentation")
+
+
+def _probe_trace_state_store() -> bool:
+    """Whether a ``TraceState`` keeps its entries in the dict ``_dict`` that every method reads
+    (then :func:`trace_state` can hold keys OpenTelemetry's older grammar rejects)."""
+    try:
+        state = trace.TraceState()
+        if vars(state) != {"_dict": {}}:
+            return False
+        state._dict = {"a@@b": "1", "c": "2"}
+        return state.to_header() == "a@@b=1,c=2" and len(state) == 2 and state["a@@b"] == "1" and "c" in state
+    except Exception:  # an API whose TraceState works otherwise
+        return False
+
+
+_TRACE_STATE_STORE: bool = _probe_trace_state_store()
+
+
+def trace_state(members: Sequence[tuple[str, str]]) -> trace.TraceState:
+    """A ``TraceState`` with exactly ``members`` (already checked by
+    :func:`mesh_client.tracestate.parse_tracestate`: valid under the current W3C grammar, no key
+    twice, at most 32). Fallback when the probe fails: OpenTelemetry's own constructor, which keeps
+    the members its older key grammar accepts."""
+    if not _TRACE_STATE_STORE:
+        return trace.TraceState(list(members))
+    state = trace.TraceState()
+    state._dict = dict(members)
+    return state
+
+
+# -- instruments --------------------------------------------------------------------------------------
+
+
+def _package_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("mesh-client")
+    except Exception:  # running from a source tree that is not installed
+        return ""
+
+
+def duration_histograms(meter: metrics.Meter) -> tuple[metrics.Histogram, metrics.Histogram]:
+    """``http.client.request.duration`` and ``rpc.client.call.duration`` made by ``meter``."""
+    http = meter.create_histogram(
+        "http.client.request.duration",
+        unit="s",
+        description="Duration of HTTP client requests.",
+        explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+    )
+    rpc = meter.create_histogram(
+        "rpc.client.call.duration",
+        unit="s",
+        description="Measures the duration of an outgoing Remote Procedure Call (RPC).",
+        explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+    )
+    return http, rpc
+
+
+class _Instruments:
+    """Tracer and meter instruments, created on first use (never at import time)."""
+
+    _lock = threading.Lock()
+    _ready = False
+    tracer: trace.Tracer
+    http_duration: metrics.Histogram
+    rpc_duration: metrics.Histogram
+
+    @classmethod
+    def get(cls) -> type[_Instruments]:
+        if not cls._ready:
+            with cls._lock:
+                if not cls._ready:
+                    version = _package_version()
+                    cls.tracer = trace.get_tracer(_INSTRUMENTATION, version, schema_url=SCHEMA_URL)
+                    meter = metrics.get_meter(_INSTRUMENTATION, version, schema_url=SCHEMA_URL)
+                    cls.http_duration, cls.rpc_duration = duration_histograms(meter)
+                    cls._ready = True
+        return cls
 
 
 _NOOP_TRACER: Final = trace.NoOpTracer()
@@ -104,40 +213,119 @@ def no_http_instrumentation() -> contextlib.AbstractContextManager[None]:
     return _NoHttpInstrumentation()
 
 
-def call_telemetry(service: str, method: str) -> CallTelemetry | None:
+def call_telemetry(service: str, method: str, source: object = None, protocol: str = "http") -> CallTelemetry | None:
     """The telemetry of a new call, or None when there is nothing to record: no tracer provider
-    and no meter provider installed (no SDK), so the call's span would be a no-op and both metric
-    records would be dropped. A provider named by ``OTEL_PYTHON_TRACER_PROVIDER`` /
-    ``OTEL_PYTHON_METER_PROVIDER`` is loaded first, as the instruments are made."""
+    and no meter provider installed (no SDK), so the call's span would be a no-op and its metric
+    record dropped. A provider named by ``OTEL_PYTHON_TRACER_PROVIDER`` /
+    ``OTEL_PYTHON_METER_PROVIDER`` is loaded first, as the instruments are made.
+
+    ``source`` is what the call was made from, read only here: the ``requests`` or ``httpx``
+    request (its URL and ``User-Agent``), or for Thrift the thriftpy2 service (its name)."""
     if not _Instruments._ready:
         _Instruments.get()
     if tracing_is_noop() and metrics_are_noop():
         return None
-    return CallTelemetry(service, method)
+    return CallTelemetry(service, method, source, protocol)
+
+
+# -- what a call's attributes are made of -------------------------------------------------------------
+
+
+def redact_url(url: str) -> str:
+    """``url`` as ``url.full`` shows it: credentials and the values of the conventions' sensitive
+    query parameters replaced by ``REDACTED`` (the rest exactly as written)."""
+    scheme, sep, rest = url.partition("://")
+    if sep:
+        authority, slash, tail = rest.partition("/")
+        if "@" in authority:
+            url = f"{scheme}://REDACTED:REDACTED@{authority.rpartition('@')[2]}{slash}{tail}"
+    head, sep, query = url.partition("?")
+    if not sep:
+        return url
+    query, hash_sign, fragment = query.partition("#")
+    params = query.split("&")
+    changed = False
+    for i, param in enumerate(params):
+        name, eq, _ = param.partition("=")
+        if eq and name in _REDACTED_PARAMS:
+            params[i] = f"{name}=REDACTED"
+            changed = True
+    if not changed:
+        return url
+    return f"{head}?{'&'.join(params)}{hash_sign}{fragment}"
+
+
+def _protocol_version(response: object) -> str | None:
+    """``network.protocol.version`` of a response: httpx's ``http_version`` (``HTTP/1.1``) or
+    urllib3's ``raw.version`` (11) under a ``requests`` response; None when unknown."""
+    version = getattr(response, "http_version", None)
+    if isinstance(version, str):
+        return version.removeprefix("HTTP/") or None
+    number = getattr(getattr(response, "raw", None), "version", None)
+    return _HTTP_VERSIONS.get(number) if isinstance(number, int) else None
+
+
+def _http_attributes(service: str, method: str, source: object) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the metric's attributes known at the start, the span's extra ones) for an HTTP call."""
+    known = method in _KNOWN_METHODS
+    base: dict[str, Any] = {"http.request.method": method if known else "_OTHER", "mesh.service": service}
+    extra: dict[str, Any] = {} if known else {"http.request.method_original": method}
+    url = getattr(source, "url", None)
+    host, port = service, 80
+    if url is not None:
+        text = str(url)
+        extra["url.full"] = redact_url(text)
+        try:
+            parts = urlsplit(text)
+            host = parts.hostname or service
+            port = parts.port or _DEFAULT_PORTS.get(parts.scheme, 80)
+        except ValueError:  # pragma: no cover - the URL was parsed already to find the service
+            pass
+    base["server.address"], base["server.port"] = host, port
+    headers = getattr(source, "headers", None)
+    agent = headers.get("user-agent") if headers is not None else None
+    if isinstance(agent, str):
+        extra["user_agent.original"] = agent
+    return base, extra
 
 
 class CallTelemetry:
     """The span and measurements of one logical call.
 
-    Without an SDK (no tracer provider), no span is started: the no-op tracer's span would only
-    carry the current span context, which :meth:`propagation_context` then leaves to the current
-    context (the same headers), and :attr:`span` makes it on demand.
+    Without a tracer provider, no span is started: the no-op tracer's span would only carry the
+    current span context, which :meth:`propagation_context` then leaves to the current context
+    (the same headers), and :attr:`span` makes it on demand.
     """
 
-    __slots__ = ("_finished", "_method", "_service", "_span")
+    __slots__ = ("_base", "_finished", "_method", "_name", "_rpc", "_service", "_span")
 
-    def __init__(self, service: str, method: str) -> None:
+    def __init__(self, service: str, method: str, source: object = None, protocol: str = "http") -> None:
         # first: getting the tracer loads a provider named by OTEL_PYTHON_TRACER_PROVIDER
         instruments = _Instruments if _Instruments._ready else _Instruments.get()
         self._finished = False
         self._service = service
         self._method = method
+        self._rpc = protocol == "thrift"
+        if self._rpc:
+            interface = getattr(source, "__name__", None) or service
+            rpc_method = f"{interface}/{method}"
+            self._name = rpc_method
+            self._base: dict[str, Any] = {
+                "rpc.system.name": _RPC_SYSTEM,
+                "rpc.method": rpc_method,
+                "server.address": service,
+                "mesh.service": service,
+            }
+            extra: dict[str, Any] = {}
+        else:
+            self._base, extra = _http_attributes(service, method, source)
+            self._name = method if method in _KNOWN_METHODS else "HTTP"
         self._span: trace.Span | None = None
         if not tracing_is_noop():
             self._span = instruments.tracer.start_span(
-                f"{method} {service}",
+                self._name,
                 kind=trace.SpanKind.CLIENT,
-                attributes={"mesh.service": service, "http.request.method": method, "peer.service": service},
+                attributes={**self._base, **extra, "service.peer.name": service, "peer.service": service},
             )
 
     @property
@@ -145,7 +333,7 @@ class CallTelemetry:
         """The call's CLIENT span (a non-recording one without an SDK)."""
         span = self._span
         if span is None:
-            span = self._span = _NOOP_TRACER.start_span(f"{self._method} {self._service}", kind=trace.SpanKind.CLIENT)
+            span = self._span = _NOOP_TRACER.start_span(self._name, kind=trace.SpanKind.CLIENT)
         return span
 
     def propagation_context(self) -> otel_context.Context | None:
@@ -155,32 +343,125 @@ class CallTelemetry:
             return None
         return trace.set_span_in_context(self._span)
 
-    def finish(self, info: CallInfo, *, status: int | None = None, error_kind: str | None = None) -> None:
-        """Record the outcome and end the span (once; later calls do nothing)."""
+    def _error_type(
+        self,
+        info: CallInfo,
+        *,
+        status: int | None,
+        response: object,
+        error: type[BaseException] | None,
+        cause: BaseException | None,
+        escaped: BaseException | None,
+        error_kind: str | None,
+    ) -> str | None:
+        """``error.type``: the attempt's exception class (the mesh error's when there is none), the
+        status code of an HTTP error response (4xx, 5xx or uninterpretable), a Thrift error reply's
+        Envoy kind or exception class; None for a success or a cancellation."""
+        if error is not None:
+            return type(cause).__qualname__ if cause is not None else error.__name__
+        if escaped is not None:
+            return None if error_kind == "cancelled" else type(escaped).__qualname__
+        if status is None:
+            return None
+        if self._rpc:  # (the core's status for a reply that is an exception is not 200)
+            return None if status == 200 else info.envoy_error or type(getattr(response, "error", None)).__qualname__
+        return str(status) if status >= 400 or status < 100 else None
+
+    def _outcome(
+        self,
+        info: CallInfo,
+        *,
+        status: int | None,
+        kind: str | None,
+        error_type: str | None,
+        version: str | None,
+        peer: Address | None,
+    ) -> dict[str, Any]:
+        """The span attributes known when the call ends."""
+        attributes: dict[str, Any] = {
+            "mesh.route": info.route.value,
+            "mesh.attempts": info.attempts,
+            "mesh.failed_over": info.failed_over,
+        }
+        if info.attempts > 1 and not self._rpc:
+            attributes["http.request.resend_count"] = info.attempts - 1
+        if peer is not None:
+            attributes["network.peer.address"] = peer.host
+            attributes["network.peer.port"] = peer.port
+        if status is not None and not self._rpc:
+            attributes["http.response.status_code"] = status
+        if version is not None:
+            attributes["network.protocol.version"] = version
+        if info.upstream_service_time is not None:
+            attributes["mesh.upstream_service_time"] = info.upstream_service_time
+        if info.envoy_error:
+            attributes["mesh.envoy_error"] = info.envoy_error
+        if kind:
+            attributes["mesh.error_kind"] = kind
+        # the hook for the call's variant: CallInfo.variant (added by the variants work) -> mesh.variant
+        variant = getattr(info, "variant", None)
+        if variant is not None:
+            attributes["mesh.variant"] = variant
+        if error_type is not None:
+            attributes["error.type"] = error_type
+        return attributes
+
+    def finish(
+        self,
+        info: CallInfo,
+        *,
+        status: int | None = None,
+        error_kind: str | None = None,
+        peer: Address | None = None,
+        response: object = None,
+        error: type[BaseException] | None = None,
+        message: str = "",
+        cause: BaseException | None = None,
+        escaped: BaseException | None = None,
+    ) -> None:
+        """Record the outcome and end the span (once; later calls do nothing).
+
+        ``status`` and ``response``: the final response; ``error``, ``message`` and ``cause``: the
+        mesh error class the call fails with, its message and the attempt's own exception;
+        ``escaped``: an exception that ended the call from outside the core (``error_kind``
+        ``"cancelled"`` when it is a cancellation, which the conventions do not count as an error);
+        ``peer``: the address the last attempt went to."""
         if self._finished:
             return
         self._finished = True
-        instruments = _Instruments  # (ready: __init__ made sure)
         kind = error_kind or info.envoy_error
+        error_type = self._error_type(
+            info, status=status, response=response, error=error, cause=cause, escaped=escaped, error_kind=error_kind
+        )
+        version = None if self._rpc or response is None else _protocol_version(response)
         route = info.route.value
-        outcome = kind or (f"{status // 100}xx" if status is not None else "ok")
         span = self._span
-        if span is not None:  # None: no SDK, nothing to record or end
+        if span is not None:  # None: no tracer provider, nothing to record or end
             if span.is_recording():
-                span.set_attribute("mesh.route", route)
-                span.set_attribute("mesh.attempts", info.attempts)
-                span.set_attribute("mesh.failed_over", info.failed_over)
-                if info.upstream_service_time is not None:
-                    span.set_attribute("mesh.upstream_service_time", info.upstream_service_time)
-                if kind:
-                    span.set_attribute("mesh.error_kind", kind)
-                if status is not None:
-                    span.set_attribute("http.response.status_code", status)
-                if error_kind is not None or (status is not None and status >= 500):
-                    span.set_status(trace.StatusCode.ERROR, kind or f"HTTP {status}")
+                outcome = self._outcome(
+                    info, status=status, kind=kind, error_type=error_type, version=version, peer=peer
+                )
+                span.set_attributes(outcome)
+                if error is not None:
+                    raised = cause if cause is not None else error(message)
+                    span.record_exception(raised, attributes={"exception.message": message})
+                    span.set_status(trace.StatusCode.ERROR, f"{error_type}: {message}")
+                elif escaped is not None and error_type is not None:
+                    span.record_exception(escaped)
+                    span.set_status(trace.StatusCode.ERROR, f"{error_type}: {escaped}")
+                elif error_type is not None:  # (the status code says why: no description)
+                    span.set_status(trace.StatusCode.ERROR)
             span.end()
-        if metrics_are_noop():  # the proxy instruments would drop both records
+        if metrics_are_noop():  # the proxy instrument would drop the record
             return
-        labels = {"mesh.service": info.service, "mesh.route": route, "mesh.outcome": outcome}
-        instruments.calls.add(1, labels)
-        instruments.duration.record(info.elapsed, labels)
+        point = {**self._base, "mesh.route": route}
+        if status is not None and not self._rpc:
+            point["http.response.status_code"] = status
+        if version is not None:
+            point["network.protocol.version"] = version
+        if error_type is not None:
+            point["error.type"] = error_type
+        if kind:
+            point["mesh.error_kind"] = kind
+        histogram = _Instruments.rpc_duration if self._rpc else _Instruments.http_duration
+        histogram.record(info.elapsed, point)

@@ -23,6 +23,19 @@ class Otel:
     spans: InMemorySpanExporter
     metrics: InMemoryMetricReader
 
+    def histogram(self, scope: str, name: str) -> dict[frozenset[tuple[str, Any]], tuple[int, tuple[float, ...], str]]:
+        """The points of histogram ``name`` recorded under instrumentation ``scope`` so far (cumulative):
+        attributes -> (count, bucket boundaries, unit)."""
+        data = self.metrics.get_metrics_data()
+        found = {}
+        for rm in data.resource_metrics if data else ():
+            for sm in rm.scope_metrics:
+                for metric in sm.metrics:
+                    if sm.scope.name == scope and metric.name == name:
+                        for p in metric.data.data_points:
+                            found[frozenset(p.attributes.items())] = (p.count, tuple(p.explicit_bounds), metric.unit)
+        return found
+
     def finished(self, trace_id: int | None = None) -> list[ReadableSpan]:
         spans = list(self.spans.get_finished_spans())
         if trace_id is not None:

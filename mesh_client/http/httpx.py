@@ -79,7 +79,7 @@ class _MeshTransportMixin:
         if extra is not None and not isinstance(extra, CallOptions):
             raise TypeError(f"extensions[{EXTENSION_KEY!r}] must be a mesh_client.CallOptions, got {extra!r}")
         replayable = isinstance(request.stream, httpx.ByteStream)
-        return self.mesh.start_call(service, request.method, extra, replayable=replayable)
+        return self.mesh.start_call(service, request.method, extra, replayable=replayable, source=request)
 
     @staticmethod
     def _attempt_request(request: httpx.Request, attempt: Attempt) -> httpx.Request:

@@ -163,7 +163,7 @@ class MeshAdapter(HTTPAdapter):
             return plain
         body = request.body
         run = self.mesh.start_call(
-            service, request.method or "GET", replayable=body is None or isinstance(body, (bytes, str))
+            service, request.method or "GET", replayable=body is None or isinstance(body, (bytes, str)), source=request
         )
         wire = current_wire()
 

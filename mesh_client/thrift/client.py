@@ -261,7 +261,7 @@ class ThriftClient:
         call_args = getattr(service, api + "_args")(**fields)
         result_cls = getattr(service, api + "_result")
         oneway = bool(getattr(result_cls, "oneway", False))
-        run = self._mesh.start_call(self._config, api)
+        run = self._mesh.start_call(self._config, api, source=service)
         wire = current_wire()
 
         def send(attempt: Attempt) -> Responded[_Reply] | Broken:

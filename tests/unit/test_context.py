@@ -985,7 +985,11 @@ def test_property_asgi_outbound_headers_stay_within_the_boundary(
     mesh: Mesh, otel_session: Otel, pairs: list[tuple[str, str]]
 ) -> None:
     raw = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in pairs]
-    seen_headers = {name.lower(): value for name, value in pairs}  # the last of duplicates wins
+    seen_headers: dict[str, str] = {}
+    for name, value in pairs:  # the last of duplicates wins, but trace context fields are joined
+        lower = name.lower()
+        joined = lower in ("traceparent", "tracestate", "baggage") and lower in seen_headers
+        seen_headers[lower] = f"{seen_headers[lower]},{value}" if joined else value
     seen, after = asyncio.run(seen_by_asgi_app(mesh, scope(raw)))
     assert_outbound_within_the_boundary(seen["out"], seen_headers)
     assert after == {"left": None, "id": None}

@@ -367,9 +367,9 @@ def test_an_error_escaping_send_still_ends_the_call_span() -> None:
     ended: list[str | None] = []
 
     class Recording(CallTelemetry):
-        def finish(self, info: Any, *, status: int | None = None, error_kind: str | None = None) -> None:
-            ended.append(error_kind)
-            super().finish(info, status=status, error_kind=error_kind)
+        def finish(self, info: Any, **outcome: Any) -> None:
+            ended.append(outcome.get("error_kind"))
+            super().finish(info, **outcome)
 
     cfg = config()
     svc = cfg.services["users"]

@@ -1,0 +1,313 @@
+"""Mesh spans and metrics beyond the HTTP parity test: Thrift (RPC conventions), methods the
+conventions do not know, URL redaction, abandoned calls, and the probes of OpenTelemetry internals.
+
+(tests/integration/test_semconv.py compares HTTP calls with the official instrumentation on real
+Envoy and HAProxy.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan
+from thriftpy2.thrift import TApplicationException
+
+from mesh_client import Mesh, MeshTimeoutError, Route, ThriftRoutingError, call_options
+from mesh_client import telemetry as telemetry_module
+from mesh_client.core import Attempt, CallRun, Responded, ServicePlan, drive
+from mesh_client.telemetry import DURATION_BUCKETS, CallTelemetry, redact_url
+from mesh_client.testing import FakeMesh, hang, reply, thrift_reply
+
+from ..conftest import Otel, load_idl
+
+REGISTRY: dict[str, Any] = {
+    "mesh": {
+        "caller": "checkout",
+        "envoy_http": "127.0.0.1:15001",
+        "envoy_thrift": "127.0.0.1:15002",
+        "envoy_admin": "127.0.0.1:15000",
+        "default_route": "envoy",
+    },
+    "flags": {"source": "none"},
+    "services": {
+        "users": {"haproxy": "127.0.0.1:16001", "endpoints": ["127.0.0.1:18001"], "retries": 0},
+        "users-thrift": {
+            "protocol": "thrift",
+            "haproxy": "127.0.0.1:16003",
+            "endpoints": ["127.0.0.1:18003"],
+            "timeout": 1.0,
+            "retries": 0,
+        },
+    },
+}
+IDL = """
+exception NotFound {1: string message}
+service Users {
+    string get(1: i64 id) throws (1: NotFound nf),
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def users_thrift(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    return load_idl(tmp_path_factory, IDL, "telemetry_users_thrift")
+
+
+@pytest.fixture
+def mesh(fake_mesh: FakeMesh) -> Mesh:
+    return fake_mesh.mesh(REGISTRY)
+
+
+def the_span(otel: Otel) -> ReadableSpan:
+    (span,) = [s for s in otel.finished() if s.instrumentation_scope and s.instrumentation_scope.name == "mesh_client"]
+    return span
+
+
+def new_point(otel: Otel, name: str, call: Any) -> dict[str, Any]:
+    """The attributes of the one point of histogram ``name`` that ``call`` counted."""
+    before = otel.histogram("mesh_client", name)
+    call()
+    grown = [(k, v) for k, v in otel.histogram("mesh_client", name).items() if v[0] != before.get(k, (0,))[0]]
+    assert len(grown) == 1, grown
+    key, (_count, bounds, unit) = grown[0]
+    assert (bounds, unit) == (DURATION_BUCKETS, "s")
+    return dict(key)
+
+
+# -- Thrift: the RPC conventions ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("route", [Route.ENVOY, Route.HAPROXY], ids=str)
+def test_a_thrift_call_is_an_rpc_span(
+    fake_mesh: FakeMesh, mesh: Mesh, users_thrift: Any, otel: Otel, route: Route
+) -> None:
+    fake_mesh.add("users-thrift", thrift_reply("ann"), thrift_reply(raises=users_thrift.NotFound(message="no")))
+
+    def call() -> None:
+        with call_options(route=route), mesh.thrift_client(users_thrift.Users, "users-thrift") as client:
+            assert client.get(1) == "ann"
+
+    point = new_point(otel, "rpc.client.call.duration", call)
+    span = the_span(otel)
+    proxy = mesh.config.envoy_thrift if route is Route.ENVOY else mesh.config.services["users-thrift"].haproxy
+    assert proxy is not None
+    assert (span.name, span.kind, span.status.status_code) == (
+        "Users/get",
+        trace.SpanKind.CLIENT,
+        trace.StatusCode.UNSET,
+    )
+    attributes = dict(span.attributes or {})
+    assert {k: v for k, v in attributes.items() if k.startswith(("rpc.", "server.", "network."))} == {
+        "rpc.system.name": "thrift",
+        "rpc.method": "Users/get",
+        "server.address": "users-thrift",
+        "network.peer.address": proxy.host,
+        "network.peer.port": proxy.port,
+    }
+    assert not [k for k in attributes if k.startswith(("http.", "url."))]
+    assert (attributes["mesh.service"], attributes["mesh.route"]) == ("users-thrift", route.value)
+    assert point == {
+        "rpc.system.name": "thrift",
+        "rpc.method": "Users/get",
+        "server.address": "users-thrift",
+        "mesh.service": "users-thrift",
+        "mesh.route": route.value,
+    }
+    # a declared exception is the method's answer, not a failed call
+    otel.spans.clear()
+    with mesh.thrift_client(users_thrift.Users, "users-thrift") as client, pytest.raises(users_thrift.NotFound):
+        client.get(2)
+    assert the_span(otel).status.status_code is trace.StatusCode.UNSET
+
+
+@pytest.mark.fake_mesh(allow_unexpected=True)
+def test_thrift_failures_name_their_error_type(fake_mesh: FakeMesh, mesh: Mesh, users_thrift: Any, otel: Otel) -> None:
+    fake_mesh.add("users-thrift", thrift_reply(raises=TApplicationException(TApplicationException.INTERNAL_ERROR)))
+    with mesh.thrift_client(users_thrift.Users, "users-thrift") as client:
+        with pytest.raises(TApplicationException):
+            client.get(1)
+        span = the_span(otel)
+        assert (span.status.status_code, (span.attributes or {})["error.type"]) == (
+            trace.StatusCode.ERROR,
+            "TApplicationException",
+        )
+        otel.spans.clear()
+        fake_mesh.reset()  # no handler: Envoy has no healthy upstream
+        with pytest.raises(ThriftRoutingError):
+            client.get(1)
+        attributes = dict(the_span(otel).attributes or {})
+        assert attributes["error.type"] == attributes["mesh.envoy_error"] == "no_healthy_upstream"
+        otel.spans.clear()
+        fake_mesh.add("users-thrift", hang())
+        with pytest.raises(MeshTimeoutError):
+            client.get(1)
+    span = the_span(otel)
+    assert (span.attributes or {})["error.type"] == "TimeoutError"
+    (event,) = span.events
+    assert (event.attributes or {})["exception.type"] == "TimeoutError"
+    assert str((event.attributes or {})["exception.message"]).startswith("get to service 'users-thrift'")
+
+
+# -- HTTP details ------------------------------------------------------------------------------------
+
+
+def test_an_unknown_method_is_other_and_the_span_is_named_http(fake_mesh: FakeMesh, mesh: Mesh, otel: Otel) -> None:
+    fake_mesh.add("users", reply(204))
+    with mesh.httpx_client() as client:
+        point = new_point(otel, "http.client.request.duration", lambda: client.request("PURGE", "http://users/x"))
+    span = the_span(otel)
+    attributes = dict(span.attributes or {})
+    assert span.name == "HTTP"
+    assert (attributes["http.request.method"], attributes["http.request.method_original"]) == ("_OTHER", "PURGE")
+    assert point["http.request.method"] == "_OTHER"
+
+
+def test_url_full_hides_signatures_and_keeps_the_rest(fake_mesh: FakeMesh, mesh: Mesh, otel: Otel) -> None:
+    fake_mesh.add("users", reply(200))
+    with mesh.httpx_client() as client:
+        client.get("http://users/x?sig=abc&q=1&Signature=s#top", headers={"User-Agent": "orders/2"})
+    attributes = dict(the_span(otel).attributes or {})
+    assert attributes["url.full"] == "http://users/x?sig=REDACTED&q=1&Signature=REDACTED#top"
+    assert attributes["user_agent.original"] == "orders/2"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://users/x", "http://users/x"),
+        ("http://users/x?q=1&sig=2", "http://users/x?q=1&sig=REDACTED"),
+        (
+            "http://users/x?AWSAccessKeyId=k&X-Goog-Signature=g#f",
+            "http://users/x?AWSAccessKeyId=REDACTED&X-Goog-Signature=REDACTED#f",
+        ),
+        ("http://users/x?signature=lower", "http://users/x?signature=lower"),  # the names are case-sensitive
+        ("http://u:p@users/x", "http://REDACTED:REDACTED@users/x"),
+        ("http://u:p@users", "http://REDACTED:REDACTED@users"),
+    ],
+)
+def test_redact_url(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+
+
+# -- calls abandoned from outside the core -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("escaping", "error_type"), [(asyncio.CancelledError(), None), (KeyError("a bug in a hook"), "KeyError")]
+)
+def test_a_cancelled_call_is_not_an_error_but_an_escaping_exception_is(
+    mesh: Mesh, otel: Otel, escaping: BaseException, error_type: str | None
+) -> None:
+    svc = mesh.config.services["users"]
+    run: CallRun[str] = CallRun(
+        ServicePlan.of(mesh.config, svc),
+        "GET",
+        svc.policy,
+        Route.HAPROXY,
+        "test",
+        telemetry=CallTelemetry("users", "GET"),
+    )
+
+    def send(attempt: Attempt) -> Responded[str]:
+        raise escaping
+
+    def call() -> None:
+        with pytest.raises(type(escaping)):
+            drive(run, send, lambda response: None)
+
+    point = new_point(otel, "http.client.request.duration", call)
+    span = the_span(otel)
+    attributes = dict(span.attributes or {})
+    assert attributes.get("error.type") == point.get("error.type") == error_type
+    assert attributes["mesh.error_kind"] == ("cancelled" if error_type is None else "error")
+    if error_type is None:
+        assert (span.status.status_code, span.events) == (trace.StatusCode.UNSET, ())
+    else:
+        assert span.status.status_code is trace.StatusCode.ERROR
+        assert [(e.attributes or {})["exception.type"] for e in span.events] == ["KeyError"]
+
+
+# -- the probes of OpenTelemetry internals, and their fallbacks ----------------------------------------
+
+
+def test_without_the_metrics_api_internals_every_call_records(
+    fake_mesh: FakeMesh, mesh: Mesh, otel: Otel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_mesh.add("users", reply(200))
+    assert telemetry_module._probe_metrics_api() is not None  # the installed API, as probed
+    monkeypatch.setattr(telemetry_module, "_METRICS_API", None)
+    assert not telemetry_module.metrics_are_noop()  # the general path: always correct
+    with mesh.httpx_client() as client:
+        point = new_point(otel, "http.client.request.duration", lambda: client.get("http://users/x"))
+    assert point["http.response.status_code"] == 200
+
+
+def test_the_scope_names_the_package_version_and_schema(fake_mesh: FakeMesh, mesh: Mesh, otel: Otel) -> None:
+    from importlib.metadata import version
+
+    fake_mesh.add("users", reply(200))
+    with mesh.httpx_client() as client:
+        client.get("http://users/x")
+    scope = the_span(otel).instrumentation_scope
+    assert scope is not None
+    assert (scope.name, scope.version, scope.schema_url) == (
+        "mesh_client",
+        version("mesh-client"),
+        "https://opentelemetry.io/schemas/1.44.0",
+    )
+
+
+# -- the dashboard queries of docs/context.md ------------------------------------------------------------
+
+
+def test_the_prometheus_names_the_dashboard_queries_use(
+    fake_mesh: FakeMesh, mesh: Mesh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/context.md's PromQL reads http_client_request_duration_seconds_{bucket,count} by
+    mesh_route, server_address, error_type and le: the names the Prometheus exporter gives."""
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader
+    from opentelemetry.sdk.metrics import MeterProvider
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    registry = CollectorRegistry()
+    provider = MeterProvider(metric_readers=[PrometheusMetricReader(registry=registry)])
+    http, _rpc = telemetry_module.duration_histograms(provider.get_meter("mesh_client"))
+    telemetry_module._Instruments.get()
+    monkeypatch.setattr(telemetry_module._Instruments, "http_duration", http)
+    fake_mesh.add("users", reply(200), reply(503))
+    with mesh.httpx_client() as client:
+        client.get("http://users/x")
+        client.get("http://users/x")
+    samples = [
+        s for family in text_string_to_metric_families(generate_latest(registry).decode()) for s in family.samples
+    ]
+    provider.shutdown()
+    buckets = {s.labels["le"] for s in samples if s.name == "http_client_request_duration_seconds_bucket"}
+    assert buckets == {str(b) for b in DURATION_BUCKETS} | {"+Inf"}
+    counts = {
+        (s.labels["mesh_route"], s.labels["server_address"], s.labels.get("error_type", "")): s.value
+        for s in samples
+        if s.name == "http_client_request_duration_seconds_count"
+    }
+    assert counts == {("envoy", "users", ""): 1.0, ("envoy", "users", "503"): 1.0}
+
+
+def test_the_probes_say_no_when_the_internals_are_gone(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    import opentelemetry.metrics
+
+    monkeypatch.delattr(opentelemetry.metrics, "_internal")
+    monkeypatch.setitem(sys.modules, "opentelemetry.metrics._internal", None)  # import fails
+    assert telemetry_module._probe_metrics_api() is None
+
+    class Elsewhere(trace.TraceState):  # a TraceState that keeps its entries under another name
+        def __init__(self, entries: Any = None) -> None:
+            self._entries = dict(entries or ())
+
+    monkeypatch.setattr(trace, "TraceState", Elsewhere)
+    assert not telemetry_module._probe_trace_state_store()
