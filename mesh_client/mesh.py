@@ -275,7 +275,7 @@ class Mesh:
 
     def __reduce__(self) -> tuple[Any, ...]:
         # a Mesh travels as its registry: see mesh_for_registry
-        return (mesh_for_registry, (self.config,))
+        return (mesh_for_registry, (self.config, self._serial))
 
     def __enter__(self) -> Mesh:
         return self
@@ -323,17 +323,23 @@ class _Unpickled:
 _unpickled = _Unpickled()
 
 
-def mesh_for_registry(config: MeshConfig) -> Mesh:
+def mesh_for_registry(config: MeshConfig, serial: int | None = None) -> Mesh:
     """The :class:`Mesh` an unpickled object (a pickled ``Mesh``, a ``MeshSession``) is bound to
-    in this process: the open Mesh made last whose registry equals ``config`` (the one the object
-    came from, within one process), or else a Mesh built from ``config``, which later unpickled
-    objects of that registry share and which is closed when the process exits."""
+    in this process, by this rule:
+
+    1. the Mesh it was pickled from, if it is open in this process (pickled and unpickled in one
+       process, or in a child forked from it; ``serial`` tells which one it was);
+    2. else the open Mesh made last whose registry equals ``config`` (:class:`MeshConfig` ``==``);
+    3. else a Mesh built from ``config`` (its flag source started anew), which the objects
+       unpickled later in this process share, closed when the process exits.
+
+    A Mesh made with a router of your own travels as its registry too: rule 3 builds the router
+    from the registry's ``[flags]``."""
     with _unpickled.lock:
-        found = max(
-            (mesh for mesh in list(_live) if not mesh.closed and mesh.config == config),
-            key=lambda mesh: mesh._serial,
-            default=None,
-        )
+        candidates = [mesh for mesh in list(_live) if not mesh.closed and mesh.config == config]
+        found = next((mesh for mesh in candidates if mesh._serial == serial), None)
+        if found is None:
+            found = max(candidates, key=lambda mesh: mesh._serial, default=None)
         if found is None:
             found = Mesh(config)
             _unpickled.meshes.append(found)

@@ -36,6 +36,7 @@ from ..policy import CallOptions
 from ..registry import Address
 from ..telemetry import no_http_instrumentation
 from ..wire import Wire, WireFailure, WireRequest, current_wire
+from . import httpx_errors  # noqa: F401 - registers the combined exceptions raised here
 from ._body import BodyTimer
 from ._fork import forget_transport_connections
 from ._headers import kept_names, learn

@@ -34,6 +34,7 @@ from ..mesh import Mesh
 from ..registry import ServiceConfig
 from ..telemetry import no_http_instrumentation
 from ..wire import Wire, WireFailure, WireRequest, current_wire
+from . import requests_errors  # noqa: F401 - registers the combined exceptions raised here
 from ._body import CHUNK, BodyTimer
 from ._fork import forget_adapter_pools
 from ._headers import kept_names, learn
@@ -130,9 +131,9 @@ class MeshAdapter(HTTPAdapter):
     """An ``HTTPAdapter`` that sends requests for registered services through the mesh.
 
     It pickles as an ``HTTPAdapter`` does (settings, no pools), with its mesh (see
-    :meth:`Mesh.__reduce__ <mesh_client.mesh.mesh_for_registry>`)."""
+    :func:`mesh_client.mesh.mesh_for_registry`)."""
 
-    __attrs__ = [*HTTPAdapter.__attrs__, "mesh"]  # noqa: RUF012 - requests names it so (read, never changed)
+    __attrs__ = [*HTTPAdapter.__attrs__, "mesh"]  # noqa: RUF012 - requests' name for what pickles
 
     def __init__(self, mesh: Mesh, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -282,7 +283,7 @@ class MeshSession(requests.Session):
     (see :func:`mesh_client.mesh.mesh_for_registry`).
     """
 
-    __attrs__ = [*requests.Session.__attrs__, "mesh", "mesh_adapter"]  # noqa: RUF012 - as requests names it
+    __attrs__ = [*requests.Session.__attrs__, "mesh", "mesh_adapter"]  # noqa: RUF012 - (as above)
 
     def __init__(self, mesh: Mesh) -> None:
         super().__init__()

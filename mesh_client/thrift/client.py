@@ -43,6 +43,7 @@ from ..fork import reset_in_child
 from ..policy import Route
 from ..registry import Address, ServiceConfig
 from ..wire import ThriftCall, Wire, WireFailure, WireRequest, current_wire
+from . import errors as _errors  # noqa: F401 - registers the combined exceptions raised here
 from .theader import FrameError, decode_header_frame, encode_framed, encode_header_frame, read_frame
 
 __all__ = ["ThriftClient"]
