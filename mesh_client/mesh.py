@@ -43,6 +43,12 @@ class Mesh:
         with Mesh.from_file("mesh.toml") as mesh:
             session = mesh.requests_session()
             session.get("http://users/v1/users/1")
+
+    A Mesh and its clients made before ``fork()`` (gunicorn ``--preload``, uWSGI, Celery
+    prefork, ``multiprocessing``) work in the child with no code of yours: the child restarts
+    the flag client, drops the pooled connections and starts retry budgets and sidecar circuits
+    clean (see :mod:`mesh_client.fork`). A pickled Mesh travels as its registry and is unpickled
+    as the mesh of that registry in the target process (:func:`mesh_for_registry`).
     """
 
     def __init__(self, config: MeshConfig, *, router: Router | None = None) -> None:
