@@ -120,3 +120,15 @@ class Child:
             except ChildProcessError:
                 pass
         self.channel.close()
+
+
+def run_in_child(work: Callable[[Channel], None], timeout: float = 60.0) -> Any:
+    """Fork, run ``work`` in the child and return the one message it sends; the child must then
+    exit with status 0."""
+    child = Child(work)
+    try:
+        message = child.receive(timeout)
+        assert child.wait() == 0
+        return message
+    finally:
+        child.kill()

@@ -35,7 +35,8 @@ from mesh_client.sidecar import free_port, start_envoy, start_haproxy
 from mesh_client.testing import Backend
 
 from ..conftest import load_idl
-from .forking import Channel, Child
+from .conftest import registry
+from .forking import Channel, Child, run_in_child
 from .servers import serve_thrift
 
 pytestmark = [
@@ -92,30 +93,15 @@ def fork_world(
     flags_path = work / "flags.json"
     write_flag_file(flags_path, [route_flag("mesh-route-users", "haproxy"), route_flag("mesh-route-echo", "haproxy")])
     echo_port = free_port()
-    data = {
-        "mesh": {
-            "caller": "checkout",
-            "envoy_http": f"127.0.0.1:{free_port()}",
-            "envoy_thrift": f"127.0.0.1:{free_port()}",
-            "envoy_admin": f"127.0.0.1:{free_port()}",
-        },
-        "flags": {"source": "file", "path": str(flags_path), "poll_interval": 0.1},
-        "services": {
-            "users": {
-                "haproxy": f"127.0.0.1:{free_port()}",
-                "endpoints": [str(backend.address)],
-                "timeout": 2.0,
-                "retries": 0,
-            },
-            "echo": {
-                "protocol": "thrift",
-                "transport": "framed",
-                "haproxy": f"127.0.0.1:{free_port()}",
-                "endpoints": [f"127.0.0.1:{echo_port}"],
-                "timeout": 2.0,
-                "retries": 0,
-            },
-        },
+    data = registry(backend, flags_path, envoy_thrift=f"127.0.0.1:{free_port()}")
+    policy = {"timeout": 2.0, "retries": 0}  # (a retry would hide a broken connection)
+    data["services"]["users"] = {**data["services"]["users"], **policy}
+    data["services"]["echo"] = {
+        "protocol": "thrift",
+        "transport": "framed",
+        "haproxy": f"127.0.0.1:{free_port()}",
+        "endpoints": [f"127.0.0.1:{echo_port}"],
+        **policy,
     }
     config = load_mapping(data, source="fork registry")
     with ExitStack() as stack:
@@ -354,12 +340,7 @@ def test_retry_budgets_and_sidecar_circuits_start_clean_in_the_child(fork_world:
                 reason = call_info(session.get("http://users/echo")).route_reason  # type: ignore[union-attr]
             channel.send({"budget": budget, "attempts": call_info(r).attempts, "reason": reason})  # type: ignore[union-attr]
 
-        child = Child(child_work)
-        try:
-            report = child.receive()
-            assert child.wait() == 0
-        finally:
-            child.kill()
+        report = run_in_child(child_work)
         assert (report["budget"], report["attempts"]) == (1, 2)
         assert "Envoy refused the connection, failed over to HAProxy" in report["reason"]
         assert "circuit open" not in report["reason"]
@@ -431,12 +412,7 @@ def test_a_flag_client_without_postfork_keeps_its_flags_and_the_child_says_so(
             warnings = [r.getMessage() for r in caplog.records if r.name == "mesh_client.routing"]
             channel.send({"route": mesh.route_for("users").route.value, "warnings": warnings})
 
-        child = Child(child_work)
-        try:
-            report = child.receive()
-            assert child.wait() == 0
-        finally:
-            child.kill()
+        report = run_in_child(child_work)
     assert report["route"] == "envoy"  # the client goes on answering as it did
     assert len(report["warnings"]) == 1
     assert "has no postfork(); in this forked process" in report["warnings"][0]

@@ -38,6 +38,7 @@ from mesh_client.sidecar import free_port, start_envoy, start_haproxy
 from mesh_client.testing import Backend
 
 from . import pickling_worker
+from .conftest import registry
 from .pickling_worker import IDL, fail
 from .servers import serve_thrift
 
@@ -80,23 +81,17 @@ def world(
     echo_port = free_port()
     policy = {"timeout": 0.3, "retries": 0}
     thrift = {"protocol": "thrift", "transport": "framed", **policy}
-    proxied = {  # what the real Envoy and HAProxy serve
-        "mesh": {
-            "caller": "checkout",
-            "envoy_http": f"127.0.0.1:{free_port()}",
-            "envoy_thrift": f"127.0.0.1:{free_port()}",
-            "envoy_admin": f"127.0.0.1:{free_port()}",
-        },
-        "services": {
-            "users": {"haproxy": f"127.0.0.1:{free_port()}", "endpoints": [str(backend.address)], **policy},
-            "echo": {"haproxy": f"127.0.0.1:{free_port()}", "endpoints": [f"127.0.0.1:{echo_port}"], **thrift},
-            "echo-dead": {"haproxy": f"127.0.0.1:{free_port()}", "endpoints": [f"127.0.0.1:{free_port()}"], **thrift},
-        },
+    proxied = registry(backend, work / "no-flags.json", envoy_thrift=f"127.0.0.1:{free_port()}")
+    proxied["flags"] = {"source": "none"}  # what the real Envoy and HAProxy serve:
+    proxied["services"] = {
+        "users": {**proxied["services"]["users"], **policy},
+        "echo": {"haproxy": f"127.0.0.1:{free_port()}", "endpoints": [f"127.0.0.1:{echo_port}"], **thrift},
+        "echo-dead": {"haproxy": f"127.0.0.1:{free_port()}", "endpoints": [f"127.0.0.1:{free_port()}"], **thrift},
     }
     config = load_mapping(proxied, source="pickling registry")
     hangup = _HangUpServer(("127.0.0.1", 0), _HangUp)
     hangup_address = f"127.0.0.1:{hangup.server_address[1]}"
-    registry = {  # what the callers use: the above, plus ports that refuse or hang up
+    callers = {  # what the callers use: the above, plus ports that refuse or hang up
         **proxied,
         "services": {
             **proxied["services"],
@@ -113,8 +108,8 @@ def world(
         serve_thrift(stack, echo.Echo, Sleepy(), stack.enter_context(Mesh(config)), "framed", echo_port)
         stack.enter_context(start_envoy(config, work / "envoy", binary=envoy_bin))
         stack.enter_context(start_haproxy(config, work / "haproxy", binary=haproxy_bin))
-        mesh = stack.enter_context(Mesh.from_dict(registry))
-        yield PicklingWorld(registry, str(idl_path), mesh)
+        mesh = stack.enter_context(Mesh.from_dict(callers))
+        yield PicklingWorld(callers, str(idl_path), mesh)
 
 
 @pytest.fixture(scope="module")
