@@ -62,9 +62,8 @@ class MeshError(Exception):
 
     def __reduce__(self) -> tuple[Any, ...]:
         state = _portable_state(self)
-        pair = _built.get(type(self))
-        if pair is not None:  # (a class built at run time has no name to import it by)
-            return (_restore_combined, (*pair, self.args, state))
+        if type(self) in _built:  # (a class built at run time has no name to import it by)
+            return (_restore_combined, (*_pairs[type(self)], self.args, state))
         return (_restore, (type(self), self.args, state))
 
 
@@ -132,8 +131,10 @@ _E = TypeVar("_E", bound=type[BaseException])
 
 #: (mesh class, library class) -> the class that is both
 _combined: dict[tuple[type[MeshTransportError], type[BaseException]], type[BaseException]] = {}
-#: the classes combined_class built at run time -> their pair (to rebuild them when unpickling)
-_built: dict[type[BaseException], tuple[type[MeshTransportError], type[BaseException]]] = {}
+#: each combined class -> (its mesh class, its library class)
+_pairs: dict[type[BaseException], tuple[type[MeshTransportError], type[BaseException]]] = {}
+#: the combined classes built at run time (rebuilt from their pair when unpickled)
+_built: set[type[BaseException]] = set()
 #: attributes of the libraries' exceptions that travel only when they can be pickled
 _MAYBE_PICKLABLE = ("request", "response", "_request", "_response")
 
@@ -153,6 +154,7 @@ def combined(cls: _E) -> _E:
         raise TypeError(f"{cls.__qualname__} must derive from a MeshTransportError class, then a library's class")
     if _combined.setdefault((mesh_cls, native), cls) is not cls:
         raise TypeError(f"{mesh_cls.__name__} and {native.__qualname__} are combined already")
+    _pairs[cls] = (mesh_cls, native)
     return cls
 
 
@@ -164,9 +166,15 @@ def combined_class(mesh_cls: type[MeshTransportError], native: type[BaseExceptio
     if cls is None:
         name = f"{mesh_cls.__name__}[{native.__module__}.{native.__qualname__}]"
         built = type(name, (mesh_cls, native), {"__module__": __name__})
-        _built.setdefault(built, key)
+        _pairs[built] = key
+        _built.add(built)
         cls = _combined.setdefault(key, built)  # (atomic: a class another thread built first wins)
     return cls
+
+
+def combination(cls: type[BaseException]) -> tuple[type[MeshTransportError], type[BaseException]] | None:
+    """(the mesh class, the library's class) of a combined class; None for any other class."""
+    return _pairs.get(cls)
 
 
 def _portable_state(err: BaseException) -> dict[str, Any]:
