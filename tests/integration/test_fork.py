@@ -115,8 +115,9 @@ def fork_world(
 class EchoClient:
     """One client library, made before the fork, calling a service that echoes a token."""
 
-    def __init__(self, kind: str, world: ForkWorld) -> None:
+    def __init__(self, kind: str, world: ForkWorld, url: str = "http://users/echo") -> None:
         self.kind = kind
+        self.url = url
         self._mesh = world.mesh
         self._loop: asyncio.AbstractEventLoop | None = None
         if kind == "requests":
@@ -135,29 +136,29 @@ class EchoClient:
         if self._loop is not None:
             self._loop = asyncio.new_event_loop()
 
-    def _one(self, token: str) -> tuple[str, Route]:
-        """(the token the service echoed, the route the call took)"""
+    def _one(self, token: str) -> tuple[str, Route | None]:
+        """(the token the service echoed, the route the call took; None: not a mesh call)"""
         if self.kind == "thrift":
             # a Thrift reply carries no call info: the route is what the flag decides for the call
             return self._client.echo(token), self._mesh.route_for("echo").route
-        response = self._client.get("http://users/echo", headers={"x-token": token})
-        info = call_info(response)
-        assert info is not None
-        return response.json()["headers"].get("x-token"), info.route
+        # (timeout=: mesh calls ignore it, the registry's applies; calls to other hosts need one)
+        return self._echoed(self._client.get(self.url, headers={"x-token": token}, timeout=5))
 
-    async def _one_async(self, token: str, limit: asyncio.Semaphore) -> tuple[str, Route]:
+    async def _one_async(self, token: str, limit: asyncio.Semaphore) -> tuple[str, Route | None]:
         async with limit:
-            response = await self._client.get("http://users/echo", headers={"x-token": token})
+            return self._echoed(await self._client.get(self.url, headers={"x-token": token}, timeout=5))
+
+    @staticmethod
+    def _echoed(response: Any) -> tuple[str, Route | None]:
         info = call_info(response)
-        assert info is not None
-        return response.json()["headers"].get("x-token"), info.route
+        return response.json()["headers"].get("x-token"), info.route if info is not None else None
 
     def calls(self, tokens: list[str], concurrency: int = CONCURRENCY) -> list[str]:
         """Call once per token, ``concurrency`` at a time; what went wrong (empty: every reply
         was the call's own)."""
         problems: list[str] = []
 
-        def check(token: str, outcome: tuple[str, Route] | BaseException) -> None:
+        def check(token: str, outcome: tuple[str, Route | None] | BaseException) -> None:
             if isinstance(outcome, BaseException):
                 problems.append(f"{token}: {type(outcome).__name__}: {outcome}")
             elif outcome[0] != token:
@@ -173,7 +174,7 @@ class EchoClient:
                 check(token, outcome)
             return problems
 
-        def guarded(token: str) -> tuple[str, Route] | BaseException:
+        def guarded(token: str) -> tuple[str, Route | None] | BaseException:
             try:
                 return self._one(token)
             except Exception as exc:
@@ -184,7 +185,7 @@ class EchoClient:
                 check(token, outcome)
         return problems
 
-    def route_of_a_call(self) -> Route:
+    def route_of_a_call(self) -> Route | None:
         token = uuid.uuid4().hex
         if self._loop is not None:
             echoed, route = self._loop.run_until_complete(self._one_async(token, asyncio.Semaphore(1)))
@@ -239,6 +240,32 @@ def test_a_client_made_before_fork_works_in_the_child(fork_world: ForkWorld, kin
         finally:
             child.kill()
         assert client.route_of_a_call() is flipped  # and the parent's client goes on working
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("kind", ["requests", "httpx", "httpx-async"])
+def test_calls_to_other_hosts_through_a_mesh_client_get_their_own_connections_in_the_child(
+    fork_world: ForkWorld, backend: Backend, kind: str
+) -> None:
+    """A mesh client also calls hosts that are not mesh services (here the backend directly): in
+    the child those calls open new connections too, where plain requests and httpx clients would
+    share the parent's."""
+    client = EchoClient(kind, fork_world, url=f"http://{backend.address}/echo")
+    try:
+        assert client.calls(tokens("warm-up", CONCURRENCY)) == []
+
+        def child_work(channel: Channel) -> None:
+            client.after_fork()
+            channel.send(client.calls(tokens("child")))
+
+        child = Child(child_work)
+        try:
+            assert client.calls(tokens("parent")) == []
+            assert child.receive() == []
+            assert child.wait() == 0
+        finally:
+            child.kill()
     finally:
         client.close()
 
