@@ -31,7 +31,7 @@ import requests
 
 from .core import DROPPED_HEADERS
 from .doctor import flag_source_problem, quiet_flag_logs, seconds_arg
-from .errors import ConfigError, MeshError
+from .errors import ConfigError, MeshError, combination
 from .info import CallInfo, call_info
 from .mesh import Mesh
 from .policy import UNSET, Route, call_options
@@ -137,7 +137,7 @@ def _header_notes(config: MeshConfig, headers: list[tuple[str, str]]) -> list[st
 def _class_names(exc: BaseException) -> list[str]:
     """The error's classes: the mesh_client class first, then the wrapped library's own."""
     cls = type(exc)
-    classes = list(cls.__bases__) if cls.__module__ == "mesh_client.errors" and "[" in cls.__name__ else [cls]
+    classes = list(combination(cls) or [cls])
     names = []
     for c in classes:
         public = c.__module__.startswith("mesh_client") or c.__module__ == "builtins"

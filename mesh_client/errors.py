@@ -18,14 +18,29 @@ and the wrapped library's own exception class (the exact class the library raise
 ``requests.ReadTimeout`` or ``httpx.ConnectError``). Existing ``except requests.Timeout`` or
 ``except httpx.TimeoutException`` code keeps working, and new code can catch ``MeshError``.
 
+The combined classes the wrappers raise are defined statically, one per pair of a mesh class
+and a library class a wrapper can raise: :mod:`mesh_client.http.requests_errors`,
+:mod:`mesh_client.http.httpx_errors` and :mod:`mesh_client.thrift.errors` (named
+``<mesh class>_<library class>``, e.g. ``MeshConnectError_ConnectTimeout``). A library class
+without one (a subclass of your own raised through a custom transport) gets a class built at run
+time, ``MeshConnectError[module.Class]``.
+
 HTTP statuses are never turned into exceptions: a 503 from Envoy is a response, classified in
 ``call_info(response).envoy_error``; call ``raise_for_status()`` as usual.
+
+Pickling: every ``MeshError`` survives ``pickle`` (a ``ProcessPoolExecutor`` worker raising it,
+``multiprocessing``, a task queue) with its class (so ``isinstance`` of the mesh class and of the
+library's class still hold), its message and its attributes, ``info`` (the
+:class:`~mesh_client.CallInfo`) included. The library's ``request`` / ``response`` attributes
+travel when they can be pickled; one that cannot (a request whose body is a generator or an open
+file, a hook that is a lambda) arrives as None. As for any exception, the cause chain
+(``__cause__``) and the traceback stay behind. No ``__init__`` runs when an error is unpickled.
 """
 
 from __future__ import annotations
 
-import threading
-from typing import TYPE_CHECKING
+import pickle
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from .info import CallInfo
@@ -44,6 +59,12 @@ __all__ = [
 
 class MeshError(Exception):
     """Base class of every error raised by mesh_client."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        state = _portable_state(self)
+        if type(self) in _built:  # (a class built at run time has no name to import it by)
+            return (_restore_combined, (*_pairs[type(self)], self.args, state))
+        return (_restore, (type(self), self.args, state))
 
 
 class ConfigError(MeshError, ValueError):
@@ -106,22 +127,80 @@ class ThriftRoutingError(MeshTransportError):
     may_have_reached_server: bool = True
 
 
+_E = TypeVar("_E", bound=type[BaseException])
+
+#: (mesh class, library class) -> the class that is both
 _combined: dict[tuple[type[MeshTransportError], type[BaseException]], type[BaseException]] = {}
-_combined_lock = threading.Lock()
+#: each combined class -> (its mesh class, its library class)
+_pairs: dict[type[BaseException], tuple[type[MeshTransportError], type[BaseException]]] = {}
+#: the combined classes built at run time (rebuilt from their pair when unpickled)
+_built: set[type[BaseException]] = set()
+#: attributes of the libraries' exceptions that travel only when they can be pickled
+_MAYBE_PICKLABLE = ("request", "response", "_request", "_response")
+
+
+def combined(cls: _E) -> _E:
+    """Register a statically defined combined class, ``class X(MeshClass, LibraryClass)``, as
+    the one :func:`combined_class` returns for that pair."""
+    mesh_cls, native = (*cls.__bases__, None)[:2]
+    if not (
+        isinstance(mesh_cls, type)
+        and issubclass(mesh_cls, MeshTransportError)
+        and isinstance(native, type)
+        and issubclass(native, BaseException)
+        and not issubclass(native, MeshError)
+        and len(cls.__bases__) == 2
+    ):
+        raise TypeError(f"{cls.__qualname__} must derive from a MeshTransportError class, then a library's class")
+    if _combined.setdefault((mesh_cls, native), cls) is not cls:
+        raise TypeError(f"{mesh_cls.__name__} and {native.__qualname__} are combined already")
+    _pairs[cls] = (mesh_cls, native)
+    return cls
 
 
 def combined_class(mesh_cls: type[MeshTransportError], native: type[BaseException]) -> type[BaseException]:
-    """The class that is both ``mesh_cls`` and the wrapped library's ``native`` class (cached)."""
+    """The class that is both ``mesh_cls`` and the wrapped library's ``native`` class: the static
+    one registered with :func:`combined`, or one built (once) at run time."""
     key = (mesh_cls, native)
     cls = _combined.get(key)
     if cls is None:
-        with _combined_lock:
-            cls = _combined.get(key)
-            if cls is None:
-                name = f"{mesh_cls.__name__}[{native.__module__}.{native.__qualname__}]"
-                cls = type(name, (mesh_cls, native), {"__module__": __name__})
-                _combined[key] = cls
+        name = f"{mesh_cls.__name__}[{native.__module__}.{native.__qualname__}]"
+        built = type(name, (mesh_cls, native), {"__module__": __name__})
+        _pairs[built] = key
+        _built.add(built)
+        cls = _combined.setdefault(key, built)  # (atomic: a class another thread built first wins)
     return cls
+
+
+def combination(cls: type[BaseException]) -> tuple[type[MeshTransportError], type[BaseException]] | None:
+    """(the mesh class, the library's class) of a combined class; None for any other class."""
+    return _pairs.get(cls)
+
+
+def _portable_state(err: BaseException) -> dict[str, Any]:
+    state = dict(getattr(err, "__dict__", {}))
+    for name in _MAYBE_PICKLABLE:
+        if state.get(name) is not None:
+            try:
+                pickle.dumps(state[name])
+            except Exception:
+                state[name] = None
+    return state
+
+
+def _restore(cls: type[BaseException], args: tuple[Any, ...], state: dict[str, Any]) -> BaseException:
+    """An unpickled error: its class, arguments and attributes, without calling ``__init__``
+    (the libraries' exceptions take other arguments than the message they were given)."""
+    err = cls.__new__(cls)
+    err.args = args
+    err.__dict__.update(state)
+    return err
+
+
+def _restore_combined(
+    mesh_cls: type[MeshTransportError], native: type[BaseException], args: tuple[Any, ...], state: dict[str, Any]
+) -> BaseException:
+    return _restore(combined_class(mesh_cls, native), args, state)
 
 
 def as_mesh_error(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import itertools
 import threading
 import weakref
 from collections.abc import Mapping
@@ -14,6 +16,7 @@ from .circuit import SidecarCircuit
 from .context import outbound_headers
 from .core import CallRun, ServicePlan
 from .errors import InvalidServiceURL, MeshError
+from .fork import reset_in_child
 from .policy import NO_OPTIONS, UNSET, CallOptions, current_options
 from .registry import Address, MeshConfig, ServiceConfig, load_file, load_mapping
 from .routing import FlagRouter, RouteDecision, Router, make_router
@@ -40,6 +43,12 @@ class Mesh:
         with Mesh.from_file("mesh.toml") as mesh:
             session = mesh.requests_session()
             session.get("http://users/v1/users/1")
+
+    A Mesh and its clients made before ``fork()`` (gunicorn ``--preload``, uWSGI, Celery
+    prefork, ``multiprocessing``) work in the child with no code of yours: the child restarts
+    the flag client, drops the pooled connections and starts retry budgets and sidecar circuits
+    clean (see :mod:`mesh_client.fork`). A pickled Mesh travels as its registry and is unpickled
+    as the mesh of that registry in the target process (:func:`mesh_for_registry`).
     """
 
     def __init__(self, config: MeshConfig, *, router: Router | None = None) -> None:
@@ -52,6 +61,9 @@ class Mesh:
         self._circuits: dict[Address, SidecarCircuit] = {}
         #: per service: what its calls share (retry budget, sidecar circuit, header rules)
         self._plans: dict[str, ServicePlan] = {}
+        self._serial = next(_serials)
+        _live.add(self)
+        reset_in_child(self, Mesh._after_fork)
 
     @classmethod
     def from_file(cls, path: str | Path, **kwargs: Any) -> Mesh:
@@ -256,6 +268,24 @@ class Mesh:
     def closed(self) -> bool:
         return self._closed
 
+    def _after_fork(self) -> None:
+        """In a forked child (see :mod:`mesh_client.fork`): new locks, retry budgets and sidecar
+        circuits that start clean, as in a freshly started process, and the route flags' client
+        restarted (its threads did not survive the fork)."""
+        self._lock = threading.Lock()
+        self._budgets = {}
+        self._circuits = {}
+        self._plans = {}
+        if self._closed:
+            return
+        after_fork = getattr(self._router, "after_fork", None)
+        if callable(after_fork):
+            after_fork()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # a Mesh travels as its registry: see mesh_for_registry
+        return (mesh_for_registry, (self.config, self._serial))
+
     def __enter__(self) -> Mesh:
         return self
 
@@ -273,3 +303,53 @@ class Mesh:
     def flag_client(self) -> Any | None:
         """The LaunchDarkly client behind the route flags, if any."""
         return self._router.client if isinstance(self._router, FlagRouter) else None
+
+
+#: every Mesh not yet collected (for :func:`mesh_for_registry`), and the order they were made in
+_live: weakref.WeakSet[Mesh] = weakref.WeakSet()
+_serials = itertools.count()
+
+
+class _Unpickled:
+    """The meshes :func:`mesh_for_registry` built (kept for the life of the process)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.meshes: list[Mesh] = []
+        reset_in_child(self, _Unpickled._after_fork)
+        atexit.register(self.close)
+
+    def _after_fork(self) -> None:
+        self.lock = threading.Lock()
+
+    def close(self) -> None:
+        with self.lock:
+            meshes, self.meshes = self.meshes, []
+        for mesh in meshes:
+            mesh.close()
+
+
+_unpickled = _Unpickled()
+
+
+def mesh_for_registry(config: MeshConfig, serial: int | None = None) -> Mesh:
+    """The :class:`Mesh` an unpickled object (a pickled ``Mesh``, a ``MeshSession``) is bound to
+    in this process, by this rule:
+
+    1. the Mesh it was pickled from, if it is open in this process (pickled and unpickled in one
+       process, or in a child forked from it; ``serial`` tells which one it was);
+    2. else the open Mesh made last whose registry equals ``config`` (:class:`MeshConfig` ``==``);
+    3. else a Mesh built from ``config`` (its flag source started anew), which the objects
+       unpickled later in this process share, closed when the process exits.
+
+    A Mesh made with a router of your own travels as its registry too: rule 3 builds the router
+    from the registry's ``[flags]``."""
+    with _unpickled.lock:
+        candidates = [mesh for mesh in list(_live) if not mesh.closed and mesh.config == config]
+        found = next((mesh for mesh in candidates if mesh._serial == serial), None)
+        if found is None:
+            found = max(candidates, key=lambda mesh: mesh._serial, default=None)
+        if found is None:
+            found = Mesh(config)
+            _unpickled.meshes.append(found)
+        return found

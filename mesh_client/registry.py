@@ -153,6 +153,16 @@ class MeshConfig:
         except KeyError:
             raise KeyError(f"no service {name!r} in the registry ({self.source})") from None
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # (a mappingproxy does not pickle: the services travel as a dict)
+        fields = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        fields["services"] = dict(self.services)
+        return (_unpickle_config, (fields,))
+
+
+def _unpickle_config(fields: dict[str, Any]) -> MeshConfig:
+    return MeshConfig(**{**fields, "services": MappingProxyType(dict(fields["services"]))})
+
 
 _MESH_KEYS: Final = {
     "caller",

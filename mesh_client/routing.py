@@ -108,9 +108,17 @@ class FlagRouter:
     """
 
     def __init__(
-        self, config: MeshConfig, client: Any | None, source_label: str, *, cache_routes: bool = False
+        self,
+        config: MeshConfig,
+        client: Any | None,
+        source_label: str,
+        *,
+        cache_routes: bool = False,
+        restart: Callable[[FlagRouter], Any] | None = None,
     ) -> None:
         self._flags: FlagsConfig = config.flags
+        #: makes this router a fresh client in a forked child (None: the client's own postfork())
+        self._restart = restart
         self._default = config.default_route
         self._client = client
         self._label = source_label
@@ -248,6 +256,38 @@ class FlagRouter:
             return None
         return version if isinstance(version, int) else None
 
+    def after_fork(self) -> None:
+        """In a forked child (see :mod:`mesh_client.fork`): new locks, no cached decision, and a
+        flag client whose threads run (the SDK's threads do not survive a fork): a fresh client
+        on a fresh store for the ``file`` and ``launchdarkly`` sources, which loads the flags as a
+        newly started process would (waiting at most ``start_wait``); for a client from
+        ``client_factory``, its ``postfork()`` (LaunchDarkly SDK 9.14+). A client without one
+        keeps the flags it had at the fork, and a warning says so."""
+        self._cache_lock = threading.Lock()
+        self._log_once = _LogOnce()
+        self._cache = {}
+        self._generation += 1
+        self._writers = 0  # (a write the parent had in progress at the fork never ends here)
+        client = self._client
+        if client is None:
+            return
+        if self._restart is not None:
+            client = self._client = self._restart(self)
+        else:
+            postfork = getattr(client, "postfork", None)
+            if not callable(postfork):
+                log.warning(
+                    "mesh_client: the flag client of %s has no postfork(); in this forked process (pid %d) "
+                    "route flags keep the values they had at the fork",
+                    self._label,
+                    os.getpid(),
+                )
+                return
+            postfork(start_wait=self._flags.start_wait)
+        tracker = getattr(client, "flag_tracker", None) if self._listener is not None else None
+        if tracker is not None:  # (a new client, or postfork(), starts with no listener)
+            tracker.add_listener(self._listener)
+
     def close(self) -> None:
         client = self._client
         if client is not None:
@@ -303,16 +343,18 @@ def make_router(
         data_source = Files.new_data_source(
             paths=[str(flags.path)], auto_update=True, poll_interval=flags.poll_interval, force_polling=True
         )
-        watch = _StoreWatch()
-        ld_config = Config(
-            "mesh-client-local-file",
-            update_processor_class=data_source,
-            send_events=False,
-            diagnostic_opt_out=True,
-            feature_store=watch.store(),
-        )
-        client = LDClient(ld_config, start_wait=flags.start_wait)
-        return watch.attach(FlagRouter(config, client, f"flag file {flags.path}", cache_routes=cache))
+
+        def file_client(store: Any) -> Any:
+            ld_config = Config(
+                "mesh-client-local-file",
+                update_processor_class=data_source,
+                send_events=False,
+                diagnostic_opt_out=True,
+                feature_store=store,
+            )
+            return LDClient(ld_config, start_wait=flags.start_wait)
+
+        return _sdk_router(config, file_client, f"flag file {flags.path}", cache)
     sdk_key = os.environ.get(flags.sdk_key_env, "")
     if not sdk_key:
         log.warning(
@@ -321,16 +363,32 @@ def make_router(
             config.default_route.value,
         )
         return FlagRouter(config, None, f"LaunchDarkly (no ${flags.sdk_key_env})")
+
+    def launchdarkly_client(store: Any) -> Any:
+        client = LDClient(Config(sdk_key, feature_store=store), start_wait=flags.start_wait)
+        if not client.is_initialized():
+            log.warning(
+                "mesh_client: LaunchDarkly did not answer within %.1f s; "
+                "routes fall back to default_route %s until it does",
+                flags.start_wait,
+                config.default_route.value,
+            )
+        return client
+
+    return _sdk_router(config, launchdarkly_client, "LaunchDarkly", cache)
+
+
+def _sdk_router(config: MeshConfig, build: Callable[[Any], Any], label: str, cache: bool) -> FlagRouter:
+    """A router on the ``LDClient`` that ``build(feature_store)`` makes, on a store that drops the
+    router's cached decisions at every write (:class:`_StoreWatch`). In a forked child ``build``
+    makes the router a fresh client on a fresh store, as a newly started process would have."""
+
+    def restart(router: FlagRouter) -> Any:
+        return build(_StoreWatch().attach(router).store())
+
     watch = _StoreWatch()
-    client = LDClient(Config(sdk_key, feature_store=watch.store()), start_wait=flags.start_wait)
-    if not client.is_initialized():
-        log.warning(
-            "mesh_client: LaunchDarkly did not answer within %.1f s; "
-            "routes fall back to default_route %s until it does",
-            flags.start_wait,
-            config.default_route.value,
-        )
-    return watch.attach(FlagRouter(config, client, "LaunchDarkly", cache_routes=cache))
+    client = build(watch.store())
+    return watch.attach(FlagRouter(config, client, label, cache_routes=cache, restart=restart)).router
 
 
 class _StoreWatch:
@@ -363,9 +421,14 @@ class _StoreWatch:
 
         return WatchedStore()  # type: ignore[no-untyped-call]
 
-    def attach(self, router: FlagRouter) -> FlagRouter:
+    def attach(self, router: FlagRouter) -> _StoreWatch:
         self._router = router
-        return router
+        return self
+
+    @property
+    def router(self) -> FlagRouter:
+        assert self._router is not None
+        return self._router
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[None]:

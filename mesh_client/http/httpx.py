@@ -29,13 +29,16 @@ import httpx
 
 from ..core import Attempt, Broken, CallRun, Done, Fail, Failure, Responded, drive, drive_async
 from ..errors import MeshTimeoutError, as_mesh_error
+from ..fork import reset_in_child
 from ..info import INFO_KEY
 from ..mesh import Mesh
 from ..policy import CallOptions
 from ..registry import Address
 from ..telemetry import no_http_instrumentation
 from ..wire import Wire, WireFailure, WireRequest, current_wire
+from . import httpx_errors  # noqa: F401 - registers the combined exceptions raised here
 from ._body import BodyTimer
+from ._fork import forget_transport_connections
 from ._headers import kept_names, learn
 
 try:  # which async library runs the task (httpx's own test); without it, anyio decides
@@ -197,6 +200,7 @@ class MeshTransport(_MeshTransportMixin, httpx.BaseTransport):
     def __init__(self, mesh: Mesh, transport: httpx.BaseTransport | None = None, **kwargs: Any) -> None:
         self.mesh = mesh
         self.transport = transport if transport is not None else httpx.HTTPTransport(**kwargs)
+        reset_in_child(self, _after_fork)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         run = self._start(request)
@@ -263,6 +267,7 @@ class AsyncMeshTransport(_MeshTransportMixin, httpx.AsyncBaseTransport):
     def __init__(self, mesh: Mesh, transport: httpx.AsyncBaseTransport | None = None, **kwargs: Any) -> None:
         self.mesh = mesh
         self.transport = transport if transport is not None else httpx.AsyncHTTPTransport(**kwargs)
+        reset_in_child(self, _after_fork)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         run = self._start(request)
@@ -330,6 +335,12 @@ class AsyncMeshTransport(_MeshTransportMixin, httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self.transport.aclose()
+
+
+def _after_fork(transport: MeshTransport | AsyncMeshTransport) -> None:
+    """In a forked child (see :mod:`mesh_client.fork`): the wrapped transport (which carries the
+    mesh calls and every other request not mounted elsewhere) opens connections of its own."""
+    forget_transport_connections(transport.transport)
 
 
 #: the httpx exception for each way an attempt can fail over a wire

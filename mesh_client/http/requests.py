@@ -28,12 +28,15 @@ from urllib3.util import parse_url
 
 from ..core import Attempt, Broken, Fail, Failure, Responded, drive
 from ..errors import MeshTimeoutError, as_mesh_error
+from ..fork import reset_in_child
 from ..info import INFO_KEY
 from ..mesh import Mesh
 from ..registry import ServiceConfig
 from ..telemetry import no_http_instrumentation
 from ..wire import Wire, WireFailure, WireRequest, current_wire
+from . import requests_errors  # noqa: F401 - registers the combined exceptions raised here
 from ._body import CHUNK, BodyTimer
+from ._fork import forget_adapter_pools
 from ._headers import kept_names, learn
 
 __all__ = ["MeshAdapter", "MeshSession"]
@@ -125,12 +128,21 @@ def _read_body(response: requests.Response, timer: BodyTimer) -> Broken | None:
 
 
 class MeshAdapter(HTTPAdapter):
-    """An ``HTTPAdapter`` that sends requests for registered services through the mesh."""
+    """An ``HTTPAdapter`` that sends requests for registered services through the mesh.
+
+    It pickles as an ``HTTPAdapter`` does (settings, no pools), with its mesh (see
+    :func:`mesh_client.mesh.mesh_for_registry`)."""
+
+    __attrs__ = [*HTTPAdapter.__attrs__, "mesh"]  # noqa: RUF012 - requests' name for what pickles
 
     def __init__(self, mesh: Mesh, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.mesh = mesh
         self._targets: dict[str, tuple[ServiceConfig | None, str]] = {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)  # type: ignore[misc]  # (not in requests' type stubs)
+        self._targets = {}
 
     def _target(self, url: str) -> tuple[ServiceConfig | None, str]:
         """The registered service a prepared URL addresses (None: another host) and its path and
@@ -262,13 +274,32 @@ class MeshSession(requests.Session):
 
     Everything else about the session (cookies, auth, hooks, redirects, ``raise_for_status``)
     works as usual; requests to any other host use the normal adapters, untouched.
+
+    In a child forked from the process that made it, the session opens new connections for
+    every call, mesh or not: the pools of its mesh adapter and of its ``HTTPAdapter`` mounts are
+    dropped in the child (see :mod:`mesh_client.fork`). It pickles as a ``requests.Session``
+    does, with its mesh: an unpickled session is bound to the open :class:`~mesh_client.Mesh`
+    of the same registry in the process that unpickles it, or to one built from that registry
+    (see :func:`mesh_client.mesh.mesh_for_registry`).
     """
+
+    __attrs__ = [*requests.Session.__attrs__, "mesh", "mesh_adapter"]  # noqa: RUF012 - (as above)
 
     def __init__(self, mesh: Mesh) -> None:
         super().__init__()
         self.mesh = mesh
         self.mesh_adapter = MeshAdapter(mesh)
         self._mesh_urls: dict[str, bool] = {}
+        reset_in_child(self, MeshSession._after_fork)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)  # type: ignore[misc]  # (not in requests' type stubs)
+        self._mesh_urls = {}
+        self.mesh._track(self)
+        reset_in_child(self, MeshSession._after_fork)
+
+    def _after_fork(self) -> None:
+        forget_adapter_pools([self.mesh_adapter, *self.adapters.values()])
 
     def _is_mesh_url(self, url: str) -> bool:
         known = self._mesh_urls.get(url)  # asked three times per request

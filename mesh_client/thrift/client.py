@@ -39,9 +39,11 @@ from thriftpy2.transport import TTransportException
 from ..context import MESH_SERVICE_HEADER
 from ..core import Attempt, Broken, Done, Failure, Responded, drive
 from ..errors import MeshConnectError, MeshTimeoutError, ThriftRoutingError, as_mesh_error
+from ..fork import reset_in_child
 from ..policy import Route
 from ..registry import Address, ServiceConfig
 from ..wire import ThriftCall, Wire, WireFailure, WireRequest, current_wire
+from . import errors as _errors  # noqa: F401 - registers the combined exceptions raised here
 from .theader import FrameError, decode_header_frame, encode_framed, encode_header_frame, read_frame
 
 __all__ = ["ThriftClient"]
@@ -172,6 +174,15 @@ class _Pool:
         for conn in idle:
             conn.close()
 
+    def forget(self) -> None:
+        """In a forked child: never use these connections again (the parent goes on using them).
+        Their sockets are closed here, which sends nothing and leaves the parent's copies open.
+        Takes no lock: another thread of the parent may have held it at the fork."""
+        self.closed = True
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
 
 class _PoolExhausted(TimeoutError):
     pass
@@ -219,6 +230,7 @@ class ThriftClient:
         self._pools: dict[Address, _Pool] = {}
         self._pools_lock = threading.Lock()
         self._proto: Any = _protocol.TBinaryProtocolFactory()  # Cython-accelerated when available
+        reset_in_child(self, ThriftClient._after_fork)
 
     # -- the thriftpy2 client surface --------------------------------------------------------------
 
@@ -238,6 +250,14 @@ class ThriftClient:
             pools = list(self._pools.values())
         for pool in pools:
             pool.close()
+
+    def _after_fork(self) -> None:
+        """In a forked child (see :mod:`mesh_client.fork`): new pools and lock; the parent's
+        connections are never used here."""
+        pools, self._pools = self._pools, {}
+        self._pools_lock = threading.Lock()
+        for pool in pools.values():
+            pool.forget()
 
     def __enter__(self) -> ThriftClient:
         return self
