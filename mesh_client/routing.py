@@ -244,7 +244,9 @@ class FlagRouter:
         else:
             problem = f"flag {key} has value {value!r}, expected 'envoy', 'haproxy' or a migration stage"
         last = self._last_good.get(service)
-        fallback = f"last good flag value {last[1] or last[0].value}" if last else f"default_route {self._default.value}"
+        fallback = f"default_route {self._default.value}"
+        if last:
+            fallback = f"last good flag value {last[1] or last[0].value}"
         self._log_once(
             service, problem.split(" (")[0], "mesh_client: %s from %s; using the %s", problem, self._label, fallback
         )
@@ -261,7 +263,8 @@ class FlagRouter:
         from ldclient.migrations import Stage
 
         default = Stage.COMPLETE if self._default is Route.ENVOY else Stage.OFF
-        result: tuple[Any, Any] = client.migration_variation(self._flags.key_for(service), self._context(service), default)
+        key, context = self._flags.key_for(service), self._context(service)
+        result: tuple[Any, Any] = client.migration_variation(key, context, default)
         return result
 
     def flag_version(self, service: str) -> int | None:

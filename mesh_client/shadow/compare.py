@@ -93,6 +93,8 @@ class Answer:
     headers: tuple[tuple[str, str | None], ...] = ()
     body: bytes = b""
     content_type: str = ""
+    #: the body's ``content-encoding`` when it is still encoded (compared only once decoded)
+    content_encoding: str = ""
     #: Thrift: ``("result", value)`` or ``("raised", "ExceptionType")``
     thrift: tuple[str, Any] | None = None
     error: str | None = None
@@ -178,44 +180,45 @@ def _compare_bodies(primary: Answer, copy: Answer, ignored: frozenset[tuple[str,
         except (ValueError, UnicodeDecodeError):
             pass  # not both JSON after all: byte for byte
         else:
-            _walk(mine, theirs, (), "$", ignored, found)
+            _Walker(ignored, found).walk(mine, theirs, (), "$")
             return
     found.add("body", *_byte_difference(primary.body, copy.body))
 
 
-def _walk(
-    mine: Any,
-    theirs: Any,
-    path: tuple[str, ...],
-    shown: str,
-    ignored: frozenset[tuple[str, ...]],
-    found: _Differences,
-) -> None:
-    """Compare two parsed JSON values; ``path`` is the ignore-matching form (lists as ``[]``),
-    ``shown`` the JSONPath-like text of the place (``$.items[2].etag``)."""
-    if path in ignored:
-        return
-    if isinstance(mine, dict) and isinstance(theirs, dict):
-        for key in _keys(mine, theirs):
-            where = f"{shown}.{key}" if _PLAIN_KEY.fullmatch(key) else f"{shown}[{json.dumps(key)}]"
-            if (*path, key) in ignored:
-                continue
-            if key not in mine or key not in theirs:
-                found.add(f"body {where}", _json_text(mine, key), _json_text(theirs, key))
-                continue
-            _walk(mine[key], theirs[key], (*path, key), where, ignored, found)
-        return
-    if isinstance(mine, list) and isinstance(theirs, list):
-        inner = (*path, LIST)
-        if inner in ignored:
+class _Walker:
+    """Compares two parsed JSON values, leaving out the ``ignored`` paths."""
+
+    def __init__(self, ignored: frozenset[tuple[str, ...]], found: _Differences) -> None:
+        self.ignored = ignored
+        self.found = found
+
+    def walk(self, mine: Any, theirs: Any, path: tuple[str, ...], shown: str) -> None:
+        """``path`` is the place in the ignore-matching form (lists as ``[]``), ``shown`` its
+        JSONPath-like text (``$.items[2].etag``)."""
+        ignored, found = self.ignored, self.found
+        if path in ignored:
             return
-        if len(mine) != len(theirs):
-            found.add(f"body {shown}", f"{len(mine)} items", f"{len(theirs)} items")
-        for i, (a, b) in enumerate(zip(mine, theirs)):
-            _walk(a, b, inner, f"{shown}[{i}]", ignored, found)
-        return
-    if not _same_scalar(mine, theirs):
-        found.add(f"body {shown}", _dump(mine), _dump(theirs))
+        if isinstance(mine, dict) and isinstance(theirs, dict):
+            for key in _keys(mine, theirs):
+                if (*path, key) in ignored:
+                    continue
+                where = f"{shown}.{key}" if _PLAIN_KEY.fullmatch(key) else f"{shown}[{json.dumps(key)}]"
+                if key not in mine or key not in theirs:
+                    found.add(f"body {where}", _json_text(mine, key), _json_text(theirs, key))
+                    continue
+                self.walk(mine[key], theirs[key], (*path, key), where)
+            return
+        if isinstance(mine, list) and isinstance(theirs, list):
+            inner = (*path, LIST)
+            if inner in ignored:
+                return
+            if len(mine) != len(theirs):
+                found.add(f"body {shown}", f"{len(mine)} items", f"{len(theirs)} items")
+            for i, (a, b) in enumerate(zip(mine, theirs, strict=False)):  # (the common items)
+                self.walk(a, b, inner, f"{shown}[{i}]")
+            return
+        if not _same_scalar(mine, theirs):
+            found.add(f"body {shown}", _dump(mine), _dump(theirs))
 
 
 def _same_scalar(mine: Any, theirs: Any) -> bool:
@@ -261,7 +264,7 @@ def _cut(text: str) -> str:
 
 def _byte_difference(mine: bytes, theirs: bytes) -> tuple[str, str]:
     """Each side's bytes around the first difference, with both lengths."""
-    at = next((i for i, (a, b) in enumerate(zip(mine, theirs)) if a != b), min(len(mine), len(theirs)))
+    at = next((i for i, (a, b) in enumerate(zip(mine, theirs, strict=False)) if a != b), min(len(mine), len(theirs)))
     start = max(0, at - BYTES_CONTEXT)
 
     def window(data: bytes) -> str:

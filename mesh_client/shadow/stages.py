@@ -21,7 +21,7 @@ from typing import Final
 
 from ..policy import Route
 
-__all__ = ["COPYING", "STAGE_VALUES", "STAGES", "copy_route", "stage_of"]
+__all__ = ["COPYING", "STAGES", "STAGE_VALUES", "copy_route", "stage_of"]
 
 #: flag value -> (the stage in force, the route that answers)
 STAGES: Final[dict[str, tuple[str, Route]]] = {
