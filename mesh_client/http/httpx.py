@@ -235,7 +235,7 @@ class MeshTransport(_MeshTransportMixin, httpx.BaseTransport):
             result = drive(run, send, lambda r: r.close())
         if run.shadow is not None:  # a copy down the other route, compared off this thread
             send_again = functools.partial(_whole, self.handle_request, request)
-            run.shadow.submit(result, httpx_answer, send_again, _target(request))
+            run.shadow.submit(result, _answer_of(), send_again, _target(request))
         return self._finish(result, request)
 
     def _read_body(self, response: httpx.Response, request: httpx.Request, timer: BodyTimer) -> httpx.Response | Broken:
@@ -319,7 +319,7 @@ class AsyncMeshTransport(_MeshTransportMixin, httpx.AsyncBaseTransport):
             result = await drive_async(run, send, discard)
         if run.shadow is not None:  # a copy down the other route, compared in a task of its own
             send_again = functools.partial(_whole_async, self.handle_async_request, request)
-            run.shadow.submit_task(result, httpx_answer, send_again, _target(request))
+            run.shadow.submit_task(result, _answer_of(), send_again, _target(request))
         return self._finish(result, request)
 
     async def _read_body(
@@ -360,6 +360,11 @@ async def _whole_async(handle: Any, request: httpx.Request) -> httpx.Response:
     _WHOLE_BODY.set(True)
     response: httpx.Response = await handle(request)
     return response
+
+
+def _answer_of() -> Any:
+    """How a shadow copy reads the caller's response: not at all when the caller streams it."""
+    return httpx_answer if _WHOLE_BODY.get() else None
 
 
 def _target(request: httpx.Request) -> str:

@@ -160,6 +160,7 @@ class ShadowRunner:
         for task, job in list(self._tasks.items()):
             if task.get_loop().is_closed():
                 self._tasks.pop(task, None)
+                task.get_coro().close()  # (it will never run)
                 job.settle(ShadowEvent(job.service.config.name, "skipped", job.stage, reason="the event loop closed"))
 
     def close(self) -> None:
@@ -356,7 +357,12 @@ class ShadowCall:
         loop = asyncio.get_running_loop()
         task = contextvars.Context().run(loop.create_task, self._copy_async(job, primary, answer_of, send, target))
         self.runner._tasks[task] = job
-        task.add_done_callback(lambda t: self.runner._tasks.pop(t, None))
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        job = self.runner._tasks.pop(task, None)
+        if job is not None and task.cancelled():  # (also before it ever ran: no except block saw it)
+            job.settle(ShadowEvent(self.service.config.name, "skipped", self.stage, reason="the copy was cancelled"))
 
     def _copy(
         self, job: _Job, primary: Answer, answer_of: AnswerOf | None, send: Callable[[], Any], target: str
