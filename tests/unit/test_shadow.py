@@ -539,4 +539,3 @@ def test_close_stops_the_pool(fake_mesh: FakeMesh, mesh: Mesh, gate: threading.E
 def test_shadow_stats_names_only_registered_services(mesh: Mesh) -> None:
     with pytest.raises(KeyError, match="nosuch"):
         mesh.shadow_stats("nosuch")
-

@@ -59,7 +59,11 @@ def test_the_registry_with_shadow_settings_pickles_and_compares_equal() -> None:
             "services.users.shadow.samples",
             "unknown key (known keys: compare_headers, ignore_json, max_in_flight, sample)",
         ),
-        ({"sample": 1.5}, "services.users.shadow.sample", "must be a number from 0 to 1 (the share of calls copied), got 1.5"),
+        (
+            {"sample": 1.5},
+            "services.users.shadow.sample",
+            "must be a number from 0 to 1 (the share of calls copied), got 1.5",
+        ),
         ({"sample": -0.1}, "services.users.shadow.sample", "must be a number from 0 to 1"),
         ({"sample": math.nan}, "services.users.shadow.sample", "must be a number from 0 to 1"),
         ({"sample": "10%"}, "services.users.shadow.sample", "must be a number from 0 to 1"),
@@ -93,7 +97,8 @@ def test_errors_name_the_key(shadow: Any, key: str, message: str) -> None:
 
 @pytest.mark.parametrize("key", ["ignore_json", "compare_headers"])
 def test_http_only_keys_on_a_thrift_service(key: str) -> None:
-    with pytest.raises(ConfigError, match=f"services.users.shadow.{key}: only applies to services with protocol 'http'"):
+    message = f"services.users.shadow.{key}: only applies to services with protocol 'http'"
+    with pytest.raises(ConfigError, match=message):
         load_mapping(registry({key: []}, protocol="thrift"))
     # sample and max_in_flight apply to Thrift services too
     assert load_mapping(registry({"sample": 1.0}, protocol="thrift")).service("users").shadow.sample == 1.0
