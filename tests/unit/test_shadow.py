@@ -539,3 +539,14 @@ def test_close_stops_the_pool(fake_mesh: FakeMesh, mesh: Mesh, gate: threading.E
 def test_shadow_stats_names_only_registered_services(mesh: Mesh) -> None:
     with pytest.raises(KeyError, match="nosuch"):
         mesh.shadow_stats("nosuch")
+
+
+def test_the_span_names_the_stage_and_copies_make_no_telemetry_of_their_own(
+    fake_mesh: FakeMesh, mesh: Mesh, otel: Otel
+) -> None:
+    fake_mesh.add("users", reply(200))
+    mesh.requests_session().get("http://users/x")
+    assert fake_mesh.shadow_stats("users").matched == 1
+    (span,) = [s for s in otel.finished() if s.attributes is not None and s.attributes.get("mesh.service") == "users"]
+    assert span.attributes is not None
+    assert (span.attributes["mesh.stage"], span.attributes["mesh.route"]) == ("shadow", "haproxy")
