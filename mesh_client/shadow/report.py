@@ -11,6 +11,7 @@ from datetime import timedelta
 from typing import Any, Final
 
 from ..policy import Route
+from ..telemetry import SCHEMA_URL, metrics_are_noop
 from .compare import Comparison
 
 __all__ = ["MismatchLog", "count_comparison", "track_migration"]
@@ -91,8 +92,6 @@ class _Counter:
                 if cls.instrument is None:
                     from opentelemetry import metrics
 
-                    from ..telemetry import SCHEMA_URL
-
                     meter = metrics.get_meter("mesh_client", schema_url=SCHEMA_URL)
                     cls.instrument = meter.create_counter(
                         COUNTER_NAME,
@@ -105,8 +104,6 @@ class _Counter:
 def count_comparison(service: str, result: str, stage: str) -> None:
     """One point of ``mesh_client.shadow.comparisons`` (attributes ``mesh.service``,
     ``mesh.shadow.result``, ``mesh.stage``); nothing while no meter provider is installed."""
-    from ..telemetry import metrics_are_noop
-
     if metrics_are_noop():
         return
     _Counter.get().add(1, {"mesh.service": service, "mesh.shadow.result": result, "mesh.stage": stage})
