@@ -30,9 +30,7 @@ from types import TracebackType
 from typing import Any, Final
 
 import thriftpy2.protocol
-import thriftpy2.protocol.binary
 import thriftpy2.transport
-import thriftpy2.transport.memory
 from thriftpy2.thrift import TApplicationException, TMessageType, args_to_kwargs
 from thriftpy2.transport import TTransportException
 
@@ -45,6 +43,7 @@ from ..registry import Address, ServiceConfig
 from ..shadow.answers import shadow_thrift
 from ..wire import ThriftCall, Wire, WireFailure, WireRequest, current_wire
 from . import errors as _errors  # noqa: F401 - registers the combined exceptions raised here
+from .reading import binary_reader
 from .theader import FrameError, decode_header_frame, encode_framed, encode_header_frame, read_frame
 
 __all__ = ["ThriftClient"]
@@ -52,8 +51,6 @@ __all__ = ["ThriftClient"]
 # thriftpy2's Cython classes are untyped: use them through Any
 _protocol: Any = thriftpy2.protocol
 _transport: Any = thriftpy2.transport
-_binary: Any = thriftpy2.protocol.binary
-_memory: Any = thriftpy2.transport.memory
 
 DEFAULT_MAX_CONNECTIONS: Final = 32
 _MAX_IDLE: Final = 8
@@ -453,9 +450,8 @@ class ThriftClient:
             if frame.seqid != seqid:
                 raise _StaleReply(f"THeader frame for call {frame.seqid}, expected {seqid}")
             body = frame.payload
-        # the pure-Python protocol: thriftpy2's Cython one reads past the end of a short buffer
-        # and returns made-up values instead of failing
-        proto = _binary.TBinaryProtocol(_memory.TMemoryBuffer(body))
+        # the whole frame is in ``body``: a reader that fails at any read past its end
+        proto = binary_reader(body)
         try:
             _name, mtype, rseqid = proto.read_message_begin()
         except Exception as exc:
