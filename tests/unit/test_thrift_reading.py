@@ -3,6 +3,7 @@ thriftpy2's Cython reader where the import-time probe shows it strict, else the 
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import threading
@@ -143,8 +144,11 @@ class OneReplyServer:
                 conn.sendall(self.reply(seqid))
 
     def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept() (closing alone does not)
         self.sock.close()
         self.thread.join(5)
+        assert not self.thread.is_alive()
 
 
 @pytest.fixture
