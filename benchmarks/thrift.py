@@ -88,13 +88,24 @@ def run(*, rounds: int, calls: int, warmup: int) -> dict[str, Any]:
             "theader_vs_framed": header_vs_framed,
             "targets": [
                 report.at_most(
-                    "6", "Thrift wall ratio, mesh framed / thriftpy2", framed_row["wall_ratio"], report.THRIFT_WALL_RATIO, "x"
+                    "6",
+                    "Thrift wall ratio, mesh framed / thriftpy2",
+                    framed_row["wall_ratio"],
+                    report.THRIFT_WALL_RATIO,
+                    "x",
                 ),
                 report.at_most(
-                    "6", "Thrift client CPU added, mesh framed (µs)", framed_row["cpu_added_us"], report.THRIFT_CPU_ADDED_US
+                    "6",
+                    "Thrift client CPU added, mesh framed (µs)",
+                    framed_row["cpu_added_us"],
+                    report.THRIFT_CPU_ADDED_US,
                 ),
                 report.at_most(
-                    "6", "Thrift wall ratio, mesh THeader / thriftpy2", header_row["wall_ratio"], report.THEADER_WALL_RATIO, "x"
+                    "6",
+                    "Thrift wall ratio, mesh THeader / thriftpy2",
+                    header_row["wall_ratio"],
+                    report.THEADER_WALL_RATIO,
+                    "x",
                 ),
             ],
         }

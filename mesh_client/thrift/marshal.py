@@ -49,7 +49,7 @@ def deserialize(struct: type[T] | T, data: bytes, protocol: Protocol = "binary")
 
     Raises ``ValueError`` naming the struct when ``data`` is not a valid encoding of it.
     """
-    target = struct() if isinstance(struct, type) else struct
+    target: Any = struct() if isinstance(struct, type) else struct
     if not hasattr(target, "thrift_spec"):
         raise TypeError(f"{struct!r} is not a thriftpy2 struct")
     try:
