@@ -84,6 +84,7 @@ __all__ = ["DEFAULT_TIMEOUT", "Check", "add_parser", "diagnose", "exit_code", "p
 
 
 def probe_path_arg(text: str) -> str:
+    """An argparse type for ``--path``: a path starting with '/', without spaces."""
     if not text.startswith("/") or any(c.isspace() for c in text):
         raise argparse.ArgumentTypeError(f"must be a path starting with '/' and without spaces, got {text!r}")
     return text
