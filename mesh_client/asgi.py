@@ -60,7 +60,10 @@ class MeshMiddleware:
             return
         config = self.mesh.config
         end = begin_request(
-            scope_headers(scope), header_prefix=config.header_prefix, context_headers=config.context_headers
+            scope_headers(scope),
+            header_prefix=config.header_prefix,
+            context_headers=config.context_headers,
+            overrides=config.overrides,
         )
         try:
             await self.app(scope, receive, send)

@@ -32,7 +32,7 @@ from .policy import (
     check_status_codes,
 )
 from .shadow.config import DEFAULT_SHADOW, ShadowConfig, parse_shadow
-from .variants import NO_VARIANTS, OverridesConfig, Variants, parse_overrides, parse_variants
+from .variants import NO_VARIANTS, OverridesConfig, Variants, parse_overrides_table, parse_variants
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -330,7 +330,7 @@ def load_mapping(data: Mapping[str, Any], *, source: str = "<dict>", base_dir: P
         services=MappingProxyType(services),
         flags=flags,
         source=source,
-        overrides=parse_overrides(data.get("overrides"), source=source),
+        overrides=parse_overrides_table(data.get("overrides"), source=source),
     )
 
 

@@ -25,7 +25,7 @@ __all__ = [
     "OverridesConfig",
     "VariantConfig",
     "Variants",
-    "parse_overrides",
+    "parse_overrides_table",
     "parse_variants",
     "variant_cluster",
 ]
@@ -139,7 +139,7 @@ def parse_variants(
     return Variants(variants) if variants else NO_VARIANTS
 
 
-def parse_overrides(table: object, *, source: str) -> OverridesConfig:
+def parse_overrides_table(table: object, *, source: str) -> OverridesConfig:
     """Validate the ``[overrides]`` table (absent: inbound overrides are dropped)."""
     if table is None:
         return OverridesConfig()

@@ -50,6 +50,7 @@ class MeshMiddleware:
             environ_headers(environ),
             header_prefix=config.header_prefix,
             context_headers=config.context_headers,
+            overrides=config.overrides,
         )
         try:
             result = ctx.run(self.app, environ, start_response)
