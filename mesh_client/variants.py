@@ -25,6 +25,7 @@ __all__ = [
     "OverridesConfig",
     "VariantConfig",
     "Variants",
+    "framed_service_name",
     "parse_overrides_table",
     "parse_variants",
     "variant_cluster",
@@ -101,6 +102,12 @@ def variant_cluster(service: str, variant: str) -> str:
     """The name of a variant's cluster in the rendered Envoy config and of its proxies in the
     rendered HAProxy config (``users:canary``: a ``:`` is in no service or variant name)."""
     return f"{service}:{variant}"
+
+
+def framed_service_name(service: str, variant: str) -> str:
+    """The service prefix of a framed Thrift call to a variant through Envoy (``users~canary``, as
+    in ``users~canary:get``): Envoy's thrift_proxy routes framed calls on that prefix."""
+    return f"{service}~{variant}"
 
 
 def parse_variants(
