@@ -17,9 +17,9 @@ from .context import outbound_headers
 from .core import CallRun, ServicePlan
 from .errors import InvalidServiceURL, MeshError
 from .fork import reset_in_child
+from .overrides import in_force as overrides_in_force
 from .policy import NO_OPTIONS, UNSET, CallOptions, current_options
 from .registry import Address, MeshConfig, ServiceConfig, load_file, load_mapping
-from .overrides import in_force as overrides_in_force
 from .routing import FlagRouter, RouteDecision, Router, make_router
 from .shadow.runner import ShadowRunner, copy_order
 from .shadow.stages import COPYING

@@ -307,7 +307,9 @@ def read_key(secret_env: str) -> bytes | None:
     return key
 
 
-def admit_inbound(headers: Mapping[str, str], config: OverridesConfig | None, now: float | None = None) -> Overrides | None:
+def admit_inbound(
+    headers: Mapping[str, str], config: OverridesConfig | None, now: float | None = None
+) -> Overrides | None:
     """The inbound overrides a service honours (lower-case header names), or None. Dropped
     (logged once per reason, counted), never an error: any override unless ``accept_inbound``;
     a malformed one; with ``secret_env``, one whose signature is missing, malformed, wrong or
@@ -316,12 +318,14 @@ def admit_inbound(headers: Mapping[str, str], config: OverridesConfig | None, no
     if value is None:
         return None
     if config is None or not config.accept_inbound:
-        return _drop("not_accepted", "[overrides] accept_inbound is false")
+        _drop("not_accepted", "[overrides] accept_inbound is false")
+        return None
     value = value.strip(" \t")
     try:
         mapping = parse_override_header(value)
     except ValueError as exc:
-        return _drop("malformed", str(exc))
+        _drop("malformed", str(exc))
+        return None
     signed = headers.get(OVERRIDE_SIGNATURE_HEADER)
     if signed is not None and (len(signed) > _MAX_SIGNATURE_LENGTH or not signed.isascii()):
         signed = None  # (not forwardable; where signatures count it is missing)
@@ -329,20 +333,22 @@ def admit_inbound(headers: Mapping[str, str], config: OverridesConfig | None, no
     if config.secret_env is not None:
         key = read_key(config.secret_env)
         if key is None:
-            return _drop("no_key", f"${config.secret_env} holds no usable key")
+            _drop("no_key", f"${config.secret_env} holds no usable key")
+            return None
         if signed is None:
-            return _drop("unsigned", f"no {OVERRIDE_SIGNATURE_HEADER}")
+            _drop("unsigned", f"no {OVERRIDE_SIGNATURE_HEADER}")
+            return None
         try:
             expires = verify_signature(value, signed, key, time.time() if now is None else now)
         except ValueError as exc:
-            return _drop(str(exc), f"the {OVERRIDE_SIGNATURE_HEADER} is not valid ({exc})")
+            _drop(str(exc), f"the {OVERRIDE_SIGNATURE_HEADER} is not valid ({exc})")
+            return None
     return Overrides(mapping, value, signed, expires)
 
 
 def _drop(reason: str, why: str) -> None:
     count_dropped(reason)
     log_once(f"drop:{reason}", "mesh_client: an inbound %s was dropped: %s", OVERRIDE_HEADER, why)
-    return None
 
 
 _logged: set[str] = set()

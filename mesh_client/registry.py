@@ -32,7 +32,7 @@ from .policy import (
     check_status_codes,
 )
 from .shadow.config import DEFAULT_SHADOW, ShadowConfig, parse_shadow
-from .variants import NO_VARIANTS, OverridesConfig, Variants, parse_overrides_table, parse_variants
+from .variants import DEFAULT_OVERRIDES, NO_VARIANTS, OverridesConfig, Variants, parse_overrides_table, parse_variants
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -150,7 +150,7 @@ class MeshConfig:
     context_headers: tuple[str, ...] = ()
     flags: FlagsConfig = field(default_factory=FlagsConfig)
     source: str = "<dict>"
-    overrides: OverridesConfig = OverridesConfig()
+    overrides: OverridesConfig = DEFAULT_OVERRIDES
 
     def service(self, name: str) -> ServiceConfig:
         try:
@@ -433,6 +433,8 @@ def _service(name: str, table: object, source: str) -> ServiceConfig:
         endpoints=tuple(r.convert("endpoints", Address.parse, e) for e in endpoints_value),
         transport=transport,  # type: ignore[arg-type]
         retry_budget=budget,
-        variants=parse_variants(r.table.get("variants", {}), prefix=f"{prefix}.variants", source=source, address=Address.parse),
+        variants=parse_variants(
+            r.table.get("variants", {}), prefix=f"{prefix}.variants", source=source, address=Address.parse
+        ),
         shadow=parse_shadow(r.table.get("shadow", {}), prefix=f"{prefix}.shadow", source=source, protocol=protocol),
     )

@@ -43,7 +43,7 @@ from .overrides import (
 from .policy import Route
 
 if TYPE_CHECKING:
-    from .registry import MeshConfig
+    from .registry import Address, MeshConfig
     from .variants import VariantConfig
 
 __all__ = ["Steer", "Steering"]
@@ -87,7 +87,11 @@ class Steering:
         """The plan, route, reason and extra headers of a call under ``overrides`` that would
         otherwise go by ``plan`` on ``route`` (``forced``: the call options chose the route)."""
         resolved: _Resolved | None = overrides._steering
-        if resolved is None or resolved.config is not self.config or (resolved.refresh_at and time.time() >= resolved.refresh_at):
+        if (
+            resolved is None
+            or resolved.config is not self.config
+            or (resolved.refresh_at and time.time() >= resolved.refresh_at)
+        ):
             resolved = overrides._steering = self._resolve(overrides)
         service = plan.service
         variant = resolved.variants.get(service.name)
@@ -104,17 +108,18 @@ class Steering:
         headers = (*resolved.headers, (VARIANT_HEADER, variant.name))
         if variant.haproxy is None:
             return Steer(plan, route, reason, headers, variant.name, None)
-        return Steer(self._variant_plan(plan, variant), route, reason, headers, variant.name, variant.name)
+        plan = self._variant_plan(plan, variant.name, variant.haproxy)
+        return Steer(plan, route, reason, headers, variant.name, variant.name)
 
-    def _variant_plan(self, plan: ServicePlan, variant: VariantConfig) -> ServicePlan:
+    def _variant_plan(self, plan: ServicePlan, variant: str, haproxy: Address) -> ServicePlan:
         """``plan`` with the variant's HAProxy port (retry budget and sidecar circuit shared)."""
-        key = (plan.service.name, variant.name)
+        key = (plan.service.name, variant)
         found = self._plans.get(key)
         if found is not None and found[0] is plan:
             return found[1]
         made = ServicePlan.of(
             plan.mesh,
-            dataclasses.replace(plan.service, haproxy=variant.haproxy),
+            dataclasses.replace(plan.service, haproxy=haproxy),
             envoy_address=plan.envoy_address,
             envoy_enforces=plan.envoy_enforces,
             budget=plan.budget,

@@ -20,8 +20,9 @@ if TYPE_CHECKING:
     from .registry import Address
 
 __all__ = [
-    "NO_VARIANTS",
+    "DEFAULT_OVERRIDES",
     "NAME_PATTERN",
+    "NO_VARIANTS",
     "OverridesConfig",
     "VariantConfig",
     "Variants",
@@ -96,6 +97,8 @@ class Variants(Mapping[str, VariantConfig]):
 
 
 NO_VARIANTS: Final = Variants()
+#: no ``[overrides]`` table: inbound overrides are dropped
+DEFAULT_OVERRIDES: Final = OverridesConfig()
 
 
 def variant_cluster(service: str, variant: str) -> str:
@@ -110,9 +113,7 @@ def framed_service_name(service: str, variant: str) -> str:
     return f"{service}~{variant}"
 
 
-def parse_variants(
-    table: object, *, prefix: str, source: str, address: Callable[[object], Address]
-) -> Variants:
+def parse_variants(table: object, *, prefix: str, source: str, address: Callable[[object], Address]) -> Variants:
     """Validate ``[services.NAME.variants]`` (``prefix`` is ``services.NAME.variants``);
     ``address`` parses a ``host:port`` (:meth:`mesh_client.registry.Address.parse`)."""
 
@@ -132,7 +133,7 @@ def parse_variants(
             if field not in _VARIANT_KEYS:
                 raise fail(f"{key}.{field}", f"unknown key (known keys: {', '.join(_VARIANT_KEYS)})")
 
-        def parsed(field: str, value: object) -> Address:
+        def parsed(field: str, value: object, key: str = key) -> Address:
             try:
                 return address(value)
             except ValueError as exc:

@@ -3,11 +3,12 @@
 - :func:`envoy_bootstrap`: an Envoy bootstrap with the egress HTTP listener at ``mesh.envoy_http``
   (one virtual host per HTTP service, matched on its ``envoy_host`` with or without a port) and
   one cluster per service built from ``endpoints``; each variant of a service gets its own cluster
-  (``users:canary``) and a route matching ``x-mesh-variant: canary`` ahead of the service's own. The listener sets ``use_remote_address`` and
-  ``internal_address_config`` for loopback: without them Envoy ignores every ``x-envoy-*`` header
-  the client sends.
+  (``users:canary``) and a route matching ``x-mesh-variant: canary`` ahead of the service's own.
+  The listener sets ``use_remote_address`` and ``internal_address_config`` for loopback: without
+  them Envoy ignores every ``x-envoy-*`` header the client sends.
 - :func:`haproxy_config`: SmartStack-style HAProxy: one local port per service, ``mode http``
-  for HTTP services and ``mode tcp`` for Thrift services; one more per variant with a ``haproxy`` port.
+  for HTTP services and ``mode tcp`` for Thrift services; one more per variant with a ``haproxy``
+  port.
 """
 
 from __future__ import annotations

@@ -289,7 +289,7 @@ class ThriftClient:
         def send(attempt: Attempt) -> Responded[_Reply] | Broken:
             target = self._wire_name(attempt, api, run.variant)
             if wire is not None:
-                return self._over_wire(wire, attempt, api, target, call_args, oneway)
+                return self._over_wire(wire, attempt, api, call_args, oneway, target=target)
             return self._attempt(attempt, target, call_args, result_cls, oneway)
 
         result = drive(run, send, lambda reply: None)
@@ -422,7 +422,7 @@ class ThriftClient:
         return Responded(reply, envoy[1], {}, proxy_error=envoy[0])
 
     def _over_wire(
-        self, wire: Wire, attempt: Attempt, api: str, target: str, call_args: Any, oneway: bool
+        self, wire: Wire, attempt: Attempt, api: str, call_args: Any, oneway: bool, *, target: str
     ) -> Responded[_Reply] | Broken:
         """One attempt over an installed :class:`~mesh_client.wire.Wire` (a fake mesh)."""
         sent = WireRequest.of(
