@@ -71,6 +71,9 @@ GOOD: dict[str, list[Any]] = {
     "transport": ["framed", "header"],
     "retry_budget": [{"percent": 20}, {"min_per_second": 0, "ttl": 1}, {}],
     "shadow": [{"sample": 1.0, "ignore_json": ["items[].etag"]}, {"max_in_flight": 1, "compare_headers": ["etag"]}, {}],
+    "variants": [{"canary": {"haproxy": "127.0.0.1:20011"}}, {"pr-12": {"endpoints": ["127.0.0.1:8091"]}, "b": {}}, {}],
+    "accept_inbound": [True, False],
+    "secret_env": ["MESH_OVERRIDE_SECRET", "1BAD"],
 }
 scalars = st.one_of(
     st.none(),
@@ -117,10 +120,11 @@ service_names = mostly(
     st.one_of(st.sampled_from(["Users", "", "-a", "a" * 64]), st.text(max_size=8), st.integers()),
 )
 registries = st.builds(
-    lambda mesh, flags, services, extra: {
+    lambda mesh, flags, services, overrides, extra: {
         **({} if mesh is None else {"mesh": mesh}),
         **({} if flags is None else {"flags": flags}),
         **({} if services is None else {"services": services}),
+        **({} if overrides is None else {"overrides": overrides}),
         **extra,
     },
     mostly(table(["caller", "envoy_http"], [k for k in MESH_KEYS if k not in ("caller", "envoy_http")]), st.none()),
@@ -129,6 +133,7 @@ registries = st.builds(
         st.dictionaries(service_names, table(["haproxy"], [k for k in SERVICE_KEYS if k != "haproxy"]), max_size=3),
         st.none() | anything,
     ),
+    st.none() | table([], ["accept_inbound", "secret_env"]),
     mostly(st.just({}), st.dictionaries(st.text(max_size=8), anything, max_size=1)),
 )
 
