@@ -31,10 +31,10 @@ import hmac
 import logging
 import os
 import threading
-import time
 from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
+from . import clock as _clock
 from .errors import InvalidOverride
 from .variants import NAME_PATTERN, OverridesConfig
 
@@ -239,7 +239,7 @@ def sign_overrides(
         raise InvalidOverride(f"the signing key must be at least {MIN_KEY_LENGTH} bytes long")
     if not 0 < ttl <= MAX_SIGNATURE_TTL:
         raise InvalidOverride(f"ttl must be more than 0 and at most {MAX_SIGNATURE_TTL:g} seconds, got {ttl!r}")
-    expires = int((time.time() if now is None else now) + ttl)
+    expires = int((_clock.wall() if now is None else now) + ttl)
     return {OVERRIDE_HEADER: value, OVERRIDE_SIGNATURE_HEADER: signature(value, secret, expires)}
 
 
@@ -339,7 +339,7 @@ def admit_inbound(
             _drop("unsigned", f"no {OVERRIDE_SIGNATURE_HEADER}")
             return None
         try:
-            expires = verify_signature(value, signed, key, time.time() if now is None else now)
+            expires = verify_signature(value, signed, key, _clock.wall() if now is None else now)
         except ValueError as exc:
             _drop(str(exc), f"the {OVERRIDE_SIGNATURE_HEADER} is not valid ({exc})")
             return None

@@ -25,9 +25,9 @@ dictionary reads.
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import TYPE_CHECKING, NamedTuple
 
+from . import clock as _clock
 from .core import ServicePlan
 from .overrides import (
     DEFAULT_SIGNATURE_TTL,
@@ -90,7 +90,7 @@ class Steering:
         if (
             resolved is None
             or resolved.config is not self.config
-            or (resolved.refresh_at and time.time() >= resolved.refresh_at)
+            or (resolved.refresh_at and _clock.wall() >= resolved.refresh_at)
         ):
             resolved = overrides._steering = self._resolve(overrides)
         service = plan.service
@@ -148,7 +148,7 @@ class Steering:
         secret_env = config.overrides.secret_env
         key = read_key(secret_env) if secret_env is not None and signed is None else None
         if key is not None:  # this hop holds the key: it signs what it sends (never for longer)
-            now = time.time()
+            now = _clock.wall()
             expires = overrides.expires
             if expires is None:
                 expires = now + DEFAULT_SIGNATURE_TTL

@@ -219,10 +219,10 @@ def test_current_overrides_is_a_copy() -> None:
     ],
 )
 def test_bad_overrides_raise_before_anything_is_sent(overrides: Any, match: str) -> None:
-    with pytest.raises(InvalidOverride, match=match) as caught:
-        with route_overrides(overrides):
-            pass  # pragma: no cover - never entered
-    assert isinstance(caught.value, MeshError) and isinstance(caught.value, ValueError)
+    with pytest.raises(InvalidOverride, match=match) as caught, route_overrides(overrides):
+        pass  # pragma: no cover - never entered
+    assert isinstance(caught.value, MeshError)
+    assert isinstance(caught.value, ValueError)
     assert current_overrides() == {}
 
 
@@ -230,10 +230,10 @@ def test_too_long_a_header_is_refused() -> None:
     names = {f"{'s' * 60}{i:02}": "v" * 63 for i in range(9)}
     with pytest.raises(InvalidOverride, match=f"at most {MAX_HEADER_LENGTH}"):
         Overrides.of(names)
-    with route_overrides(dict(list(names.items())[:4])):  # fits alone, not merged with the rest
-        with pytest.raises(InvalidOverride, match="characters"):
-            with route_overrides(dict(list(names.items())[4:])):
-                pass  # pragma: no cover
+    # fits alone, not merged with the rest
+    with route_overrides(dict(list(names.items())[:4])), pytest.raises(InvalidOverride, match="characters"):
+        with route_overrides(dict(list(names.items())[4:])):
+            pass  # pragma: no cover
 
 
 def test_overrides_reach_threads_started_with_a_copied_context_and_not_others() -> None:
@@ -379,14 +379,16 @@ def test_without_a_usable_key_every_inbound_override_is_dropped(
 def test_without_secret_env_a_signature_is_kept_to_be_carried_on() -> None:
     headers = sign_overrides({"users": "canary"}, KEY, ttl=60, now=NOW)
     admitted = admit_inbound(headers, ACCEPT)
-    assert admitted is not None and admitted.signature == headers[OVERRIDE_SIGNATURE_HEADER]
+    assert admitted is not None
+    assert admitted.signature == headers[OVERRIDE_SIGNATURE_HEADER]
     assert admitted.expires is None  # (not verified here)
 
 
 def test_read_inbound_and_begin_request_put_accepted_overrides_in_force() -> None:
     headers = {OVERRIDE_HEADER: "users=canary", "x-request-id": "req-1"}
     inbound = read_inbound(headers, header_prefix="x-envoy", context_headers=(), overrides=ACCEPT)
-    assert inbound.overrides is not None and dict(inbound.overrides.mapping) == {"users": "canary"}
+    assert inbound.overrides is not None
+    assert dict(inbound.overrides.mapping) == {"users": "canary"}
     assert read_inbound(headers, header_prefix="x-envoy", context_headers=()).overrides is None
 
     def request() -> tuple[dict[str, str], dict[str, str]]:
@@ -424,6 +426,7 @@ def test_a_merged_set_keeps_the_expiry_of_the_signed_one_it_came_from(monkeypatc
     admitted = admit_inbound(sign_overrides({"users": "canary"}, KEY, ttl=60, now=NOW), SIGNED, now=NOW)
     assert admitted is not None
     merged = admitted.merged({"search": "pr-1"})
-    assert merged.expires == admitted.expires and merged.signature is None
+    assert merged.expires == admitted.expires
+    assert merged.signature is None
     assert merged.header == "users=canary;search=pr-1"
     assert admitted.merged({}) is admitted
