@@ -258,18 +258,22 @@ in_force = _in_force.get
 
 
 @contextlib.contextmanager
-def route_overrides(overrides: Mapping[str, str]) -> Iterator[Overrides]:
+def route_overrides(overrides: Mapping[str, str]) -> Iterator[dict[str, str]]:
     """Steer this block's mesh calls, and every call they cause downstream, to variants:
     ``{"users": "canary"}``. Nested blocks merge, the inner one winning; the overrides of the
     request being handled (when the middleware accepted them) are the outermost. Asyncio tasks
     started inside inherit them; a thread does when started with ``contextvars.copy_context().run``
     (or ``asyncio.to_thread``). Raises :class:`~mesh_client.errors.InvalidOverride` for a bad name
-    or too many overrides, before anything is sent."""
+    or too many overrides, before anything is sent. The block's value is the overrides in force
+    in it (as :func:`current_overrides` gives them)."""
     current = _in_force.get()
-    merged = current.merged(overrides) if current is not None else Overrides.of(overrides)
+    if current is not None:
+        merged: Overrides | None = current.merged(overrides)
+    else:
+        merged = Overrides.of(overrides) if _checked(overrides) else None  # (none: nothing to send)
     token = _in_force.set(merged)
     try:
-        yield merged
+        yield dict(merged.mapping) if merged is not None else {}
     finally:
         _in_force.reset(token)
 

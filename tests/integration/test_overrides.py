@@ -302,7 +302,8 @@ def test_a_variant_without_a_haproxy_port_is_reached_via_envoy(chain: Chain) -> 
     a = call_a(chain, "closed", "haproxy", "requests", override="c=preview")
     c = a["b"]["body"]["c"]
     assert c["body"]["deployment"] == "preview"
-    assert c["info"]["route"] == "envoy" and c["info"]["variant"] == "preview"
+    assert c["info"]["route"] == "envoy"
+    assert c["info"]["variant"] == "preview"
     assert "the variant has no HAProxy port" in c["info"]["reason"]
 
 
@@ -311,7 +312,8 @@ def test_an_undeclared_variant_goes_to_main_and_is_carried_on(chain: Chain, rout
     a = call_a(chain, "closed", route, "httpx", override="c=nightly;zz=pr-1")
     assert deployments(a) == {"c": "main", "ct": "main", "cf": "main"}
     c = a["b"]["body"]["c"]
-    assert c["status"] == 200 and c["info"]["variant"] is None
+    assert c["status"] == 200
+    assert c["info"]["variant"] is None
     assert c["body"]["overrides"] == {"c": "nightly", "zz": "pr-1"}
 
 

@@ -194,10 +194,21 @@ def test_outside_any_block_there_are_no_overrides() -> None:
 def test_nested_blocks_merge_and_the_inner_one_wins() -> None:
     with route_overrides({"users": "canary", "search": "pr-1"}):
         with route_overrides({"users": "pr-7", "billing": "blue"}) as inner:
-            assert current_overrides() == {"search": "pr-1", "users": "pr-7", "billing": "blue"}
-            assert inner.header == "search=pr-1;users=pr-7;billing=blue"
+            assert current_overrides() == inner == {"search": "pr-1", "users": "pr-7", "billing": "blue"}
+            assert list(inner) == ["search", "users", "billing"]
+            overrides = in_force()
+            assert overrides is not None
+            assert overrides.header == "search=pr-1;users=pr-7;billing=blue"
         assert current_overrides() == {"users": "canary", "search": "pr-1"}
     assert current_overrides() == {}
+
+
+def test_an_empty_block_puts_nothing_in_force() -> None:
+    with route_overrides({}) as inner:
+        assert inner == {}
+        assert in_force() is None
+        with route_overrides({"users": "canary"}), route_overrides({}) as same:
+            assert same == {"users": "canary"}
 
 
 def test_current_overrides_is_a_copy() -> None:
