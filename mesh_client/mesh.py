@@ -168,9 +168,10 @@ class Mesh:
         overrides = overrides_in_force()
         if overrides is not None:  # routing overrides: carried on; maybe a variant (mesh_client.steering)
             forced = options is not NO_OPTIONS and options.route is not UNSET
-            steer = self._steering.steer(overrides, plan, route, reason, forced=forced)
-            plan, route, reason = steer.plan, steer.route, steer.reason
-            context_headers += steer.headers
+            plan, route, reason, headers, variant, haproxy_variant = self._steering.steer(
+                overrides, plan, route, reason, forced=forced
+            )
+            context_headers += headers
         run: CallRun[Any] = CallRun(
             plan,
             method,
@@ -183,7 +184,7 @@ class Mesh:
             replayable=replayable,
         )
         if overrides is not None:
-            run.variant, run.haproxy_variant = steer.variant, steer.haproxy_variant
+            run.variant, run.haproxy_variant = variant, haproxy_variant
         if stage is not None:
             run.stage = stage
             if stage in COPYING and run.variant is None:  # (a call to a variant is not copied)

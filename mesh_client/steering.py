@@ -51,25 +51,30 @@ __all__ = ["Steer", "Steering"]
 Headers = tuple[tuple[str, str], ...]
 
 
-class Steer(NamedTuple):
-    """Where one call goes under the overrides in force."""
+#: What :meth:`Steering.steer` gives (a plain tuple: made on every call under overrides): the plan,
+#: route and reason of the call; the headers added to its context headers (the overrides, their
+#: signature, ``x-mesh-variant``); the variant the call goes to on its route (None: the main
+#: deployment), and the one it reaches if it goes (fails over) via HAProxy.
+Steer = tuple[ServicePlan, Route, str, Headers, "str | None", "str | None"]
 
-    plan: ServicePlan
-    route: Route
-    reason: str
-    #: added to the call's context headers: the overrides (and signature), ``x-mesh-variant``
+
+class _Entry(NamedTuple):
+    """An override this registry applies, with what its calls need, made once."""
+
+    variant: VariantConfig
+    #: the overrides' headers and ``x-mesh-variant``
     headers: Headers
-    #: the variant the call goes to on its route (None: the main deployment)...
-    variant: str | None = None
-    #: ... and the one it reaches if it goes (fails over) via HAProxy
-    haproxy_variant: str | None = None
+    #: appended to the route reason: on the route chosen, via Envoy instead of HAProxy, not applied
+    applied: str
+    via_envoy: str
+    not_applied: str
 
 
 class _Resolved(NamedTuple):
     """What a set of overrides means to one registry."""
 
     config: MeshConfig
-    variants: dict[str, VariantConfig]
+    entries: dict[str, _Entry]
     headers: Headers
     #: when the signature made here must be made anew (0: never)
     refresh_at: float
@@ -84,8 +89,8 @@ class Steering:
         self._plans: dict[tuple[str, str], tuple[ServicePlan, ServicePlan]] = {}
 
     def steer(self, overrides: Overrides, plan: ServicePlan, route: Route, reason: str, *, forced: bool) -> Steer:
-        """The plan, route, reason and extra headers of a call under ``overrides`` that would
-        otherwise go by ``plan`` on ``route`` (``forced``: the call options chose the route)."""
+        """Where a call under ``overrides`` goes that would otherwise go by ``plan`` on ``route``
+        (``forced``: the call options chose the route): see :data:`Steer`."""
         resolved: _Resolved | None = overrides._steering
         if (
             resolved is None
@@ -93,23 +98,18 @@ class Steering:
             or (resolved.refresh_at and _clock.wall() >= resolved.refresh_at)
         ):
             resolved = overrides._steering = self._resolve(overrides)
-        service = plan.service
-        variant = resolved.variants.get(service.name)
-        if variant is None:
-            return Steer(plan, route, reason, resolved.headers)
-        named = f"override {service.name}={variant.name}"
-        if variant.haproxy is None and route is Route.HAPROXY:
-            if forced:
-                reason += f"; {named} not applied: the variant has no HAProxy port and the call options force HAProxy"
-                return Steer(plan, route, reason, resolved.headers)
-            route, reason = Route.ENVOY, f"{reason}; via Envoy: {named} and the variant has no HAProxy port"
-        else:
-            reason += f"; {named}"
-        headers = (*resolved.headers, (VARIANT_HEADER, variant.name))
+        entry = resolved.entries.get(plan.service.name)
+        if entry is None:
+            return plan, route, reason, resolved.headers, None, None
+        variant = entry.variant
         if variant.haproxy is None:
-            return Steer(plan, route, reason, headers, variant.name, None)
+            if route is Route.HAPROXY:
+                if forced:
+                    return plan, route, reason + entry.not_applied, resolved.headers, None, None
+                return plan, Route.ENVOY, reason + entry.via_envoy, entry.headers, variant.name, None
+            return plan, route, reason + entry.applied, entry.headers, variant.name, None
         plan = self._variant_plan(plan, variant.name, variant.haproxy)
-        return Steer(plan, route, reason, headers, variant.name, variant.name)
+        return plan, route, reason + entry.applied, entry.headers, variant.name, variant.name
 
     def _variant_plan(self, plan: ServicePlan, variant: str, haproxy: Address) -> ServicePlan:
         """``plan`` with the variant's HAProxy port (retry budget and sidecar circuit shared)."""
@@ -132,31 +132,44 @@ class Steering:
 
     def _resolve(self, overrides: Overrides) -> _Resolved:
         config = self.config
-        variants = {}
+        headers = self._headers(overrides)
+        entries = {}
         for service, name in overrides.mapping.items():
             svc = config.services.get(service)
             declared = svc.variants.get(name) if svc is not None else None
-            if declared is not None:
-                variants[service] = declared
+            if declared is None:
+                why = "undeclared_service" if svc is None else "undeclared_variant"
+                count_ignored(why, service if svc is not None else None)
+                self._report(service, name, "the service is not in the registry" if svc is None else "no such variant")
                 continue
-            why = "undeclared_service" if svc is None else "undeclared_variant"
-            count_ignored(why, service if svc is not None else None)
-            self._report(service, name, "the service is not in the registry" if svc is None else "no such variant")
+            named = f"override {service}={name}"
+            entries[service] = _Entry(
+                declared,
+                (*headers[0], (VARIANT_HEADER, name)),
+                f"; {named}",
+                f"; via Envoy: {named} and the variant has no HAProxy port",
+                f"; {named} not applied: the variant has no HAProxy port and the call options force HAProxy",
+            )
+        return _Resolved(config, entries, headers[0], headers[1])
+
+    def _headers(self, overrides: Overrides) -> tuple[Headers, float]:
+        """The overrides' headers, and when a signature made here must be made anew (0: never).
+        A hop that holds the key signs what it sends, never for longer than what it received."""
         headers: Headers = ((OVERRIDE_HEADER, overrides.header),)
         refresh_at = 0.0
         signed = overrides.signature
-        secret_env = config.overrides.secret_env
+        secret_env = self.config.overrides.secret_env
         key = read_key(secret_env) if secret_env is not None and signed is None else None
-        if key is not None:  # this hop holds the key: it signs what it sends (never for longer)
-            now = _clock.wall()
+        if key is not None:
             expires = overrides.expires
             if expires is None:
+                now = _clock.wall()
                 expires = now + DEFAULT_SIGNATURE_TTL
                 refresh_at = now + DEFAULT_SIGNATURE_TTL / 2
             signed = signature(overrides.header, key, int(expires))
         if signed is not None:
             headers += ((OVERRIDE_SIGNATURE_HEADER, signed),)
-        return _Resolved(config, variants, headers, refresh_at)
+        return headers, refresh_at
 
     def _report(self, service: str, variant: str, why: str) -> None:
         log_once(
