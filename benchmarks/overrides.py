@@ -4,7 +4,8 @@
   section 2, per call, medians of interleaved rounds, for: no override in force; an override for
   another service (carried on only); an override sending ``users`` to its variant on the Envoy
   route (``x-mesh-variant``) and on the HAProxy route (the variant's port). The figures added are
-  the median, over rounds, of each case minus the no-override block of the same round. Target (the issue's): at most 3 µs added with an override in force.
+  the median, over rounds, of each case minus the no-override block of the same round. Target
+  (the issue's): at most 3 µs added with an override in force.
 - **the hook without an override**: what every call pays for the feature when none is in force
   (one context-variable read), in ns. Target: no measurable cost (below 0.1 µs).
 - **end to end**: the same keep-alive GET through the real Envoy with requests, without and with
