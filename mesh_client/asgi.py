@@ -5,8 +5,8 @@
     app = mesh_client.asgi.MeshMiddleware(app, mesh)
 
 For HTTP and WebSocket scopes, the app (streaming responses included) runs with the inbound
-deadline (``mesh_client.time_left()``), request id and OpenTelemetry context, restored when the
-app returns or raises. Lifespan and other scopes pass through.
+deadline (``mesh_client.time_left()``), request id, OpenTelemetry context and (as the registry's
+``[overrides]`` allows) routing overrides, restored when the app returns or raises. Lifespan and other scopes pass through.
 """
 
 from __future__ import annotations

@@ -29,7 +29,9 @@ from mesh_client import ConfigError, Mesh, Route, registry
 from mesh_client.context import MAX_INBOUND_TIMEOUT_MS, begin_request, check_header_value, current_inbound, read_inbound
 from mesh_client.core import Attempt, Broken, CallRun, Done, Fail, Failure, Responded, ServicePlan, parse_retry_after
 from mesh_client.envoy import ENVOY_ERROR_KINDS
+from mesh_client.overrides import MAX_OVERRIDES, parse_override_header
 from mesh_client.registry import MeshConfig, load_file, load_mapping
+from mesh_client.variants import NAME_PATTERN, OverridesConfig
 
 from ..fuzz.registry_checks import use
 
@@ -279,8 +281,16 @@ INBOUND_NAMES = [
     "traceparent",
     "tracestate",
     "baggage",
+    "x-mesh-override",
+    "x-mesh-override-signature",
 ]
 NASTY_VALUES = [
+    "users=canary",
+    " users=canary ; search=pr-12 ",
+    "users=canary;",
+    "users=canary;users=main",
+    ";".join(f"s{i}=v" for i in range(17)),
+    "exp=99999999999;v1=" + "0" * 64,
     "",
     " ",
     "\r\n",
@@ -326,6 +336,20 @@ def test_read_inbound_keeps_only_what_it_trusts(headers: dict[str, str], prefix:
     for name, value in inbound.context_headers:
         assert name in ("x-tenant", "traceparent")
         check_header_value(name, value)
+
+
+@FEW
+@given(headers=inbound_headers, signed=st.booleans())
+def test_inbound_overrides_are_well_formed_or_dropped(headers: dict[str, str], signed: bool) -> None:
+    config = OverridesConfig(accept_inbound=True, secret_env="FUZZ_UNSET_OVERRIDE_SECRET" if signed else None)
+    overrides = read_inbound(headers, header_prefix="x-envoy", context_headers=(), overrides=config).overrides
+    if overrides is None:
+        return
+    assert not signed  # (the key's variable is unset: nothing is admitted)
+    assert 1 <= len(overrides.mapping) <= MAX_OVERRIDES
+    assert all(NAME_PATTERN.match(s) and NAME_PATTERN.match(v) for s, v in overrides.mapping.items())
+    assert parse_override_header(overrides.header) == overrides.mapping
+    check_header_value("x-mesh-override", overrides.header)
 
 
 @FEW
