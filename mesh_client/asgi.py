@@ -6,7 +6,8 @@
 
 For HTTP and WebSocket scopes, the app (streaming responses included) runs with the inbound
 deadline (``mesh_client.time_left()``), request id, OpenTelemetry context and (as the registry's
-``[overrides]`` allows) routing overrides, restored when the app returns or raises. Lifespan and other scopes pass through.
+``[overrides]`` allows) routing overrides, restored when the app returns or raises. Lifespan and
+other scopes pass through.
 """
 
 from __future__ import annotations
