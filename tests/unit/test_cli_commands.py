@@ -695,3 +695,56 @@ def test_reporting_without_envoys_config_judges_by_the_answers(registry: Path) -
     assert check.verdict == "WARN"
     assert check.detail.startswith("Envoy's answers via users carry no x-envoy-attempt-count, so ")
     assert check.fix.startswith("set include_attempt_count_in_response: true on the virtual hosts")
+
+
+# -- doctor: variant routes --------------------------------------------------------------------------
+
+VARIANTS = """
+[services.users.variants.canary]
+endpoints = ["127.0.0.1:18011"]
+
+[services.users.variants.pr-12]
+endpoints = ["127.0.0.1:18012"]
+"""
+
+
+def variant_check(registry: Path, admin: _Admin | None) -> list[Check]:
+    checks: list[Check] = []
+    d = _Doctor(str(registry), 0.2, "/", checks.append)
+    d.egress_ip = "127.0.0.1"
+    d._variants(load_file(registry), admin)
+    return checks
+
+
+def test_doctor_finds_the_variant_routes_of_the_rendered_config(tmp_path: Path) -> None:
+    path = write_registry(tmp_path, extra=VARIANTS)
+    listener, _ = rendered_hcm(path)
+    (check,) = variant_check(path, _Admin(listeners=[listener]))
+    assert (check.name, check.verdict) == ("envoy variants", "OK")
+    assert check.detail == "x-mesh-variant routed ahead of the default route for users:canary, users:pr-12"
+
+
+def test_doctor_fails_a_missing_or_shadowed_variant_route(tmp_path: Path) -> None:
+    path = write_registry(tmp_path, extra=VARIANTS)
+    listener, hcm = rendered_hcm(path)
+    (vhost,) = hcm["route_config"]["virtual_hosts"]
+    canary, pr, default = vhost["routes"]
+    vhost["routes"] = [canary, default, pr]  # pr-12's route comes after the catch-all: never reached
+    (check,) = variant_check(path, _Admin(listeners=[listener]))
+    assert check.verdict == "FAIL"
+    assert check.detail.startswith("no route for x-mesh-variant ahead of the default route for users:pr-12:")
+    assert "mesh-client render envoy" in check.fix
+    vhost["routes"] = [default]
+    (check,) = variant_check(path, _Admin(listeners=[listener]))
+    assert "for users:canary, users:pr-12:" in check.detail
+
+
+def test_doctor_skips_the_variant_check_without_the_config_or_variants(tmp_path: Path, registry: Path) -> None:
+    (tmp_path / "variants").mkdir()
+    path = write_registry(tmp_path / "variants", extra=VARIANTS)
+    (check,) = variant_check(path, None)
+    assert (check.verdict, check.detail) == (
+        "SKIP",
+        "not checked: no mesh.envoy_admin, so the route config was not read",
+    )
+    assert variant_check(registry, _Admin()) == []  # no variants: no check
