@@ -49,6 +49,7 @@ class Chain:
         self.clients: dict[tuple[str, str, str], Any] = {}
         self.lock = threading.Lock()
         self.a = ""
+        self.registry = Path()
 
     def client(self, route: str, caller: str, kind: str) -> Any:
         key = (route, caller, kind)
@@ -250,6 +251,7 @@ def chain(tmp_path_factory: pytest.TempPathFactory, envoy_bin: str, haproxy_bin:
             port_number = int(str(addresses[name]).rpartition(":")[2])
             serve_thrift(stack, chain.who.Who, WhoHandler(deployment), trusting, transport, port_number)
         chain.a = str(addresses["a"])
+        chain.registry = write_toml(work / "mesh.toml", base)
         try:
             yield chain
         finally:
@@ -257,6 +259,21 @@ def chain(tmp_path_factory: pytest.TempPathFactory, envoy_bin: str, haproxy_bin:
                 if hasattr(client, "aclose"):
                     continue  # (bound to uvicorn's loop, which has stopped: its pool goes with it)
                 client.close()
+
+
+def toml_lines(table: dict[str, Any], name: str = "") -> list[str]:
+    """``table`` as TOML (values: strings, numbers, booleans and lists of them, which JSON spells alike)."""
+    lines = [f"[{name}]"] if name else []
+    lines += [f"{k} = {json.dumps(v)}" for k, v in table.items() if not isinstance(v, dict)]
+    for key, sub in table.items():
+        if isinstance(sub, dict):
+            lines += ["", *toml_lines(sub, f"{name}.{key}" if name else key)]
+    return lines
+
+
+def write_toml(path: Path, data: dict[str, Any]) -> Path:
+    path.write_text("\n".join(toml_lines(data)) + "\n")
+    return path
 
 
 def call_a(chain: Chain, door: str, route: str, kind: str, headers: dict[str, str] | None = None, **query: str) -> Any:
@@ -365,4 +382,14 @@ def test_a_validly_signed_override_is_honoured_and_its_signature_carried_on(chai
     assert (c["override_header"], c["signature_header"]) == (
         headers[OVERRIDE_HEADER],
         headers[OVERRIDE_SIGNATURE_HEADER],
+    )
+
+
+def test_doctor_finds_the_variant_routes_in_the_running_envoy(chain: Chain) -> None:
+    from mesh_client.doctor import diagnose
+
+    (check,) = [c for c in diagnose(chain.registry, timeout=2.0) if c.name == "envoy variants"]
+    assert (check.verdict, check.detail) == (
+        "OK",
+        "x-mesh-variant routed ahead of the default route for c:canary, c:preview",
     )
