@@ -9,6 +9,7 @@ The service ``svc`` has a main deployment and three variants: ``canary`` (its ow
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from mesh_client.testing import FakeMesh, reply
 from mesh_client.testing.upstream import ScriptedUpstream
 
 from .conftest import Caller
+from .test_conformance import cases
 
 pytestmark = pytest.mark.real
 
@@ -148,30 +150,18 @@ def run_fake(kind: str, scenario: Scenario, config: MeshConfig) -> Observed:
         mesh = fake.mesh(config)
         for name in DEPLOYMENTS:
             fake.add("svc", reply(200, json={"by": name}), variant=None if name == "main" else name)
-        caller = Caller(kind, mesh)
-        try:
+        with contextlib.closing(Caller(kind, mesh)) as caller:
             return observe(caller, scenario, lambda: fake.calls[-1].upstream if fake.calls else [])
-        finally:
-            caller.close()
 
 
 def run_real(kind: str, scenario: Scenario, real: RealMesh, route: str) -> Observed:
     for name, upstream in real.upstreams.items():
         upstream.script(reply(200, json={"by": name}))
-    with mesh_client.Mesh(real.configs[route]) as mesh:
-        caller = Caller(kind, mesh)
-        try:
-            return observe(caller, scenario, lambda: [r for u in real.upstreams.values() for r in u.requests])
-        finally:
-            caller.close()
+    with mesh_client.Mesh(real.configs[route]) as mesh, contextlib.closing(Caller(kind, mesh)) as caller:
+        return observe(caller, scenario, lambda: [r for u in real.upstreams.values() for r in u.requests])
 
 
-KINDS = ["requests", "httpx", "httpx-async"]
-CASES = [
-    pytest.param(s, route, KINDS[(i + j) % 3], id=f"{s.name}-{route}-{KINDS[(i + j) % 3]}")
-    for i, s in enumerate(SCENARIOS)
-    for j, route in enumerate(("envoy", "haproxy"))
-]
+CASES = cases(SCENARIOS, lambda s: ("envoy", "haproxy"))
 
 
 @pytest.mark.parametrize(("scenario", "route", "kind"), CASES)
