@@ -1,15 +1,16 @@
 """``mesh-client call MESH.toml SERVICE METHOD PATH``: one call through the mesh, and how it went.
 
 The call is made exactly as an application makes it: ``mesh.requests_session()`` with the
-registry's policy, the route the flag picks (or ``--route``), and ``--timeout`` through
-:func:`mesh_client.call_options`. It prints the status, the route, the attempts, whether the call
+registry's policy, the route the flag picks (or ``--route``), ``--timeout`` through
+:func:`mesh_client.call_options` and ``--override SERVICE=VARIANT`` through
+:func:`mesh_client.route_overrides`. It prints the status, the route, the attempts, whether the call
 failed over, Envoy's upstream service time and error kind, why the route was chosen, the time the
 call took and the response body (the first ``--max-body`` bytes), or the error with its class
 names. ``--json`` prints the same as one JSON object.
 
 Exit codes: 0 a response with a status below 400; 1 a status of 400 or more, a transport error
 (no response) or an invalid registry; 2 bad arguments (an unknown or Thrift service, a malformed
-``-H``, an unreadable ``--data @FILE``, a bad method or path); 3 ``--route`` was given and the call
+``-H`` or ``--override``, an unreadable ``--data @FILE``, a bad method or path); 3 ``--route`` was given and the call
 went another way (the Envoy sidecar refused the connection and the call failed over to HAProxy),
 whatever its status.
 
@@ -30,6 +31,7 @@ import requests
 from ...errors import ConfigError, MeshError
 from ...info import call_info
 from ...mesh import Mesh
+from ...overrides import route_overrides
 from ...policy import UNSET, Route, call_options
 from ...registry import load_file
 from .._args import seconds_arg
@@ -42,6 +44,7 @@ from .arguments import (
     header_notes,
     max_body_arg,
     parse_header,
+    parse_overrides,
     read_data,
 )
 from .outcome import Body, Outcome, as_json, print_text
@@ -61,6 +64,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
         method = check_method(args.method)
         path = check_path(args.path)
         headers = [parse_header(h) for h in args.header or []]
+        overrides = parse_overrides(args.override or [])
         data = read_data(args.data)
         config = load_file(args.registry)
         check_service(config, args.service)
@@ -84,7 +88,8 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
             f"mesh-client call: note: the flag source did not load: {problem}; the call takes the fallback route",
             file=err,
         )
-    with quiet_flag_logs() if problem else nullcontext(), mesh, call_options(route=route, timeout=timeout):
+    options = call_options(route=route, timeout=timeout)
+    with quiet_flag_logs() if problem else nullcontext(), mesh, options, route_overrides(overrides):
         session = mesh.requests_session()
         merged: dict[str, str] = {}
         for name, value in headers:  # repeated -H of one name: joined, as HTTP allows
@@ -172,6 +177,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         type=seconds_arg,
         metavar="S",
         help="the call's total timeout in seconds (call_options; default: the registry's)",
+    )
+    p.add_argument(
+        "--override",
+        action="append",
+        metavar="SERVICE=VARIANT",
+        help="a routing override for this call and the calls it causes (route_overrides); repeat for more",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument(

@@ -10,6 +10,7 @@ from typing import Any, Final
 
 from ...core import DROPPED_HEADERS
 from ...envoy import DEFAULT_PREFIX
+from ...overrides import parse_override_header
 from ...registry import MeshConfig
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "header_notes",
     "max_body_arg",
     "parse_header",
+    "parse_overrides",
     "read_data",
 ]
 
@@ -45,6 +47,23 @@ def parse_header(text: str) -> tuple[str, str]:
     if any(c in value for c in "\r\n\0"):
         raise ArgumentProblem(f"-H {text!r}: the value contains a line break or NUL")
     return name, value
+
+
+def parse_overrides(values: list[str]) -> dict[str, str]:
+    """The ``--override`` values (``users=canary``, or several joined by ``;``) as one mapping; a
+    later one wins. Raises :class:`ArgumentProblem` for a malformed value."""
+    overrides: dict[str, str] = {}
+    for value in values:
+        try:
+            parsed = parse_override_header(value)
+        except ValueError:
+            raise ArgumentProblem(
+                f"--override {value!r}: expected SERVICE=VARIANT (lower-case names: letters, digits, '.', '-', '_')"
+            ) from None
+        for service, variant in parsed.items():
+            overrides.pop(service, None)
+            overrides[service] = variant
+    return overrides
 
 
 def read_data(text: str | None, stdin: Any = None) -> bytes | None:

@@ -48,8 +48,16 @@ from __future__ import annotations
 
 import argparse
 
-from .options import DEFAULT_DURATION, DEMO_SERVICES, DESCRIPTION, EPILOG, MIN_DURATION, DemoOptions, add_arguments
-from .options import options_from_args
+from .options import (
+    DEFAULT_DURATION,
+    DEMO_SERVICES,
+    DESCRIPTION,
+    EPILOG,
+    MIN_DURATION,
+    DemoOptions,
+    add_arguments,
+    options_from_args,
+)
 from .orchestration import run
 
 __all__ = [

@@ -11,6 +11,7 @@ from typing import Final
 
 from ...envoy import DEFAULT_PREFIX, header_names
 from ...registry import Address
+from .overrides_step import VIA, Forward
 
 __all__ = ["ENVOY_MARK", "DemoService"]
 
@@ -21,6 +22,10 @@ ENVOY_MARK: Final = header_names(DEFAULT_PREFIX).expected_rq_timeout_ms
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     service = ""
+    deployment = "main"
+    #: what a GET of /via/SERVICE does (the override step's second hop), if anything
+    forward: Forward | None = None
+    served = 0
 
     def handle_error(self, request: object, client_address: object) -> None:
         pass  # a caller that hangs up is not the demo's business
@@ -36,14 +41,19 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         via_envoy = ENVOY_MARK in self.headers
-        body = json.dumps(
-            {
-                "service": self.server.service,
-                "path": self.path,
-                "via_envoy": via_envoy,
-                ENVOY_MARK: self.headers.get(ENVOY_MARK),
-            }
-        ).encode()
+        server = self.server
+        answer = {
+            "service": server.service,
+            "deployment": server.deployment,
+            "path": self.path,
+            "via_envoy": via_envoy,
+            ENVOY_MARK: self.headers.get(ENVOY_MARK),
+        }
+        with _served_lock:
+            server.served += 1
+        if server.forward is not None and self.path.startswith(VIA):
+            answer["next"] = server.forward(self.path[len(VIA) :], dict(self.headers.items()))
+        body = json.dumps(answer).encode()
         self.send_response(200)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(body)))
@@ -53,19 +63,33 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-class DemoService:
-    """A tiny HTTP service on 127.0.0.1 that tells each caller whether the request came via Envoy."""
+_served_lock: Final = threading.Lock()
 
-    def __init__(self, name: str) -> None:
+
+class DemoService:
+    """A tiny HTTP service on 127.0.0.1 that tells each caller whether the request came via Envoy
+    (and which deployment of the service answered)."""
+
+    def __init__(self, name: str, deployment: str = "main") -> None:
         self.name = name
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.service = name
+        self._server.deployment = deployment
         self._thread = threading.Thread(target=self._server.serve_forever, name=f"demo-{name}", daemon=True)
 
     @property
     def address(self) -> Address:
         host, port = self._server.server_address[:2]
         return Address(str(host), int(port))
+
+    @property
+    def served(self) -> int:
+        """Requests answered so far."""
+        return self._server.served
+
+    def forward_with(self, forward: Forward) -> None:
+        """Answer ``GET /via/SERVICE`` by calling SERVICE with ``forward`` (the override step)."""
+        self._server.forward = forward
 
     def __enter__(self) -> DemoService:
         self._thread.start()

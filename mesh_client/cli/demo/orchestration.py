@@ -1,6 +1,6 @@
-"""The demo from start to end: bring the mesh up, walk the flag with traffic running, print the
-summary, keep the mesh up with ``--keep``, stop everything (also on Ctrl-C or SIGTERM), and end
-with the verdict and the exit code."""
+"""The demo from start to end: bring the mesh up, walk the flag with traffic running (then the
+override step), print the summary, keep the mesh up with ``--keep``, stop everything (also on
+Ctrl-C or SIGTERM), and end with the verdict and the exit code."""
 
 from __future__ import annotations
 
@@ -16,15 +16,15 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from ...registry import MeshConfig
 from ...routing import write_flag_file
 from .display import Display
 from .options import DEMO_SERVICES, DemoOptions
+from .overrides_step import steer_one
 from .progress import HEAD1, HEAD2, flip_line, redraw, rows
 from .report import print_ending, print_summary
 from .startup import DemoMesh, Processes, start
-from .steps import DemoFailed, Walk, wait_for_flag
-from .traffic import Caller, Ledger, Traffic
+from .steps import DemoFailed, wait_for_flag
+from .traffic import Ledger, Traffic
 from .verdict import conclude, summarise
 
 __all__ = ["keep", "run", "walk_flag"]
@@ -61,7 +61,7 @@ def _run(options: DemoOptions, display: Display) -> int:
             stack.callback(traffic.stop)  # stopped before the sidecars and the Meshes
             display.cursor(False)
             stack.callback(display.cursor, True)
-            walk_flag(walk, display, mesh.callers, mesh.config, traffic, ledger)
+            problems += walk_flag(mesh, display, traffic, ledger)
             display.release()
             display.cursor(True)
             summary = summarise(walk)
@@ -97,12 +97,11 @@ def _run(options: DemoOptions, display: Display) -> int:
     return ending.code
 
 
-def walk_flag(
-    walk: Walk, display: Display, callers: list[Caller], config: MeshConfig, traffic: Traffic, ledger: Ledger
-) -> None:
+def walk_flag(mesh: DemoMesh, display: Display, traffic: Traffic, ledger: Ledger) -> list[str]:
     """Each step: write its flag, wait until every caller has loaded it, settle the ledger on the
-    callers' decisions, hold the step while the traffic runs; then stop the traffic."""
-    show = display
+    callers' decisions, hold the step while the traffic runs; then (with the canary) steer one
+    request to it, and stop the traffic. Returns the override step's problems."""
+    show, walk, callers = display, mesh.walk, mesh.callers
     if not show.live:
         show.print(HEAD1)
         show.print(HEAD2)
@@ -113,7 +112,7 @@ def walk_flag(
         if step.number == 1:  # its flag was written before the callers' Meshes were made
             traffic.start()
         else:
-            write_flag_file(walk.flags_path, walk.flags_for(config, step))
+            write_flag_file(walk.flags_path, walk.flags_for(mesh.config, step))
         step.loaded_in = wait_for_flag(callers, DEMO_SERVICES, step.version, lambda: redraw(walk, show))
         ledger.settle(step, {c.name: {s: c.mesh.route_for(s).route for s in DEMO_SERVICES} for c in callers})
         if not show.live:
@@ -129,8 +128,15 @@ def walk_flag(
             with ledger.lock:
                 for line, _ in rows(walk, step):
                     show.print(line)
+    override_line, problems = "", list[str]()
+    canary = mesh.canary
+    if canary is not None:  # while the traffic goes on: one request steered to the canary
+        override_line, problems = steer_one(callers[0].session, callers[0].name, lambda: canary.served)
     traffic.stop()
     redraw(walk, show, final=True)
+    if override_line:
+        show.print(override_line, "red" if problems else "green")
+    return problems
 
 
 def keep(display: Display, mesh: DemoMesh, processes: Processes, problems: list[str]) -> None:

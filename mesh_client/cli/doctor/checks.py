@@ -14,6 +14,7 @@ from .flag_checks import check_flags
 from .haproxy_check import check_haproxy
 from .header_check import check_headers
 from .reporting_check import check_reporting
+from .variants_check import check_variants
 
 __all__ = ["check_registry", "diagnose"]
 
@@ -58,6 +59,7 @@ def diagnose(
     routed = check_vhosts(ctx, config, source_ip is not None, admin)
     check_headers(ctx, config, admin, source_ip, routed)
     check_reporting(ctx, config, admin, routed)
+    check_variants(ctx, config, admin)
     check_thrift(ctx, config)
     check_haproxy(ctx, config)
     check_flags(ctx, config)

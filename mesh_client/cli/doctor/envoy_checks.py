@@ -61,8 +61,7 @@ def check_egress(ctx: Context, config: MeshConfig) -> str | None:
             "envoy egress",
             "FAIL",
             f"{address} (mesh.envoy_http) {why(exc, ctx.timeout)}{failover}",
-            f"start the Envoy sidecar, or set mesh.envoy_http to the address its egress listener binds "
-            f"({RENDER_HINT})",
+            f"start the Envoy sidecar, or set mesh.envoy_http to the address its egress listener binds ({RENDER_HINT})",
         )
         return None
     ctx.check("envoy egress", "OK", f"{address} accepts connections (from {source_ip})")
@@ -136,7 +135,9 @@ def vhost_verdict(
             )
         else:
             fix = "see the envoy_error kinds in docs/routes.md"
-        ctx.check(name, "WARN", f"{what}: Envoy routes it but answered {reply.status} itself ({kind}) after {took}", fix)
+        ctx.check(
+            name, "WARN", f"{what}: Envoy routes it but answered {reply.status} itself ({kind}) after {took}", fix
+        )
     else:
         upstream = envoy.upstream_service_time(reply.headers, prefix)
         spent = f", upstream {upstream * 1000:.0f} ms" if upstream is not None else ""

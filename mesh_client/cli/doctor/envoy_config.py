@@ -25,6 +25,7 @@ __all__ = [
     "listeners",
     "read_config",
     "read_server_info",
+    "route_config_of",
     "route_configs",
     "socket_address",
     "suppresses_envoy_headers",
@@ -217,6 +218,14 @@ def virtual_host_for(route_config: Mapping[str, Any], host: str) -> dict[str, An
             if rank > best_rank:
                 best, best_rank = vhost, rank
     return best
+
+
+def route_config_of(hcm: Mapping[str, Any], admin: Admin) -> dict[str, Any] | None:
+    """An HTTP connection manager's route configuration: inline, or the one it names over RDS."""
+    route_config = hcm.get("route_config")
+    if route_config is None and isinstance(hcm.get("rds"), dict):
+        route_config = admin.route_configs.get(str(hcm["rds"].get("route_config_name", "")))
+    return route_config if isinstance(route_config, dict) else None
 
 
 def suppresses_envoy_headers(hcm: Mapping[str, Any]) -> bool:

@@ -49,4 +49,6 @@ def check_haproxy(ctx: Context, config: MeshConfig) -> None:
             )
         else:
             took = f"{reply.elapsed * 1000:.0f} ms"
-            ctx.check(name, "OK", f"{svc.haproxy} accepts connections; GET {ctx.path} answered {reply.status} in {took}")
+            ctx.check(
+                name, "OK", f"{svc.haproxy} accepts connections; GET {ctx.path} answered {reply.status} in {took}"
+            )

@@ -8,7 +8,7 @@ from typing import Final
 from ... import envoy
 from ...registry import MeshConfig
 from .context import RENDER_HINT, Context
-from .envoy_config import Admin, egress_listener, hcms, suppresses_envoy_headers, virtual_host_for
+from .envoy_config import Admin, egress_listener, hcms, route_config_of, suppresses_envoy_headers, virtual_host_for
 from .network import Reply
 
 __all__ = ["ATTEMPT_COUNT_SETTINGS", "check_reporting", "reporting_from_answers"]
@@ -44,11 +44,9 @@ def check_reporting(ctx: Context, config: MeshConfig, admin: Admin | None, route
     suppressed = False
     for hcm in hcms(listener):
         suppressed = suppressed or suppresses_envoy_headers(hcm)
-        route_config = hcm.get("route_config")
-        if route_config is None and isinstance(hcm.get("rds"), dict):
-            route_config = admin.route_configs.get(str(hcm["rds"].get("route_config_name", "")))
+        route_config = route_config_of(hcm, admin)
         for svc in http:
-            vhost = virtual_host_for(route_config, svc.envoy_host) if isinstance(route_config, dict) else None
+            vhost = virtual_host_for(route_config, svc.envoy_host) if route_config is not None else None
             if vhost is None:
                 continue  # (the envoy vhost check says whether Envoy routes it)
             label = str(vhost.get("name", "?"))
@@ -78,8 +76,7 @@ def check_reporting(ctx: Context, config: MeshConfig, admin: Admin | None, route
                 "WARN",
                 f"cannot tell: the virtual hosts for {names} are not in the route configuration doctor read "
                 f"from listener {listener.get('name', '?')} (scoped routes?)",
-                f"check include_attempt_count_in_response and include_request_attempt_count by hand "
-                f"({_ATTEMPTS_DOC})",
+                f"check include_attempt_count_in_response and include_request_attempt_count by hand ({_ATTEMPTS_DOC})",
             )
         return
     if problems:
