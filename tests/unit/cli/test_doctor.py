@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from mesh_client.cli import main
-from mesh_client.cli.doctor import Check, diagnose, exit_code
-from mesh_client.cli.doctor import envoy_config
+from mesh_client.cli.doctor import Check, diagnose, envoy_config, exit_code
 from mesh_client.cli.doctor.context import Context
 from mesh_client.cli.doctor.envoy_config import Admin
 from mesh_client.cli.doctor.header_check import (
