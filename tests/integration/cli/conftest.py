@@ -25,14 +25,8 @@ def mesh(
     data = registry(backend, flags)
     path = write_toml(work / "mesh.toml", data)
     config = load_file(path)
-    envoy = start_envoy(config, work / "envoy", binary=envoy_bin)
-    try:
-        haproxy = start_haproxy(config, work / "haproxy", binary=haproxy_bin)
-    except BaseException:
-        envoy.stop()
-        raise
-    try:
+    with (
+        start_envoy(config, work / "envoy", binary=envoy_bin) as envoy,
+        start_haproxy(config, work / "haproxy", binary=haproxy_bin) as haproxy,
+    ):
         yield RunningMesh(path, config, data, envoy, haproxy)
-    finally:
-        haproxy.stop()
-        envoy.stop()
