@@ -1,13 +1,38 @@
-"""Argument types shared by the ``mesh-client`` commands (argparse ``type=`` functions)."""
+"""What the ``mesh-client`` commands' parsers share: argument types (argparse ``type=``
+functions), the registry argument, and how a command with its own help text is registered."""
 
 from __future__ import annotations
 
 import argparse
 import math
+from typing import TypeAlias
 
 from ..policy import MAX_SECONDS
 
-__all__ = ["seconds_arg"]
+__all__ = ["Subparsers", "add_registry", "command_parser", "seconds_arg"]
+
+#: What ``add_subparsers()`` returns: each command's ``add_parser(subparsers)`` registers on it.
+#: (A string: argparse's class cannot be subscripted at run time.)
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def command_parser(
+    subparsers: Subparsers, name: str, *, summary: str, description: str, epilog: str
+) -> argparse.ArgumentParser:
+    """Register the command ``name``: ``summary`` in ``mesh-client --help``; its own ``--help``
+    prints ``description`` and ``epilog`` as written (line breaks kept)."""
+    return subparsers.add_parser(
+        name,
+        help=summary,
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def add_registry(parser: argparse.ArgumentParser) -> None:
+    """The positional ``MESH.toml`` argument (``args.registry``)."""
+    parser.add_argument("registry", metavar="MESH.toml", help="the registry TOML file")
 
 
 def seconds_arg(text: str) -> float:
