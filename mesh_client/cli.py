@@ -10,7 +10,9 @@ Commands (see ``docs/cli.md``):
 - ``mesh-client doctor MESH.toml``: checks the sidecars, that Envoy honours the client's headers,
   and the flag source, with a verdict and a fix per check (:mod:`mesh_client.doctor`);
 - ``mesh-client call MESH.toml SERVICE METHOD PATH``: one call, with its route, attempts and
-  ``call_info`` (:mod:`mesh_client.call_cmd`).
+  ``call_info`` (:mod:`mesh_client.call_cmd`);
+- ``mesh-client shadow MESH.toml SERVICE``: GETs copied down both routes and compared, with a
+  live table per path (:mod:`mesh_client.shadow_cmd`).
 
 Exit codes (the table per command is in ``docs/cli.md``): 0 success; 1 invalid registry, failed
 command (``route``: the flag source did not load), failed demo or failed check; 2 bad arguments;
@@ -23,7 +25,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import call_cmd, demo, doctor
+from . import call_cmd, demo, doctor, shadow_cmd
 from .errors import ConfigError
 from .mesh import Mesh
 from .registry import load_file
@@ -117,6 +119,7 @@ def parser() -> argparse.ArgumentParser:
     run_demo.set_defaults(run=_demo)
     doctor.add_parser(sub)
     call_cmd.add_parser(sub)
+    shadow_cmd.add_parser(sub)
     return p
 
 
