@@ -1,15 +1,16 @@
 """``mesh-client call MESH.toml SERVICE METHOD PATH``: one call through the mesh, and how it went.
 
 The call is made exactly as an application makes it: ``mesh.requests_session()`` with the
-registry's policy, the route the flag picks (or ``--route``), and ``--timeout`` through
-:func:`mesh_client.call_options`. It prints the status, the route, the attempts, whether the call
+registry's policy, the route the flag picks (or ``--route``), ``--timeout`` through
+:func:`mesh_client.call_options` and ``--override SERVICE=VARIANT`` through
+:func:`mesh_client.route_overrides`. It prints the status, the route, the attempts, whether the call
 failed over, Envoy's upstream service time and error kind, why the route was chosen, the time the
 call took and the response body (the first ``--max-body`` bytes), or the error with its class
 names. ``--json`` prints the same as one JSON object.
 
 Exit codes: 0 a response with a status below 400; 1 a status of 400 or more, a transport error
 (no response) or an invalid registry; 2 bad arguments (an unknown or Thrift service, a malformed
-``-H``, an unreadable ``--data @FILE``, a bad method or path); 3 ``--route`` was given and the call
+``-H`` or ``--override``, an unreadable ``--data @FILE``, a bad method or path); 3 ``--route`` was given and the call
 went another way (the Envoy sidecar refused the connection and the call failed over to HAProxy),
 whatever its status.
 """
@@ -34,6 +35,7 @@ from .doctor import flag_source_problem, quiet_flag_logs, seconds_arg
 from .errors import ConfigError, MeshError, combination
 from .info import CallInfo, call_info
 from .mesh import Mesh
+from .overrides import parse_override_header, route_overrides
 from .policy import UNSET, Route, call_options
 from .registry import MeshConfig, load_file
 
@@ -274,6 +276,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
         method = _check_method(args.method)
         path = _check_path(args.path)
         headers = [parse_header(h) for h in args.header or []]
+        overrides = parse_overrides_args(args.override or [])
         data = read_data(args.data)
         config = load_file(args.registry)
         _service(config, args.service)
@@ -297,7 +300,8 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
             f"mesh-client call: note: the flag source did not load: {problem}; the call takes the fallback route",
             file=err,
         )
-    with quiet_flag_logs() if problem else nullcontext(), mesh, call_options(route=route, timeout=timeout):
+    options = call_options(route=route, timeout=timeout)
+    with quiet_flag_logs() if problem else nullcontext(), mesh, options, route_overrides(overrides):
         session = mesh.requests_session()
         merged: dict[str, str] = {}
         for name, value in headers:  # repeated -H of one name: joined, as HTTP allows
@@ -324,6 +328,23 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
         )
         return 3
     return 0 if call.ok else 1
+
+
+def parse_overrides_args(values: list[str]) -> dict[str, str]:
+    """The ``--override`` values (``users=canary``, or several joined by ``;``) as one mapping; a
+    later one wins. Raises :class:`ArgumentProblem` for a malformed value."""
+    overrides: dict[str, str] = {}
+    for value in values:
+        try:
+            parsed = parse_override_header(value)
+        except ValueError:
+            raise ArgumentProblem(
+                f"--override {value!r}: expected SERVICE=VARIANT (lower-case names: letters, digits, '.', '-', '_')"
+            ) from None
+        for service, variant in parsed.items():
+            overrides.pop(service, None)
+            overrides[service] = variant
+    return overrides
 
 
 def _max_body(text: str) -> int:
@@ -395,6 +416,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         type=seconds_arg,
         metavar="S",
         help="the call's total timeout in seconds (call_options; default: the registry's)",
+    )
+    p.add_argument(
+        "--override",
+        action="append",
+        metavar="SERVICE=VARIANT",
+        help="a routing override for this call and the calls it causes (route_overrides); repeat for more",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument(

@@ -62,6 +62,7 @@ from typing import Any, Final, TextIO
 
 import requests
 
+from .demo_overrides import CANARY, OVERRIDES_TABLE, VIA, Forward, canary_table, forwarder, steer_one
 from .info import call_info
 from .mesh import Mesh
 from .policy import Route
@@ -216,6 +217,10 @@ def options_from_args(args: argparse.Namespace) -> DemoOptions:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     service = ""
+    deployment = "main"
+    #: what a GET of /via/SERVICE does (the override step's second hop), if anything
+    forward: Forward | None = None
+    served = 0
 
     def handle_error(self, request: object, client_address: object) -> None:
         pass  # a caller that hangs up is not the demo's business
@@ -231,14 +236,19 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         via_envoy = ENVOY_MARK in self.headers
-        body = json.dumps(
-            {
-                "service": self.server.service,
-                "path": self.path,
-                "via_envoy": via_envoy,
-                ENVOY_MARK: self.headers.get(ENVOY_MARK),
-            }
-        ).encode()
+        server = self.server
+        answer = {
+            "service": server.service,
+            "deployment": server.deployment,
+            "path": self.path,
+            "via_envoy": via_envoy,
+            ENVOY_MARK: self.headers.get(ENVOY_MARK),
+        }
+        with _served_lock:
+            server.served += 1
+        if server.forward is not None and self.path.startswith(VIA):
+            answer["next"] = server.forward(self.path[len(VIA) :], dict(self.headers.items()))
+        body = json.dumps(answer).encode()
         self.send_response(200)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(body)))
@@ -248,19 +258,33 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-class DemoService:
-    """A tiny HTTP service on 127.0.0.1 that tells each caller whether the request came via Envoy."""
+_served_lock: Final = threading.Lock()
 
-    def __init__(self, name: str) -> None:
+
+class DemoService:
+    """A tiny HTTP service on 127.0.0.1 that tells each caller whether the request came via Envoy
+    (and which deployment of the service answered)."""
+
+    def __init__(self, name: str, deployment: str = "main") -> None:
         self.name = name
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.service = name
+        self._server.deployment = deployment
         self._thread = threading.Thread(target=self._server.serve_forever, name=f"demo-{name}", daemon=True)
 
     @property
     def address(self) -> Address:
         host, port = self._server.server_address[:2]
         return Address(str(host), int(port))
+
+    @property
+    def served(self) -> int:
+        """Requests answered so far."""
+        return self._server.served
+
+    def forward_with(self, forward: Forward) -> None:
+        """Answer ``GET /via/SERVICE`` by calling SERVICE with ``forward`` (the override step)."""
+        self._server.forward = forward
 
     def __enter__(self) -> DemoService:
         self._thread.start()
@@ -624,6 +648,9 @@ class _Demo:
         self.base = Route.HAPROXY  # the route of the services whose flag is not walked
         self.walk: tuple[float, ...] = WALK
         self.flags_path = Path()
+        #: users' canary (the override step; None without HAProxy) and what the step showed
+        self.canary: DemoService | None = None
+        self.override_line = ""
 
     # -- setup
 
@@ -652,9 +679,10 @@ class _Demo:
         base = Route.HAPROXY if have_haproxy else Route.ENVOY
         text = REGISTRY.format(
             ncallers=len(CALLERS), envoy_port=free_port(), admin_port=free_port(), default_route=base.value
+        ) + "".join(
+            SERVICE.format(name=name, haproxy_port=free_port(), backend=svc.address) for name, svc in services.items()
         )
-        for name, svc in services.items():
-            text += SERVICE.format(name=name, haproxy_port=free_port(), backend=svc.address)
+        text += self._canary(stack) if have_haproxy else ""  # users' canary, for the override step
         registry = folder / "mesh.toml"
         registry.write_text(text)
         flags_path = folder / "flags.json"
@@ -675,6 +703,7 @@ class _Demo:
                     Mesh(dataclasses.replace(config, caller=name, source=f"{registry} as {name}"))
                 )
             callers.append(_Caller(name, mesh, mesh.requests_session()))  # mesh.close() closes the session
+        self._second_hop(stack, config, services["orders"])
         show.print(
             "  services  "
             + ", ".join(f"{name} on {svc.address}" for name, svc in services.items())
@@ -700,6 +729,19 @@ class _Demo:
         show.print(f"  walk      {flipped}: {plan} of callers via Envoy, {hold:.1f} s per step")
         show.print()
         return callers, registry, config, have_haproxy
+
+    def _canary(self, stack: ExitStack) -> str:
+        """Start users' canary for the override step; its registry tables."""
+        with interrupts_held():
+            self.canary = stack.enter_context(DemoService("users", CANARY))
+        return canary_table("users", free_port(), self.canary.address) + OVERRIDES_TABLE
+
+    def _second_hop(self, stack: ExitStack, config: MeshConfig, orders: DemoService) -> None:
+        """With the canary: ``orders`` answers /via/users by calling users, carrying the overrides."""
+        if self.canary is not None:
+            orders_mesh, forward = forwarder(config, "orders")
+            stack.enter_context(orders_mesh)
+            orders.forward_with(forward)
 
     def _track(self, sidecar: SidecarProcess) -> None:
         assert sidecar.process is not None
@@ -745,8 +787,14 @@ class _Demo:
                 with ledger.lock:
                     for line, _ in self.rows(step):
                         show.print(line)
+        canary = self.canary
+        if canary is not None:  # while the traffic goes on: one request steered to the canary
+            self.override_line, problems = steer_one(callers[0].session, callers[0].name, lambda: canary.served)
+            self.problems += problems
         traffic.stop()
         self.redraw(final=True)
+        if self.override_line:
+            show.print(self.override_line, "red" if self.problems else "green")
 
     def flip_line(self, step: _Step) -> str:
         at = step.started - self.began

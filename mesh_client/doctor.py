@@ -17,6 +17,9 @@ not ``OK``, the fix. In order:
    ``include_request_attempt_count``, and the router filter does not set ``suppress_envoy_headers``;
    read from ``/config_dump`` (RDS route configurations included), else judged by whether Envoy's
    answers in check 4 carried ``x-envoy-attempt-count``. Missing settings are a ``WARN``.
+   ``envoy variants`` (only with HTTP services that declare variants, and ``mesh.envoy_admin``):
+   each variant's virtual host routes ``x-mesh-variant: VARIANT`` ahead of its default route (else
+   calls steered to it by a routing override reach the main deployment: ``FAIL``).
 7. ``envoy thrift`` (only with Thrift services): the Thrift listener accepts connections.
 8. ``haproxy NAME``, per service: the service's HAProxy port accepts connections (and, for HTTP
    services, answers a ``GET``).
@@ -90,6 +93,7 @@ from . import envoy, haproxy
 from .errors import ConfigError
 from .policy import MAX_SECONDS, Route
 from .registry import Address, MeshConfig, ServiceConfig, load_file
+from .sidecar.variant_routes import unrouted_variants
 
 if TYPE_CHECKING:
     from .mesh import Mesh
@@ -417,6 +421,14 @@ def _virtual_host_for(route_config: Mapping[str, Any], host: str) -> dict[str, A
     return best
 
 
+def _route_config_of(hcm: Mapping[str, Any], admin: _Admin) -> dict[str, Any] | None:
+    """An HTTP connection manager's route configuration: inline, or the one it names over RDS."""
+    route_config = hcm.get("route_config")
+    if route_config is None and isinstance(hcm.get("rds"), dict):
+        route_config = admin.route_configs.get(str(hcm["rds"].get("route_config_name", "")))
+    return route_config if isinstance(route_config, dict) else None
+
+
 def _suppresses_envoy_headers(hcm: Mapping[str, Any]) -> bool:
     """Whether the connection manager's router filter sets ``suppress_envoy_headers``."""
     for flt in hcm.get("http_filters", []):
@@ -480,6 +492,7 @@ class _Doctor:
         routed = self._vhosts(config, source_ip is not None, admin)
         self._headers(config, admin, source_ip, routed)
         self._reporting(config, admin, routed)
+        self._variants(config, admin)
         self._thrift(config)
         self._haproxy(config)
         self._flags(config)
@@ -830,11 +843,9 @@ class _Doctor:
         suppressed = False
         for hcm in _hcms(listener):
             suppressed = suppressed or _suppresses_envoy_headers(hcm)
-            route_config = hcm.get("route_config")
-            if route_config is None and isinstance(hcm.get("rds"), dict):
-                route_config = admin.route_configs.get(str(hcm["rds"].get("route_config_name", "")))
+            route_config = _route_config_of(hcm, admin)
             for svc in http:
-                vhost = _virtual_host_for(route_config, svc.envoy_host) if isinstance(route_config, dict) else None
+                vhost = _virtual_host_for(route_config, svc.envoy_host) if route_config is not None else None
                 if vhost is None:
                     continue  # (the envoy vhost check says whether Envoy routes it)
                 label = str(vhost.get("name", "?"))
@@ -881,6 +892,40 @@ class _Doctor:
             f"virtual host {', '.join(dict.fromkeys(seen))}: include_attempt_count_in_response and "
             "include_request_attempt_count set",
         )
+
+    def _variants(self, config: MeshConfig, admin: _Admin | None) -> None:
+        """The running Envoy routes ``x-mesh-variant`` to each declared variant of the HTTP
+        services, ahead of their default routes (see docs/overrides.md)."""
+        services = [svc for svc in config.services.values() if svc.protocol == "http" and svc.variants]
+        if not services:
+            return
+        name = "envoy variants"
+        listener = None
+        if admin is not None and not admin.error:
+            listener = _listener_at(admin.listeners, config.envoy_http, self.egress_ip)
+        if listener is None:
+            why = "no mesh.envoy_admin" if admin is None else admin.error or f"no listener at {config.envoy_http}"
+            self.check(name, "SKIP", f"not checked: {why}, so the route config was not read")
+            return
+        assert admin is not None
+        found, missing = [], []
+        for svc in services:
+            configs = [rc for rc in (_route_config_of(hcm, admin) for hcm in _hcms(listener)) if rc is not None]
+            vhost = next((v for v in (_virtual_host_for(rc, svc.envoy_host) for rc in configs) if v), None)
+            unrouted = list(svc.variants) if vhost is None else unrouted_variants(vhost, svc)
+            found += [f"{svc.name}:{v}" for v in svc.variants if v not in unrouted]
+            missing += [f"{svc.name}:{v}" for v in unrouted]
+        if missing:
+            self.check(
+                name,
+                "FAIL",
+                f"no route for x-mesh-variant ahead of the default route for {', '.join(missing)}: calls steered "
+                "to them reach the main deployment",
+                f"add a route matching the header x-mesh-variant: VARIANT, before the service's catch-all, to the "
+                f"cluster SERVICE:VARIANT ({_RENDER_HINT}; docs/overrides.md)",
+            )
+            return
+        self.check(name, "OK", f"x-mesh-variant routed ahead of the default route for {', '.join(found)}")
 
     def _reporting_from_answers(self, config: MeshConfig, routed: dict[str, _Reply]) -> None:
         """The ``envoy reporting`` check without Envoy's config: whether its answers carried the count."""

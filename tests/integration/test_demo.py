@@ -70,6 +70,14 @@ def test_demo_walks_the_flag_with_no_failed_call_and_the_split_the_flag_gave() -
     assert re.search(
         r"^OK: \d+ calls, none failed, also during the flips; every step's split followed the flag", out, re.M
     )
+    # the override step: one request steered to users' canary through orders, on both of orders' routes
+    assert re.search(
+        r"^  override  checkout -> orders \((envoy|haproxy)\) -> users, with route_overrides\(\{'users': 'canary'\}\) "
+        r"in checkout: the canary answered via Envoy and via HAProxy; it received 2 request\(s\), every other call "
+        r"stayed on main$",
+        out,
+        re.M,
+    ), out
     pids = [int(pid) for pid in re.findall(r"^  (?:Envoy|HAProxy)\s+pid (\d+):", out, re.M)]
     assert len(pids) == 2, out
     assert all(gone(pid) for pid in pids), "the demo left a sidecar running"

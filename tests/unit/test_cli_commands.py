@@ -16,13 +16,13 @@ import pytest
 import requests
 
 from mesh_client import Route, call_cmd, doctor
-from mesh_client.call_cmd import ArgumentProblem, parse_header, read_data
+from mesh_client.call_cmd import ArgumentProblem, parse_header, parse_overrides_args, read_data
 from mesh_client.doctor import Check, _Admin, _Doctor, _Evidence, _Reply
 from mesh_client.info import CallInfo
 from mesh_client.registry import load_file
 from mesh_client.routing import rollout_flag, route_flag, write_flag_file
 from mesh_client.sidecar import envoy_bootstrap, free_port
-from mesh_client.testing import Backend
+from mesh_client.testing import Backend, FakeMesh, reply
 
 from .test_cli import run_cli
 
@@ -69,6 +69,27 @@ def registry(tmp_path: Path) -> Path:
 
 
 # -- call: arguments -------------------------------------------------------------------------------
+
+
+def test_override_arguments_merge_and_a_later_one_wins() -> None:
+    assert parse_overrides_args([]) == {}
+    merged = parse_overrides_args(["users=canary", "search=pr-12;users=blue"])
+    assert list(merged.items()) == [("search", "pr-12"), ("users", "blue")]
+
+
+@pytest.mark.parametrize("route", ["haproxy", "envoy"])
+def test_call_with_an_override_reaches_the_variant(
+    tmp_path: Path, fake_mesh: FakeMesh, capsys: pytest.CaptureFixture[str], route: str
+) -> None:
+    write_flag_file(tmp_path / "flags.json", [route_flag("mesh-route-users", route)])
+    extra = f'[services.users.variants.canary]\nhaproxy = "127.0.0.1:{free_port()}"\n'
+    path = write_registry(tmp_path, extra=extra)
+    fake_mesh.mesh(str(path))  # (the fake learns the registry's variants)
+    fake_mesh.add("users", reply(200, text="canary"), variant="canary")
+    assert main(["call", str(path), "users", "GET", "/v1/x", "--override", "users=canary", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["body"], result["variant"], result["route"]) == ("canary", "canary", route)
+    assert fake_mesh.last_call().headers["x-mesh-override"] == "users=canary"
 
 
 @pytest.mark.parametrize(
@@ -121,6 +142,8 @@ def test_data_is_text_a_file_or_stdin(tmp_path: Path) -> None:
         (["users", "GET", "http://users/v1"], "is a URL; give only the path"),
         (["users", "GET", "/a b"], "contains spaces"),
         (["users", "G(T", "/"], "METHOD 'G(T' is not an HTTP method"),
+        (["users", "GET", "/", "--override", "users"], "--override 'users': expected SERVICE=VARIANT"),
+        (["users", "GET", "/", "--override", "Users=canary"], "--override 'Users=canary': expected SERVICE=VARIANT"),
     ],
 )
 def test_call_bad_arguments_exit_2_naming_the_problem(
@@ -672,3 +695,56 @@ def test_reporting_without_envoys_config_judges_by_the_answers(registry: Path) -
     assert check.verdict == "WARN"
     assert check.detail.startswith("Envoy's answers via users carry no x-envoy-attempt-count, so ")
     assert check.fix.startswith("set include_attempt_count_in_response: true on the virtual hosts")
+
+
+# -- doctor: variant routes --------------------------------------------------------------------------
+
+VARIANTS = """
+[services.users.variants.canary]
+endpoints = ["127.0.0.1:18011"]
+
+[services.users.variants.pr-12]
+endpoints = ["127.0.0.1:18012"]
+"""
+
+
+def variant_check(registry: Path, admin: _Admin | None) -> list[Check]:
+    checks: list[Check] = []
+    d = _Doctor(str(registry), 0.2, "/", checks.append)
+    d.egress_ip = "127.0.0.1"
+    d._variants(load_file(registry), admin)
+    return checks
+
+
+def test_doctor_finds_the_variant_routes_of_the_rendered_config(tmp_path: Path) -> None:
+    path = write_registry(tmp_path, extra=VARIANTS)
+    listener, _ = rendered_hcm(path)
+    (check,) = variant_check(path, _Admin(listeners=[listener]))
+    assert (check.name, check.verdict) == ("envoy variants", "OK")
+    assert check.detail == "x-mesh-variant routed ahead of the default route for users:canary, users:pr-12"
+
+
+def test_doctor_fails_a_missing_or_shadowed_variant_route(tmp_path: Path) -> None:
+    path = write_registry(tmp_path, extra=VARIANTS)
+    listener, hcm = rendered_hcm(path)
+    (vhost,) = hcm["route_config"]["virtual_hosts"]
+    canary, pr, default = vhost["routes"]
+    vhost["routes"] = [canary, default, pr]  # pr-12's route comes after the catch-all: never reached
+    (check,) = variant_check(path, _Admin(listeners=[listener]))
+    assert check.verdict == "FAIL"
+    assert check.detail.startswith("no route for x-mesh-variant ahead of the default route for users:pr-12:")
+    assert "mesh-client render envoy" in check.fix
+    vhost["routes"] = [default]
+    (check,) = variant_check(path, _Admin(listeners=[listener]))
+    assert "for users:canary, users:pr-12:" in check.detail
+
+
+def test_doctor_skips_the_variant_check_without_the_config_or_variants(tmp_path: Path, registry: Path) -> None:
+    (tmp_path / "variants").mkdir()
+    path = write_registry(tmp_path / "variants", extra=VARIANTS)
+    (check,) = variant_check(path, None)
+    assert (check.verdict, check.detail) == (
+        "SKIP",
+        "not checked: no mesh.envoy_admin, so the route config was not read",
+    )
+    assert variant_check(registry, _Admin()) == []  # no variants: no check
