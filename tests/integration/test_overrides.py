@@ -386,7 +386,7 @@ def test_a_validly_signed_override_is_honoured_and_its_signature_carried_on(chai
 
 
 def test_doctor_finds_the_variant_routes_in_the_running_envoy(chain: Chain) -> None:
-    from mesh_client.doctor import diagnose
+    from mesh_client.cli.doctor import diagnose
 
     (check,) = [c for c in diagnose(chain.registry, timeout=2.0) if c.name == "envoy variants"]
     assert (check.verdict, check.detail) == (

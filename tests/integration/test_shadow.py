@@ -33,10 +33,10 @@ from mesh_client.shadow.flags import stage_flag
 from mesh_client.shadow.stats import ShadowEvent, observe
 from mesh_client.sidecar import free_port, start_envoy, start_haproxy
 
+from .cli.helpers import write_toml
 from .conftest import CLIENT_KINDS, Caller
 from .forking import Channel, run_in_child
 from .servers import serve_asgi, serve_wsgi
-from .test_cli_commands import write_toml
 
 pytestmark = [
     pytest.mark.real,

@@ -17,14 +17,14 @@ from typing import Any, Final
 
 import requests
 
-from .context import begin_request
-from .info import call_info
-from .mesh import Mesh
-from .overrides import route_overrides
-from .policy import Route, call_options
-from .registry import MeshConfig
+from ...context import begin_request
+from ...info import call_info
+from ...mesh import Mesh
+from ...overrides import route_overrides
+from ...policy import Route, call_options
+from ...registry import MeshConfig
 
-__all__ = ["CANARY", "OVERRIDES_TABLE", "canary_table", "forwarder", "steer_one"]
+__all__ = ["CANARY", "OVERRIDES_TABLE", "VIA", "Forward", "canary_table", "forwarder", "steer_one"]
 
 #: The variant the step steers ``users`` to.
 CANARY: Final = "canary"

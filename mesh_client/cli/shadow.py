@@ -30,16 +30,14 @@ from typing import Final, TextIO
 
 import requests
 
-from .call_cmd import ArgumentProblem, parse_header
-from .call_cmd import _check_path as check_path
-from .call_cmd import _service as check_service
-from .errors import ConfigError, MeshError
-from .mesh import Mesh
-from .registry import MeshConfig, load_file
-from .routing import RouteDecision
-from .shadow.report import log as mismatch_log
-from .shadow.stages import STAGES, copy_route
-from .shadow.stats import ShadowEvent, observe
+from ..errors import ConfigError, MeshError
+from ..mesh import Mesh
+from ..registry import MeshConfig, load_file
+from ..routing import RouteDecision
+from ..shadow.report import log as mismatch_log
+from ..shadow.stages import STAGES, copy_route
+from ..shadow.stats import ShadowEvent, observe
+from .call.arguments import ArgumentProblem, check_path, check_service, parse_header
 
 __all__ = ["PathTally", "Tally", "add_parser", "render", "run"]
 

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 
 from mesh_client.cli import parser
+from mesh_client.cli.shadow import Tally, render
 from mesh_client.routing import write_flag_file
 from mesh_client.shadow.compare import Comparison, Difference
 from mesh_client.shadow.stats import ShadowEvent
-from mesh_client.shadow_cmd import Tally, render
 from mesh_client.sidecar import free_port
 
-from .test_cli_commands import write_registry
+from .helpers import write_registry
 
 
 def shadow(argv: list[str]) -> int:
