@@ -12,7 +12,9 @@ Commands (see ``docs/cli.md``):
 - ``mesh-client doctor MESH.toml``: checks the sidecars, that Envoy honours the client's headers,
   and the flag source, with a verdict and a fix per check (:mod:`mesh_client.cli.doctor`);
 - ``mesh-client call MESH.toml SERVICE METHOD PATH``: one call, with its route, attempts and
-  ``call_info`` (:mod:`mesh_client.cli.call`).
+  ``call_info`` (:mod:`mesh_client.cli.call`);
+- ``mesh-client shadow MESH.toml SERVICE``: GETs copied down both routes and compared, with a
+  live table per path (:mod:`mesh_client.cli.shadow`).
 
 Each command module has ``add_parser(subparsers)``, which registers the command and sets its
 ``run(args) -> exit code``; :data:`COMMANDS` lists them in the order ``--help`` shows. A new
@@ -31,7 +33,7 @@ from collections.abc import Callable, Sequence
 from typing import Final
 
 from ..errors import ConfigError
-from . import call, demo, doctor, render, route
+from . import call, demo, doctor, render, route, shadow
 from ._args import Subparsers
 
 __all__ = ["COMMANDS", "main", "parser"]
@@ -43,6 +45,7 @@ COMMANDS: Final[tuple[Callable[[Subparsers], None], ...]] = (
     demo.add_parser,
     doctor.add_parser,
     call.add_parser,
+    shadow.add_parser,
 )
 
 

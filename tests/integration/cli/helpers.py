@@ -24,7 +24,11 @@ def write_toml(path: Path, data: dict[str, Any]) -> Path:
     for table in ("mesh", "flags"):
         lines += [f"[{table}]", *(f"{k} = {toml_value(v)}" for k, v in data[table].items()), ""]
     for name, service in data["services"].items():
-        lines += [f"[services.{name}]", *(f"{k} = {toml_value(v)}" for k, v in service.items()), ""]
+        scalars = {k: v for k, v in service.items() if not isinstance(v, dict)}
+        lines += [f"[services.{name}]", *(f"{k} = {toml_value(v)}" for k, v in scalars.items()), ""]
+        for key, table in service.items():
+            if isinstance(table, dict):  # a sub-table: [services.NAME.KEY]
+                lines += [f"[services.{name}.{key}]", *(f"{k} = {toml_value(v)}" for k, v in table.items()), ""]
     path.write_text("\n".join(lines))
     return path
 

@@ -41,7 +41,7 @@ def test_the_commands_are_listed_in_their_order() -> None:
     done = run_cli("--help")
     assert done.returncode == 0, done.stderr
     listed = [line.split()[0] for line in done.stdout.splitlines() if line.startswith("    ") and line[4] != " "]
-    assert listed == ["render", "route", "demo", "doctor", "call"]
+    assert listed == ["render", "route", "demo", "doctor", "call", "shadow"]
     assert len(cli.COMMANDS) == len(listed)
 
 
