@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 from typing import TypeAlias
 
 from ..policy import MAX_SECONDS
 
-__all__ = ["Subparsers", "add_registry", "command_parser", "seconds_arg"]
+__all__ = ["Subparsers", "add_registry", "command_parser", "seconds_arg", "whole_number_arg"]
 
 #: What ``add_subparsers()`` returns: each command's ``add_parser(subparsers)`` registers on it.
 #: (A string: argparse's class cannot be subscripted at run time.)
@@ -46,3 +47,20 @@ def seconds_arg(text: str) -> float:
     if value > MAX_SECONDS:  # what the library accepts (sockets refuse far less than infinity)
         raise argparse.ArgumentTypeError(f"must be at most {MAX_SECONDS} seconds (a day), got {text!r}")
     return value
+
+
+def whole_number_arg(minimum: int, *, unit: str = "", least: str = "") -> Callable[[str], int]:
+    """An argparse type: a whole number (of ``unit``) of at least ``minimum`` (said as ``least``)."""
+    of = f" of {unit}" if unit else ""
+    floor = least or str(minimum)
+
+    def whole_number(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number{of}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {floor} or more, got {text!r}")
+        return value
+
+    return whole_number

@@ -37,7 +37,7 @@ from ..routing import RouteDecision
 from ..shadow.report import log as mismatch_log
 from ..shadow.stages import STAGES, copy_route
 from ..shadow.stats import ShadowEvent, observe
-from ._args import Subparsers, add_registry, command_parser
+from ._args import Subparsers, add_registry, command_parser, whole_number_arg
 from .call.arguments import ArgumentProblem, check_path, check_service, parse_header
 
 __all__ = ["PathTally", "Tally", "add_parser", "render", "run"]
@@ -260,14 +260,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
     return 0 if tally.clean and drained else 1
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {text!r}")
-    return value
+_positive: Final = whole_number_arg(1)
 
 
 DESCRIPTION = """\
