@@ -261,7 +261,9 @@ class Mesh:
 
         config = self.config.service(name)
         if config.protocol != "thrift":
-            raise ValueError(f"service {name!r} has protocol {config.protocol!r}; use the HTTP clients for it")
+            raise InvalidServiceURL(
+                f"service {name!r} has protocol {config.protocol!r}; use the HTTP clients for it, not thrift_client"
+            )
         if not hasattr(service, "thrift_services"):
             raise TypeError(f"{service!r} is not a thriftpy2 service (load the IDL with thriftpy2.load)")
         return self._track(ThriftClient(self, service, config, max_connections=max_connections))
