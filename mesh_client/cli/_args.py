@@ -6,11 +6,11 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
-from typing import TypeAlias
+from typing import Final, TypeAlias
 
 from ..policy import MAX_SECONDS
 
-__all__ = ["Subparsers", "add_registry", "command_parser", "seconds_arg", "whole_number_arg"]
+__all__ = ["Subparsers", "add_registry", "command_parser", "count_arg", "seconds_arg", "whole_number_arg"]
 
 #: What ``add_subparsers()`` returns: each command's ``add_parser(subparsers)`` registers on it.
 #: (A string: argparse's class cannot be subscripted at run time.)
@@ -64,3 +64,7 @@ def whole_number_arg(minimum: int, *, unit: str = "", least: str = "") -> Callab
         return value
 
     return whole_number
+
+
+#: An argparse type: a whole number of 1 or more (``--count``, ``--concurrency``).
+count_arg: Final = whole_number_arg(1)

@@ -37,7 +37,7 @@ from ..routing import RouteDecision
 from ..shadow.report import log as mismatch_log
 from ..shadow.stages import STAGES, copy_route
 from ..shadow.stats import ShadowEvent, observe
-from ._args import Subparsers, add_registry, command_parser, whole_number_arg
+from ._args import Subparsers, add_registry, command_parser, count_arg
 from .call.arguments import ArgumentProblem, check_path, check_service, parse_header
 
 __all__ = [
@@ -271,9 +271,6 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
     return 0 if tally.clean and drained else 1
 
 
-_positive: Final = whole_number_arg(1)
-
-
 DESCRIPTION = """\
 Makes --count GETs of the --path values (round robin) to a registered HTTP service at the
 shadow stage: HAProxy answers each call and a copy goes via Envoy (--stage live: the other
@@ -308,8 +305,8 @@ def add_parser(subparsers: Subparsers) -> None:
     p.add_argument(
         "--path", action="append", metavar="PATH", help="a path (and query) to GET; repeat for more (default /)"
     )
-    p.add_argument("--count", type=_positive, default=20, metavar="N", help="calls to make in all (default 20)")
-    p.add_argument("--concurrency", type=_positive, default=1, metavar="N", help="calls in flight at once (default 1)")
+    p.add_argument("--count", type=count_arg, default=20, metavar="N", help="calls to make in all (default 20)")
+    p.add_argument("--concurrency", type=count_arg, default=1, metavar="N", help="calls in flight at once (default 1)")
     p.add_argument(
         "--stage",
         choices=["shadow", "live"],
