@@ -6,6 +6,9 @@
     ├── ConfigError (ValueError)   the registry is invalid; names the key and the file
     ├── InvalidServiceURL (ValueError)
     │                              a registered service addressed in a way the mesh cannot route
+    ├── InvalidOverride (ValueError)
+    │                              a routing override (route_overrides) that cannot be sent
+    ├── UnknownService (KeyError)  a service name the registry does not have
     └── MeshTransportError         a call to a registered service failed below HTTP
         ├── MeshConnectError       no connection could be made (nothing was sent)
         ├── MeshTimeoutError       no answer in time (the request may have been processed)
@@ -48,6 +51,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ConfigError",
     "DeadlineExceeded",
+    "InvalidOverride",
     "InvalidServiceURL",
     "MeshConnectError",
     "MeshError",
@@ -89,6 +93,22 @@ class InvalidServiceURL(MeshError, ValueError):
 
     Registered services are called as ``http://<service>/path``: no port, no user info, no
     ``https`` (the sidecar and HAProxy take care of transport security between hosts).
+    """
+
+
+class UnknownService(MeshError, KeyError):
+    """A service name the registry does not have (``mesh.route_for("nobody")``,
+    ``mesh.shadow_stats(...)``, ``mesh.thrift_client(..., "nobody")``). A ``KeyError`` as well, so
+    code written against earlier versions keeps working; its message is the plain sentence."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class InvalidOverride(MeshError, ValueError):
+    """A routing override that cannot be sent: a service or variant name outside the registry's
+    name rules, or more overrides (or a longer ``x-mesh-override`` header) than a hop accepts.
+    Raised by :func:`mesh_client.route_overrides` before anything is sent (see docs/overrides.md).
     """
 
 

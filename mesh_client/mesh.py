@@ -17,12 +17,14 @@ from .context import outbound_headers
 from .core import CallRun, ServicePlan
 from .errors import InvalidServiceURL, MeshError
 from .fork import reset_in_child
+from .overrides import in_force as overrides_in_force
 from .policy import NO_OPTIONS, UNSET, CallOptions, current_options
 from .registry import Address, MeshConfig, ServiceConfig, load_file, load_mapping
 from .routing import FlagRouter, RouteDecision, Router, make_router
 from .shadow.runner import ShadowRunner, copy_order
 from .shadow.stages import COPYING
 from .shadow.stats import ShadowStats
+from .steering import Steering
 from .telemetry import call_telemetry
 
 if TYPE_CHECKING:
@@ -60,12 +62,16 @@ class Mesh:
         self._closed = False
         self._lock = threading.Lock()
         self._clients: weakref.WeakSet[Any] = weakref.WeakSet()
+        #: the asyncio clients, closed by :meth:`aclose` (they need their event loop)
+        self._async_clients: weakref.WeakSet[httpx.AsyncClient] = weakref.WeakSet()
         self._budgets: dict[str, RetryBudget] = {}
         self._circuits: dict[Address, SidecarCircuit] = {}
         #: per service: what its calls share (retry budget, sidecar circuit, header rules)
         self._plans: dict[str, ServicePlan] = {}
         #: the copies made at the shadow and live stages (see mesh_client.shadow)
         self._shadow = ShadowRunner(config, self._router)
+        #: applies the routing overrides in force to each call (see mesh_client.overrides)
+        self._steering = Steering(config)
         self._serial = next(_serials)
         _live.add(self)
         reset_in_child(self, Mesh._after_fork)
@@ -161,6 +167,13 @@ class Mesh:
             if telemetry is not None:
                 telemetry.span.end()
             raise
+        overrides = overrides_in_force()
+        if overrides is not None:  # routing overrides: carried on; maybe a variant (mesh_client.steering)
+            forced = options is not NO_OPTIONS and options.route is not UNSET
+            plan, route, reason, headers, variant, haproxy_variant = self._steering.steer(
+                overrides, plan, route, reason, forced=forced
+            )
+            context_headers += headers
         run: CallRun[Any] = CallRun(
             plan,
             method,
@@ -172,9 +185,11 @@ class Mesh:
             idempotent=idempotent,
             replayable=replayable,
         )
+        if overrides is not None:
+            run.variant, run.haproxy_variant = variant, haproxy_variant
         if stage is not None:
             run.stage = stage
-            if stage in COPYING:
+            if stage in COPYING and run.variant is None:  # (a call to a variant is not copied)
                 run.shadow = self._shadow.for_call(run, idempotent, replayable)
         return run
 
@@ -248,7 +263,9 @@ class Mesh:
 
         config = self.config.service(name)
         if config.protocol != "thrift":
-            raise ValueError(f"service {name!r} has protocol {config.protocol!r}; use the HTTP clients for it")
+            raise InvalidServiceURL(
+                f"service {name!r} has protocol {config.protocol!r}; use the HTTP clients for it, not thrift_client"
+            )
         if not hasattr(service, "thrift_services"):
             raise TypeError(f"{service!r} is not a thriftpy2 service (load the IDL with thriftpy2.load)")
         return self._track(ThriftClient(self, service, config, max_connections=max_connections))
@@ -279,7 +296,9 @@ class Mesh:
         """An ``httpx.AsyncClient``, as :meth:`httpx_client`."""
         from .http.httpx import build_async_client
 
-        return build_async_client(self, kwargs)
+        client = build_async_client(self, kwargs)
+        self._async_clients.add(client)
+        return client
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -290,8 +309,9 @@ class Mesh:
     def close(self) -> None:
         """Stop the flag watcher, release the flag client, stop the shadow copies' thread pool
         (copies not started are skipped) and close the synchronous sessions, clients and
-        transports made from this mesh (their connection pools). Asyncio clients
-        are closed by their owner (``await client.aclose()``). Calls made afterwards raise."""
+        transports made from this mesh (their connection pools). Asyncio clients need their
+        event loop: :meth:`aclose` (or ``async with mesh``) closes them too; otherwise their owner
+        does (``await client.aclose()``). Calls made afterwards raise."""
         with self._lock:
             if self._closed:
                 return
@@ -300,6 +320,13 @@ class Mesh:
         for client in list(self._clients):
             client.close()
         self._router.close()
+
+    async def aclose(self) -> None:
+        """:meth:`close`, and first ``await client.aclose()`` for every asyncio client made from
+        this mesh (on the running event loop, which must be theirs)."""
+        for client in list(self._async_clients):
+            await client.aclose()
+        self.close()
 
     @property
     def closed(self) -> bool:
@@ -330,6 +357,14 @@ class Mesh:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+    async def __aenter__(self) -> Mesh:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"

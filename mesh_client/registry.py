@@ -17,7 +17,7 @@ from typing import Any, Final, Literal
 
 from .budget import DEFAULT_BUDGET, RetryBudgetConfig
 from .context import check_header_name
-from .errors import ConfigError
+from .errors import ConfigError, UnknownService
 from .policy import (
     DEFAULT_IDEMPOTENT_METHODS,
     DEFAULT_RETRIES,
@@ -32,6 +32,7 @@ from .policy import (
     check_status_codes,
 )
 from .shadow.config import DEFAULT_SHADOW, ShadowConfig, parse_shadow
+from .variants import DEFAULT_OVERRIDES, NO_VARIANTS, OverridesConfig, Variants, parse_overrides_table, parse_variants
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -41,7 +42,9 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 __all__ = ["Address", "FlagsConfig", "MeshConfig", "ServiceConfig", "load_file", "load_mapping"]
 
 FlagSource = Literal["file", "launchdarkly", "none"]
-Protocol = Literal["http", "thrift"]
+ServiceProtocol = Literal["http", "thrift"]
+#: deprecated alias of :data:`ServiceProtocol` (it shadowed ``typing.Protocol``)
+Protocol = ServiceProtocol
 ThriftTransport = Literal["framed", "header"]
 
 _NAME = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?$")
@@ -124,12 +127,13 @@ class ServiceConfig:
 
     name: str
     haproxy: Address
-    protocol: Protocol = "http"
+    protocol: ServiceProtocol = "http"
     envoy_host: str = ""
     policy: CallPolicy = field(default_factory=CallPolicy)
     endpoints: tuple[Address, ...] = ()
     transport: ThriftTransport = "framed"
     retry_budget: RetryBudgetConfig = DEFAULT_BUDGET
+    variants: Variants = NO_VARIANTS
     shadow: ShadowConfig = DEFAULT_SHADOW
 
 
@@ -148,12 +152,14 @@ class MeshConfig:
     context_headers: tuple[str, ...] = ()
     flags: FlagsConfig = field(default_factory=FlagsConfig)
     source: str = "<dict>"
+    overrides: OverridesConfig = DEFAULT_OVERRIDES
 
     def service(self, name: str) -> ServiceConfig:
         try:
             return self.services[name]
         except KeyError:
-            raise KeyError(f"no service {name!r} in the registry ({self.source})") from None
+            known = ", ".join(sorted(self.services)) or "none"
+            raise UnknownService(f"no service {name!r} in the registry {self.source} (services: {known})") from None
 
     def __reduce__(self) -> tuple[Any, ...]:
         # (a mappingproxy does not pickle: the services travel as a dict)
@@ -190,6 +196,7 @@ _SERVICE_KEYS: Final = {
     "endpoints",
     "transport",
     "retry_budget",
+    "variants",
     "shadow",
 }
 
@@ -279,7 +286,7 @@ def load_file(path: str | Path) -> MeshConfig:
 
 def load_mapping(data: Mapping[str, Any], *, source: str = "<dict>", base_dir: Path | None = None) -> MeshConfig:
     """Validate registry data (the parsed TOML) into a :class:`MeshConfig`."""
-    root = _Reader(data, "", source, {"mesh", "flags", "services"})
+    root = _Reader(data, "", source, {"mesh", "flags", "services", "overrides"})
     if not root.has("mesh"):
         raise root.fail("mesh", "the [mesh] table is required")
     mesh = _Reader(data["mesh"], "mesh", source, _MESH_KEYS)
@@ -326,6 +333,7 @@ def load_mapping(data: Mapping[str, Any], *, source: str = "<dict>", base_dir: P
         services=MappingProxyType(services),
         flags=flags,
         source=source,
+        overrides=parse_overrides_table(data.get("overrides"), source=source),
     )
 
 
@@ -428,5 +436,8 @@ def _service(name: str, table: object, source: str) -> ServiceConfig:
         endpoints=tuple(r.convert("endpoints", Address.parse, e) for e in endpoints_value),
         transport=transport,  # type: ignore[arg-type]
         retry_budget=budget,
+        variants=parse_variants(
+            r.table.get("variants", {}), prefix=f"{prefix}.variants", source=source, address=Address.parse
+        ),
         shadow=parse_shadow(r.table.get("shadow", {}), prefix=f"{prefix}.shadow", source=source, protocol=protocol),
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -204,11 +204,19 @@ def run_real(kind: str, scenario: Scenario, route: str, real: RealMesh) -> Obser
 
 
 KINDS = ["requests", "httpx", "httpx-async"]
-CASES = [
-    pytest.param(s, route, KINDS[(i + j) % 3], id=f"{s.name}-{route}-{KINDS[(i + j) % 3]}")
-    for i, s in enumerate(SCENARIOS)
-    for j, route in enumerate(s.routes)
-]
+
+
+def cases(scenarios: Sequence[Any], routes: Callable[[Any], Sequence[str]]) -> list[Any]:
+    """(scenario, route, client kind) parameters: every route of every scenario, the client kinds
+    taking turns, so each kind meets each route across the suite."""
+    return [
+        pytest.param(s, route, KINDS[(i + j) % 3], id=f"{s.name}-{route}-{KINDS[(i + j) % 3]}")
+        for i, s in enumerate(scenarios)
+        for j, route in enumerate(routes(s))
+    ]
+
+
+CASES = cases(SCENARIOS, lambda s: s.routes)
 
 
 @pytest.mark.parametrize(("scenario", "route", "kind"), CASES)
