@@ -258,9 +258,7 @@ class ThriftClient:
         self._last_pool = (address, pool)
         return pool
 
-    def _attempt(
-        self, attempt: Attempt, method: _Method, target: str, call_args: Any
-    ) -> Responded[_Reply] | Broken:
+    def _attempt(self, attempt: Attempt, method: _Method, target: str, call_args: Any) -> Responded[_Reply] | Broken:
         until = time.monotonic() + attempt.timeout
         pool = self._pool(attempt.address)
         try:

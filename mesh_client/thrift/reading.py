@@ -16,6 +16,7 @@ only then is it decoded, from memory. Which thriftpy2 reader decodes it matters:
   message must decode whole and fail at every truncation. Where the probe fails (another thriftpy2,
   a build without Cython, a change of behaviour), :func:`binary_reader` uses thriftpy2's
   pure-Python binary protocol, which fails on short input by itself (about ten times slower).
+Setting ``MESH_CLIENT_THRIFT_PURE_READER=1`` forces that fallback.
 
 A declared string or container length larger than what is left of the frame fails at the first
 read past its end, as with the pure-Python reader (the Cython reader may reserve, not touch,
@@ -25,7 +26,8 @@ address space of the declared size for a moment; the frame itself is bounded by 
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 import thriftpy2.protocol
@@ -34,7 +36,7 @@ import thriftpy2.transport
 import thriftpy2.transport.memory
 from thriftpy2.thrift import TApplicationException, TMessageType
 
-__all__ = ["binary_reader", "pure_reader", "strict_fast_reader"]
+__all__ = ["PURE_READER_ENV", "binary_reader", "choose_reader", "pure_reader", "strict_fast_reader"]
 
 # thriftpy2's Cython classes are untyped: use them through Any
 _protocol: Any = thriftpy2.protocol
@@ -93,5 +95,16 @@ def strict_fast_reader(reader: Reader = fast_reader) -> bool:
     return True
 
 
+#: set to ``1`` to force the pure-Python reader (to rule the Cython one out, or to test the fallback)
+PURE_READER_ENV: Final = "MESH_CLIENT_THRIFT_PURE_READER"
+
+
+def choose_reader(environ: Mapping[str, str], probe: Callable[[], bool] = strict_fast_reader) -> Reader:
+    """The pure-Python reader when ``environ`` forces it or the probe fails, else the fast one."""
+    if environ.get(PURE_READER_ENV, "") not in ("", "0") or not probe():
+        return pure_reader
+    return fast_reader
+
+
 #: the reader :mod:`mesh_client.thrift.client` uses for replies, chosen once at import
-binary_reader: Final[Reader] = fast_reader if strict_fast_reader() else pure_reader
+binary_reader: Final[Reader] = choose_reader(os.environ)

@@ -4,8 +4,11 @@ thriftpy2's Cython reader where the import-time probe shows it strict, else the 
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import struct
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -21,6 +24,7 @@ from thriftpy2.transport.memory import TCyMemoryBuffer
 
 import mesh_client.thrift.client as thrift_client
 from mesh_client import Mesh, MeshError, call_options
+from mesh_client.thrift import reading
 from mesh_client.thrift.reading import binary_reader, fast_reader, pure_reader, strict_fast_reader
 
 from ..conftest import load_idl
@@ -102,7 +106,7 @@ def test_both_readers_decode_every_reply_whole_and_refuse_every_truncation(users
     for reader in READERS.values():
         assert decode(reader, users, body) == (TMessageType.REPLY, 7, user)
         for cut in range(len(body)):
-            with pytest.raises(Exception):  # noqa: B017 - any error, never a struct
+            with pytest.raises(Exception):  # noqa: B017, PT011 - any error, never a struct
                 decode(reader, users, body[:cut])
 
 
@@ -111,7 +115,7 @@ def test_both_readers_decode_every_reply_whole_and_refuse_every_truncation(users
 def test_a_string_longer_than_the_frame_is_an_error(users: Any, reader: Any, declared: int) -> None:
     body = reply_body(users, users.User(id=1, name="ada"))
     at = body.index(b"\x00\x00\x00\x03ada")
-    with pytest.raises(Exception):  # noqa: B017
+    with pytest.raises(Exception):  # noqa: B017, PT011 - any error, never a struct
         decode(reader, users, body[:at] + struct.pack(">i", declared) + body[at + 4 :])
 
 
@@ -230,3 +234,29 @@ def test_an_application_exception_reply_is_decoded_by_the_fast_reader(users: Any
     client = serve(reply)
     with call_options(route="haproxy"), pytest.raises(TApplicationException, match="boom"):
         client.get(3)
+
+
+# -- choosing the reader: the probe decides unless the environment forces the fallback ----------
+
+
+def test_the_fast_reader_is_chosen_when_its_probe_passes_and_nothing_forces_the_fallback() -> None:
+    assert reading.choose_reader({}, probe=lambda: True) is reading.fast_reader
+    assert reading.choose_reader({reading.PURE_READER_ENV: "0"}, probe=lambda: True) is reading.fast_reader
+
+
+def test_a_failed_probe_or_the_env_var_chooses_the_pure_reader() -> None:
+    assert reading.choose_reader({}, probe=lambda: False) is reading.pure_reader
+    assert reading.choose_reader({reading.PURE_READER_ENV: "1"}, probe=lambda: True) is reading.pure_reader
+
+
+def test_the_env_var_forces_the_pure_reader_at_import() -> None:
+    code = (
+        "from mesh_client.thrift import reading\n"
+        "assert reading.binary_reader is reading.pure_reader\n"
+        "print(reading._decodes(reading.binary_reader, reading._probe_message("
+        "reading._protocol.TBinaryProtocolFactory().get_protocol))[0])\n"
+    )
+    env = {**os.environ, reading.PURE_READER_ENV: "1"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "probe"
