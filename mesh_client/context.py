@@ -269,7 +269,7 @@ def _nothing_to_inject() -> bool:
     propagators, no span context and no baggage (no SDK and no inbound trace). Saves the
     ``propagate.inject`` walk on every call of an application without OpenTelemetry."""
     global _default_textmap
-    textmap = _propagate().get_global_textmap()
+    textmap = (_propagate_module or _propagate()).get_global_textmap()
     checked, is_default = _default_textmap
     if textmap is not checked:
         from opentelemetry.baggage.propagation import W3CBaggagePropagator
