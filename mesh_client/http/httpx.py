@@ -22,7 +22,7 @@ import contextvars
 import functools
 import http.client
 import sys
-import urllib.request
+from types import TracebackType
 from typing import Any, Final
 
 import httpcore
@@ -42,6 +42,7 @@ from . import httpx_errors  # noqa: F401 - registers the combined exceptions rai
 from ._body import BodyTimer
 from ._fork import forget_transport_connections
 from ._headers import kept_names, learn
+from ._mounts import AsyncMeshFirst, MeshFirst, client_mounts
 
 try:  # which async library runs the task (httpx's own test); without it, anyio decides
     import sniffio as _sniffio
@@ -262,6 +263,18 @@ class MeshTransport(_MeshTransportMixin, httpx.BaseTransport):
         stream.close()
         return self._body_read(response, chunks)
 
+    def __enter__(self) -> MeshTransport:
+        self.transport.__enter__()  # (httpx enters a client's transport: the wrapped one is entered)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc_value: BaseException | None = None,
+        traceback: TracebackType | None = None,
+    ) -> None:
+        self.transport.__exit__(exc_type, exc_value, traceback)
+
     def close(self) -> None:
         self.transport.close()
 
@@ -340,6 +353,18 @@ class AsyncMeshTransport(_MeshTransportMixin, httpx.AsyncBaseTransport):
             await response.aclose()
             return self._body_broken(exc, timer, request)
         return self._body_read(response, chunks)
+
+    async def __aenter__(self) -> AsyncMeshTransport:
+        await self.transport.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc_value: BaseException | None = None,
+        traceback: TracebackType | None = None,
+    ) -> None:
+        await self.transport.__aexit__(exc_type, exc_value, traceback)
 
     async def aclose(self) -> None:
         await self.transport.aclose()
@@ -587,15 +612,15 @@ def build_async_client(mesh: Mesh, kwargs: dict[str, Any]) -> httpx.AsyncClient:
 def _build(mesh: Mesh, kwargs: dict[str, Any], client_cls: Any, inner_cls: Any, mesh_cls: Any) -> Any:
     kwargs = dict(kwargs)
     inner = kwargs.pop("transport", None)
-    if inner is None:
-        inner = inner_cls(**{k: kwargs[k] for k in _TRANSPORT_KWARGS if k in kwargs})
-    transport = mesh_cls(mesh, inner)
-    mounts: dict[str, Any] = {}
-    if kwargs.get("trust_env", True) and urllib.request.getproxies():
-        # httpx mounts proxy transports from the environment, and mounts win over `transport`:
-        # mount the mesh transport for each service so no proxy captures mesh calls (only then:
-        # every mount is matched on every request)
-        names = [name for name, svc in mesh.config.services.items() if svc.protocol == "http"]
-        mounts = {f"all://{name}": transport for name in names}
-    mounts.update(kwargs.pop("mounts", None) or {})
+    settings = {k: kwargs[k] for k in _TRANSPORT_KWARGS if k in kwargs}
+    transport = mesh_cls(mesh, inner if inner is not None else inner_cls(**settings))
+    first_cls = MeshFirst if mesh_cls is MeshTransport else AsyncMeshFirst
+    mounts = client_mounts(
+        mesh,
+        transport,
+        kwargs,
+        given_transport=inner is not None,
+        proxy_transport=lambda url: inner_cls(proxy=url, **settings),
+        first_cls=first_cls,
+    )
     return client_cls(transport=transport, mounts=mounts, **kwargs)
