@@ -595,32 +595,33 @@ class _AsyncClient(httpx.AsyncClient):
 
 
 def build_client(mesh: Mesh, kwargs: dict[str, Any]) -> httpx.Client:
-    """``httpx.Client(**kwargs)`` with a :class:`MeshTransport` as its transport and mounted for
-    each registered service (so proxy mounts from the environment cannot capture mesh calls)."""
-    client = _build(mesh, kwargs, _Client, httpx.HTTPTransport, MeshTransport)
-    assert isinstance(client, httpx.Client)
-    return client
+    """``httpx.Client(**kwargs)`` with a :class:`MeshTransport` as its transport (see
+    :func:`client_kwargs`)."""
+    return _Client(**client_kwargs(mesh, kwargs))
 
 
 def build_async_client(mesh: Mesh, kwargs: dict[str, Any]) -> httpx.AsyncClient:
     """The asyncio twin of :func:`build_client`."""
-    client = _build(mesh, kwargs, _AsyncClient, httpx.AsyncHTTPTransport, AsyncMeshTransport)
-    assert isinstance(client, httpx.AsyncClient)
-    return client
+    return _AsyncClient(**client_kwargs(mesh, kwargs, asynchronous=True))
 
 
-def _build(mesh: Mesh, kwargs: dict[str, Any], client_cls: Any, inner_cls: Any, mesh_cls: Any) -> Any:
+def client_kwargs(mesh: Mesh, kwargs: dict[str, Any], *, asynchronous: bool = False) -> dict[str, Any]:
+    """The arguments of an ``httpx.Client`` (``AsyncClient``) made with ``kwargs`` whose mesh
+    calls go through the mesh: a (:class:`AsyncMeshTransport`) :class:`MeshTransport` wrapping the
+    caller's ``transport`` or the default one, and the mounts of :mod:`mesh_client.http._mounts`
+    (the environment's proxies as httpx would mount them, the caller's mounts, the services')."""
     kwargs = dict(kwargs)
     inner = kwargs.pop("transport", None)
+    inner_cls: Any = httpx.AsyncHTTPTransport if asynchronous else httpx.HTTPTransport
     settings = {k: kwargs[k] for k in _TRANSPORT_KWARGS if k in kwargs}
+    mesh_cls: Any = AsyncMeshTransport if asynchronous else MeshTransport
     transport = mesh_cls(mesh, inner if inner is not None else inner_cls(**settings))
-    first_cls = MeshFirst if mesh_cls is MeshTransport else AsyncMeshFirst
     mounts = client_mounts(
         mesh,
         transport,
         kwargs,
         given_transport=inner is not None,
         proxy_transport=lambda url: inner_cls(proxy=url, **settings),
-        first_cls=first_cls,
+        first_cls=AsyncMeshFirst if asynchronous else MeshFirst,
     )
-    return client_cls(transport=transport, mounts=mounts, **kwargs)
+    return {**kwargs, "transport": transport, "mounts": mounts}

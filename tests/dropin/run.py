@@ -1,0 +1,145 @@
+"""``tox -e dropin``: requests' and httpx's own test suites, run plain and with the mesh clients
+substituted (see dropin_plugin.py); exits non-zero when a test that passes plain fails under the
+mesh.
+
+For each library, the sdist of the installed version is downloaded once (``pip download
+--no-binary :all: --no-deps``) into the cache directory; its ``tests/`` and ``pyproject.toml``
+(the suite's pytest settings) are extracted, without the library's source, so the suite tests the
+installed library. Each run writes a JUnit XML report; the outcomes are compared per test.
+
+    python tests/dropin/run.py --cache DIR --work DIR [--suite requests] [-- PYTEST ARGS]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SUITES = ("requests", "httpx")
+#: the worse outcome wins when a test appears twice (a teardown error after a pass)
+_RANK = {"passed": 0, "skipped": 1, "failed": 2}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    suite: str
+    plain: dict[str, str]
+    mesh: dict[str, str]
+
+    @property
+    def regressions(self) -> list[str]:
+        """Tests that pass plain and do not pass under the mesh (missing counts as not passing)."""
+        return sorted(t for t, o in self.plain.items() if o == "passed" and self.mesh.get(t) != "passed")
+
+    def counts(self) -> dict[str, int]:
+        def n(run: dict[str, str], outcome: str) -> int:
+            return sum(1 for o in run.values() if o == outcome)
+
+        return {
+            "tests": len(self.plain),
+            "passed plain": n(self.plain, "passed"),
+            "passed mesh": n(self.mesh, "passed"),
+            "failed plain": n(self.plain, "failed"),
+            "failed mesh": n(self.mesh, "failed"),
+            "skipped plain": n(self.plain, "skipped"),
+            "regressions": len(self.regressions),
+        }
+
+
+def outcomes(report: Path) -> dict[str, str]:
+    """test id -> passed / failed / skipped, from a JUnit XML report."""
+    found: dict[str, str] = {}
+    for case in ET.parse(report).getroot().iter("testcase"):
+        test = f"{case.get('classname', '')}::{case.get('name', '')}"
+        tags = {child.tag for child in case}
+        outcome = "failed" if tags & {"failure", "error"} else "skipped" if "skipped" in tags else "passed"
+        if _RANK[outcome] >= _RANK.get(found.get(test, "passed"), 0):
+            found[test] = outcome
+    return found
+
+
+def sdist(name: str, version: str, cache: Path) -> Path:
+    cache.mkdir(parents=True, exist_ok=True)
+    path = cache / f"{name}-{version}.tar.gz"
+    if not path.exists():
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "-q", "--no-binary", ":all:", "--no-deps"]
+            + [f"{name}=={version}", "-d", str(cache)],
+            check=True,
+        )
+    if not path.exists():
+        raise SystemExit(f"pip download gave no {path.name} in {cache}")
+    return path
+
+
+def extract(archive: Path, into: Path) -> Path:
+    """The suite's tests/ and pyproject.toml from ``archive``, fresh under ``into``."""
+    top = archive.name.removesuffix(".tar.gz")
+    target = into / top
+    shutil.rmtree(target, ignore_errors=True)
+    with tarfile.open(archive) as tar:
+        members = [
+            m for m in tar.getmembers() if m.name.startswith(f"{top}/tests/") or m.name == f"{top}/pyproject.toml"
+        ]
+        tar.extractall(into, members=members, filter="data")
+    return target
+
+
+def run_suite(suite_dir: Path, report: Path, *, mesh: bool, extra: list[str]) -> float:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
+    args = [sys.executable, "-m", "pytest", "tests", "-q", "-p", "no:cacheprovider", "-p", "dropin_plugin"]
+    args += ["-p", "no:randomly", f"--junitxml={report}", "-o", "junit_family=xunit2", *extra]
+    if mesh:
+        args.append("--mesh-dropin")
+    started = time.monotonic()
+    done = subprocess.run(args, cwd=suite_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    elapsed = time.monotonic() - started
+    tail = done.stdout.strip().splitlines()[-1:] or ["(no output)"]
+    print(f"  {'mesh ' if mesh else 'plain'}: {tail[0]}  ({elapsed:.0f} s)", flush=True)
+    if done.returncode not in (0, 1) or not report.exists():
+        print(done.stdout[-4000:])
+        raise SystemExit(f"the {suite_dir.name} suite did not run (pytest exit {done.returncode})")
+    return elapsed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cache", type=Path, required=True, help="where the sdists are kept between runs")
+    parser.add_argument("--work", type=Path, required=True, help="where the suites are extracted and run")
+    parser.add_argument("--suite", choices=SUITES, action="append", help="one suite only (repeatable)")
+    parser.add_argument("pytest_args", nargs="*", help="passed on to pytest (after --)")
+    opts = parser.parse_args(argv)
+    comparisons = []
+    started = time.monotonic()
+    for name in opts.suite or SUITES:
+        version = importlib.metadata.version(name)
+        print(f"{name} {version}:", flush=True)
+        suite_dir = extract(sdist(name, version, opts.cache), opts.work)
+        reports = {kind: opts.work / f"{name}-{kind}.xml" for kind in ("plain", "mesh")}
+        for kind, report in reports.items():
+            report.unlink(missing_ok=True)
+            run_suite(suite_dir, report, mesh=kind == "mesh", extra=opts.pytest_args)
+        comparisons.append(Comparison(f"{name} {version}", outcomes(reports["plain"]), outcomes(reports["mesh"])))
+    print(f"\ndrop-in comparison ({time.monotonic() - started:.0f} s in all):")
+    for comparison in comparisons:
+        counts = ", ".join(f"{k} {v}" for k, v in comparison.counts().items())
+        print(f"  {comparison.suite}: {counts}")
+        for test in comparison.regressions:
+            print(f"    passes plain, not under the mesh: {test} ({comparison.mesh.get(test, 'missing')})")
+    regressions = sum(len(c.regressions) for c in comparisons)
+    print(f"regressions: {regressions}")
+    return 1 if regressions else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
