@@ -40,6 +40,7 @@ from . import requests_errors  # noqa: F401 - registers the combined exceptions 
 from ._body import CHUNK, BodyTimer
 from ._fork import forget_adapter_pools
 from ._headers import kept_names, learn
+from ._session_adapter import MeshFirstGetAdapter
 
 __all__ = ["MeshAdapter", "MeshSession"]
 
@@ -333,10 +334,9 @@ class MeshSession(requests.Session):
             }
         return super().merge_environment_settings(url, proxies, stream, verify, cert)
 
-    def get_adapter(self, url: str) -> requests.adapters.BaseAdapter:
-        if self._is_mesh_url(url):
-            return self.mesh_adapter
-        return super().get_adapter(url)
+    #: mesh URLs to the mesh adapter, also when a mocking library sets ``get_adapter`` on the
+    #: session (see mesh_client.http._session_adapter)
+    get_adapter = MeshFirstGetAdapter()
 
     def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
         if request.url and self._is_mesh_url(request.url):

@@ -1,0 +1,50 @@
+"""``MeshSession.get_adapter``: mesh URLs always to the session's mesh adapter, whatever is set
+on the session instance.
+
+Mocking libraries replace a session's ``get_adapter`` on the instance (requests-mock sets its
+own while it sends, then sets ``requests.Session.get_adapter`` back: an instance attribute, which
+would hide the class's method for good and take every later mesh call out of the mesh). As a
+data descriptor, this one stays in charge: what is set on an instance chooses the adapter of
+every other URL, and deleting it (or setting this getter back) restores requests' own choice.
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Any
+
+import requests
+
+__all__ = ["MeshFirstGetAdapter"]
+
+#: where a session keeps a get_adapter set on it (for URLs that are not mesh calls)
+_OTHER: str = "_mesh_client_other_get_adapter"
+
+
+def _choose(session: Any, url: str) -> requests.adapters.BaseAdapter:
+    if session._is_mesh_url(url):
+        mesh_adapter: requests.adapters.BaseAdapter = session.mesh_adapter
+        return mesh_adapter
+    other = session.__dict__.get(_OTHER)
+    if other is not None:
+        chosen: requests.adapters.BaseAdapter = other(url)
+        return chosen
+    return requests.Session.get_adapter(session, url)
+
+
+class MeshFirstGetAdapter:
+    """A data descriptor standing for ``get_adapter`` (see the module docs)."""
+
+    def __get__(self, session: Any, owner: type | None = None) -> Any:
+        if session is None:
+            return self
+        return types.MethodType(_choose, session)
+
+    def __set__(self, session: Any, value: Any) -> None:
+        if isinstance(value, types.MethodType) and value.__func__ is _choose:
+            session.__dict__.pop(_OTHER, None)  # (this getter itself, set back)
+        else:
+            session.__dict__[_OTHER] = value
+
+    def __delete__(self, session: Any) -> None:
+        session.__dict__.pop(_OTHER, None)

@@ -1,0 +1,99 @@
+"""The harness of ``tox -e dropin`` (tests/dropin): the connect guard refuses a destination off
+loopback before anything is sent, and the comparison counts a test passing plain only."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.dropin import dropin_plugin
+from tests.dropin.run import Comparison, outcomes
+
+
+@pytest.fixture
+def guard() -> Iterator[None]:
+    dropin_plugin.install_guard()
+    try:
+        yield
+    finally:
+        dropin_plugin.remove_guard()
+
+
+@pytest.mark.parametrize("host", ["10.255.255.1", "192.0.2.1", "2001:db8::1", "example.org"])
+def test_a_connection_off_loopback_is_refused_before_sending(guard: None, host: str) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        with pytest.raises(OSError, match="dropin guard"):
+            sock.connect((host, 80))
+        with pytest.raises(OSError, match="dropin guard"):
+            sock.connect_ex((host, 80))
+    finally:
+        sock.close()
+    with pytest.raises(OSError, match="dropin guard"):
+        socket.create_connection((host, 80))
+
+
+def test_names_other_than_localhost_are_not_looked_up(guard: None) -> None:
+    with pytest.raises(socket.gaierror, match="no lookup"):
+        socket.getaddrinfo("example.org", 80)
+    assert socket.getaddrinfo("localhost", 80)
+    assert socket.getaddrinfo("10.0.0.1", 80)  # (an address literal: no lookup; its connect is refused)
+
+
+def test_loopback_connections_go_through(guard: None) -> None:
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    accepted: list[bytes] = []
+
+    def accept() -> None:
+        conn, _ = server.accept()
+        accepted.append(conn.recv(5))
+        conn.close()
+
+    thread = threading.Thread(target=accept)
+    thread.start()
+    with socket.create_connection(server.getsockname()) as client:
+        client.sendall(b"hello")
+    thread.join(5)
+    server.close()
+    assert accepted == [b"hello"]
+
+
+def test_the_guard_is_removed_cleanly() -> None:
+    original = socket.socket.connect
+    dropin_plugin.install_guard()
+    assert socket.socket.connect is not original
+    dropin_plugin.remove_guard()
+    assert socket.socket.connect is original
+
+
+def test_outcomes_and_regressions_from_junit_reports(tmp_path: Path) -> None:
+    plain = tmp_path / "plain.xml"
+    mesh = tmp_path / "mesh.xml"
+    plain.write_text(
+        '<testsuites><testsuite><testcase classname="t" name="a"/><testcase classname="t" name="b"/>'
+        '<testcase classname="t" name="c"><skipped/></testcase><testcase classname="t" name="d"/>'
+        "</testsuite></testsuites>"
+    )
+    mesh.write_text(
+        '<testsuites><testsuite><testcase classname="t" name="a"/><testcase classname="t" name="b">'
+        '<failure/></testcase><testcase classname="t" name="c"/><testcase classname="t" name="a"><error/>'
+        "</testcase></testsuite></testsuites>"
+    )
+    comparison = Comparison("lib", outcomes(plain), outcomes(mesh))
+    assert comparison.regressions == ["t::a", "t::b", "t::d"]  # (a: its teardown failed; d: missing)
+    assert comparison.counts() == {
+        "tests": 4,
+        "passed plain": 3,
+        "passed mesh": 1,
+        "failed plain": 0,
+        "failed mesh": 2,
+        "skipped plain": 1,
+        "regressions": 3,
+    }
