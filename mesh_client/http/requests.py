@@ -91,7 +91,10 @@ def _failure(exc: requests.RequestException) -> Broken | None:
         reason = getattr(reason, "reason", reason)
         if isinstance(reason, NewConnectionError):
             return Broken(Failure.CONNECT, exc, "connection refused")
-        return Broken(Failure.RESET, exc, type(reason).__name__ if reason is not None else "connection error")
+        if isinstance(reason, BaseException):  # urllib3's: its type says what happened
+            return Broken(Failure.RESET, exc, type(reason).__name__)
+        # raised with a message of its own (a mocking library's): the message, as it is
+        return Broken(Failure.RESET, exc, str(exc) or "connection error")
     if isinstance(exc, requests.exceptions.ChunkedEncodingError):
         return Broken(Failure.RESET, exc, "response cut short")
     return None

@@ -151,3 +151,14 @@ def test_a_session_that_requests_mock_sent_with_keeps_its_mesh_calls_in_the_mesh
         assert session.get(OTHER).json() == {"again": True}
         assert session.get("http://users/u").text == "from the mesh"
     assert session.get("http://users/u").text == "from the mesh"
+
+
+def test_a_mocks_message_on_a_mesh_call_reaches_the_caller() -> None:
+    # without fake_mesh, a mesh call's attempts go through requests' HTTPAdapter, which responses
+    # replaces: its refusal (no mock for the sidecar's address) is what the caller reads
+    with Mesh.from_dict(REGISTRY) as mesh, responses.RequestsMock() as mock:
+        with pytest.raises(requests.ConnectionError, match="Connection refused by Responses") as raised:
+            mesh.requests_session().get("http://users/u")
+        assert mock.calls  # (refused by the mock: nothing was sent)
+    assert isinstance(raised.value.__cause__, requests.ConnectionError)
+    assert "Connection refused by Responses" in str(raised.value.__cause__)
