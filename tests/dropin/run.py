@@ -3,9 +3,9 @@ substituted (see dropin_plugin.py); exits non-zero when a test that passes plain
 mesh.
 
 For each library, the sdist of the installed version is downloaded once (``pip download
---no-binary :all: --no-deps``) into the cache directory; its ``tests/`` and ``pyproject.toml``
-(the suite's pytest settings) are extracted, without the library's source, so the suite tests the
-installed library. Each run writes a JUnit XML report; the outcomes are compared per test.
+--no-binary :all: --no-deps``) into the cache directory and extracted without the library's own
+source, so the suite tests the installed library. Each run writes a JUnit XML report; the outcomes
+are compared per test.
 
     python tests/dropin/run.py --cache DIR --work DIR [--suite requests] [-- PYTEST ARGS]
 """
@@ -93,16 +93,19 @@ def sdist(name: str, version: str, cache: Path) -> Path:
     return path
 
 
-def extract(archive: Path, into: Path) -> Path:
-    """The suite's tests/ and pyproject.toml from ``archive``, fresh under ``into``."""
+def extract(archive: Path, name: str, into: Path) -> Path:
+    """The sdist in ``archive``, fresh under ``into``, without the library's own source (its
+    ``src/`` or ``<name>/`` folder): the suite imports the installed library."""
     top = archive.name.removesuffix(".tar.gz")
     target = into / top
     shutil.rmtree(target, ignore_errors=True)
+    source = (f"{top}/src/", f"{top}/{name}/")
     with tarfile.open(archive) as tar:
-        members = [
-            m for m in tar.getmembers() if m.name.startswith(f"{top}/tests/") or m.name == f"{top}/pyproject.toml"
-        ]
-        tar.extractall(into, members=members, filter="data")
+        members = [m for m in tar.getmembers() if not m.name.startswith(source)]
+        if hasattr(tarfile, "data_filter"):  # (Python 3.10.12+, 3.11.4+)
+            tar.extractall(into, members=members, filter="data")
+        else:  # pragma: no cover
+            tar.extractall(into, members=members)
     return target
 
 
@@ -137,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in opts.suite or SUITES:
         version = importlib.metadata.version(name)
         print(f"{name} {version}:", flush=True)
-        suite_dir = extract(sdist(name, version, opts.cache), opts.work)
+        suite_dir = extract(sdist(name, version, opts.cache), name, opts.work)
         reports = {kind: opts.work / f"{name}-{kind}.xml" for kind in ("plain", "mesh")}
         for kind, report in reports.items():
             report.unlink(missing_ok=True)
