@@ -21,27 +21,33 @@ __all__ = ["MeshFirstGetAdapter"]
 _OTHER: str = "_mesh_client_other_get_adapter"
 
 
-def _choose(session: Any, url: str) -> requests.adapters.BaseAdapter:
-    if session._is_mesh_url(url):
-        mesh_adapter: requests.adapters.BaseAdapter = session.mesh_adapter
-        return mesh_adapter
-    other = session.__dict__.get(_OTHER)
-    if other is not None:
-        chosen: requests.adapters.BaseAdapter = other(url)
-        return chosen
-    return requests.Session.get_adapter(session, url)
-
-
 class MeshFirstGetAdapter:
     """A data descriptor standing for ``get_adapter`` (see the module docs)."""
+
+    owner: type
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.owner = owner
+
+    def _choose(self, session: Any, url: str) -> requests.adapters.BaseAdapter:
+        if session._is_mesh_url(url):
+            mesh_adapter: requests.adapters.BaseAdapter = session.mesh_adapter
+            return mesh_adapter
+        other = session.__dict__.get(_OTHER)
+        if other is not None:
+            chosen: requests.adapters.BaseAdapter = other(url)
+            return chosen
+        owner: Any = self.owner
+        base: requests.adapters.BaseAdapter = super(owner, session).get_adapter(url)  # (requests' own)
+        return base
 
     def __get__(self, session: Any, owner: type | None = None) -> Any:
         if session is None:
             return self
-        return types.MethodType(_choose, session)
+        return types.MethodType(self._choose, session)
 
     def __set__(self, session: Any, value: Any) -> None:
-        if isinstance(value, types.MethodType) and value.__func__ is _choose:
+        if isinstance(value, types.MethodType) and value.__func__ == self._choose:
             session.__dict__.pop(_OTHER, None)  # (this getter itself, set back)
         else:
             session.__dict__[_OTHER] = value

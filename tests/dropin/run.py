@@ -13,6 +13,7 @@ are compared per test.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import importlib.metadata
 import os
 import shutil
@@ -110,7 +111,11 @@ def extract(archive: Path, name: str, into: Path) -> Path:
 
 
 def run_suite(suite_dir: Path, report: Path, *, mesh: bool, extra: list[str]) -> float:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
+    """One pytest run of the suite in ``suite_dir``, its outcomes in ``report``; its time."""
+    # no proxy of the machine's: the suites set the proxy variables they test (and with urllib's
+    # rules, an empty lower-case one would hide the upper-case one a test sets)
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])
     args = [sys.executable, "-m", "pytest", "tests", "-q", "-p", "no:cacheprovider", "-p", "dropin_plugin"]
     args += ["-p", "no:randomly", f"--junitxml={report}", "-o", "junit_family=xunit2", *extra]
     if mesh:
@@ -121,11 +126,22 @@ def run_suite(suite_dir: Path, report: Path, *, mesh: bool, extra: list[str]) ->
     )
     elapsed = time.monotonic() - started
     tail = done.stdout.strip().splitlines()[-1:] or ["(no output)"]
-    print(f"  {'mesh ' if mesh else 'plain'}: {tail[0]}  ({elapsed:.0f} s)", flush=True)
+    print(f"  {suite_dir.name} {'mesh ' if mesh else 'plain'}: {tail[0]}  ({elapsed:.0f} s)", flush=True)
     if done.returncode not in (0, 1) or not report.exists():
         print(done.stdout[-4000:])
         raise SystemExit(f"the {suite_dir.name} suite did not run (pytest exit {done.returncode})")
     return elapsed
+
+
+def compare(name: str, cache: Path, work: Path, extra: list[str]) -> Comparison:
+    """The installed library's suite, plain then with the mesh clients; the outcomes of both."""
+    version = importlib.metadata.version(name)
+    suite_dir = extract(sdist(name, version, cache), name, work)
+    reports = {kind: work / f"{name}-{kind}.xml" for kind in ("plain", "mesh")}
+    for kind, report in reports.items():
+        report.unlink(missing_ok=True)
+        run_suite(suite_dir, report, mesh=kind == "mesh", extra=extra)
+    return Comparison(f"{name} {version}", outcomes(reports["plain"]), outcomes(reports["mesh"]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,17 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--suite", choices=SUITES, action="append", help="one suite only (repeatable)")
     parser.add_argument("pytest_args", nargs="*", help="passed on to pytest (after --)")
     opts = parser.parse_args(argv)
-    comparisons = []
     started = time.monotonic()
-    for name in opts.suite or SUITES:
-        version = importlib.metadata.version(name)
-        print(f"{name} {version}:", flush=True)
-        suite_dir = extract(sdist(name, version, opts.cache), name, opts.work)
-        reports = {kind: opts.work / f"{name}-{kind}.xml" for kind in ("plain", "mesh")}
-        for kind, report in reports.items():
-            report.unlink(missing_ok=True)
-            run_suite(suite_dir, report, mesh=kind == "mesh", extra=opts.pytest_args)
-        comparisons.append(Comparison(f"{name} {version}", outcomes(reports["plain"]), outcomes(reports["mesh"])))
+    # the suites side by side (each one's two runs in turn: httpx's test server has a fixed port)
+    with concurrent.futures.ThreadPoolExecutor(len(opts.suite or SUITES)) as pool:
+        runs = [pool.submit(compare, name, opts.cache, opts.work, opts.pytest_args) for name in opts.suite or SUITES]
+        comparisons = [run.result() for run in runs]
     print(f"\ndrop-in comparison ({time.monotonic() - started:.0f} s in all):")
     for comparison in comparisons:
         counts = ", ".join(f"{k} {v}" for k, v in comparison.counts().items())

@@ -162,3 +162,12 @@ def test_a_mocks_message_on_a_mesh_call_reaches_the_caller() -> None:
         assert mock.calls  # (refused by the mock: nothing was sent)
     assert isinstance(raised.value.__cause__, requests.ConnectionError)
     assert "Connection refused by Responses" in str(raised.value.__cause__)
+
+
+def test_a_session_finds_requests_own_adapter_choice_through_its_class() -> None:
+    # (not through the name requests.Session: the drop-in runs put a mesh session class there)
+    with Mesh.from_dict(REGISTRY) as mesh, pytest.MonkeyPatch.context() as patch:
+        session = mesh.requests_session()
+        patch.setattr(requests, "Session", type(session))
+        assert session.get_adapter("https://api.example.com/") is session.adapters["https://"]
+        assert session.get_adapter("http://users/") is session.mesh_adapter
