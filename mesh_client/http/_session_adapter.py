@@ -37,8 +37,8 @@ class MeshFirstGetAdapter:
         if other is not None:
             chosen: requests.adapters.BaseAdapter = other(url)
             return chosen
-        owner: Any = self.owner
-        base: requests.adapters.BaseAdapter = super(owner, session).get_adapter(url)  # (requests' own)
+        owner: Any = self.owner  # requests' own choice, through the class this getter is on
+        base: requests.adapters.BaseAdapter = super(owner, session).get_adapter(url)  # type: ignore[misc]
         return base
 
     def __get__(self, session: Any, owner: type | None = None) -> Any:
