@@ -33,14 +33,31 @@ _RANK = {"passed": 0, "skipped": 1, "failed": 2}
 
 @dataclass(frozen=True)
 class Comparison:
+    """The outcomes of one suite's runs: test id -> passed / failed / skipped."""
+
     suite: str
     plain: dict[str, str]
     mesh: dict[str, str]
+    #: the tests passing plain only, run once more each way (None: not run again)
+    again: tuple[dict[str, str], dict[str, str]] | None = None
+
+    @property
+    def candidates(self) -> list[str]:
+        """Tests that pass plain and do not pass under the mesh (missing counts as not passing)."""
+        return sorted(t for t, o in self.plain.items() if o == "passed" and self.mesh.get(t) != "passed")
 
     @property
     def regressions(self) -> list[str]:
-        """Tests that pass plain and do not pass under the mesh (missing counts as not passing)."""
-        return sorted(t for t, o in self.plain.items() if o == "passed" and self.mesh.get(t) != "passed")
+        """The candidates that, run again, again pass plain only (all of them when not run again)."""
+        if self.again is None:
+            return self.candidates
+        plain, mesh = self.again
+        return [t for t in self.candidates if plain.get(t) == "passed" and mesh.get(t) != "passed"]
+
+    @property
+    def flaky(self) -> list[str]:
+        """The candidates that did not repeat: a test of the suite's that fails now and then."""
+        return [t for t in self.candidates if t not in self.regressions]
 
     def counts(self) -> dict[str, int]:
         def n(run: dict[str, str], outcome: str) -> int:
@@ -53,15 +70,20 @@ class Comparison:
             "failed plain": n(self.plain, "failed"),
             "failed mesh": n(self.mesh, "failed"),
             "skipped plain": n(self.plain, "skipped"),
+            "flaky": len(self.flaky),
             "regressions": len(self.regressions),
         }
 
 
 def outcomes(report: Path) -> dict[str, str]:
-    """test id -> passed / failed / skipped, from a JUnit XML report."""
+    """pytest node id -> passed / failed / skipped, from a JUnit XML report (xunit1: each test's
+    file is named)."""
     found: dict[str, str] = {}
     for case in ET.parse(report).getroot().iter("testcase"):
-        test = f"{case.get('classname', '')}::{case.get('name', '')}"
+        file, classname, name = case.get("file", ""), case.get("classname", ""), case.get("name", "")
+        module = file.removesuffix(".py").replace("/", ".")
+        inner = classname[len(module) + 1 :] if file and classname.startswith(module) else ""
+        test = "::".join(part for part in (file or classname, *inner.split("."), name) if part)
         tags = {child.tag for child in case}
         outcome = "failed" if tags & {"failure", "error"} else "skipped" if "skipped" in tags else "passed"
         if _RANK[outcome] >= _RANK.get(found.get(test, "passed"), 0):
@@ -110,14 +132,17 @@ def extract(archive: Path, name: str, into: Path) -> Path:
     return target
 
 
-def run_suite(suite_dir: Path, report: Path, *, mesh: bool, extra: list[str]) -> float:
+def run_suite(
+    suite_dir: Path, report: Path, *, mesh: bool, extra: list[str], targets: tuple[str, ...] = ("tests",)
+) -> float:
     """One pytest run of the suite in ``suite_dir``, its outcomes in ``report``; its time."""
     # no proxy of the machine's: the suites set the proxy variables they test (and with urllib's
     # rules, an empty lower-case one would hide the upper-case one a test sets)
     env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
     env["PYTHONPATH"] = os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])
-    args = [sys.executable, "-m", "pytest", "tests", "-q", "-p", "no:cacheprovider", "-p", "dropin_plugin"]
-    args += ["-p", "no:randomly", f"--junitxml={report}", "-o", "junit_family=xunit2", *extra]
+    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "dropin_plugin"]
+    args += ["-p", "no:randomly", f"--junitxml={report}", "-o", "junit_family=xunit1"]
+    args += [*targets, *extra]
     if mesh:
         args.append("--mesh-dropin")
     started = time.monotonic()
@@ -141,7 +166,16 @@ def compare(name: str, cache: Path, work: Path, extra: list[str]) -> Comparison:
     for kind, report in reports.items():
         report.unlink(missing_ok=True)
         run_suite(suite_dir, report, mesh=kind == "mesh", extra=extra)
-    return Comparison(f"{name} {version}", outcomes(reports["plain"]), outcomes(reports["mesh"]))
+    first = Comparison(f"{name} {version}", outcomes(reports["plain"]), outcomes(reports["mesh"]))
+    if not first.candidates:
+        return first
+    again = []
+    for kind in ("plain", "mesh"):  # the candidates once more each way, to tell flakes apart
+        report = work / f"{name}-{kind}-again.xml"
+        report.unlink(missing_ok=True)
+        run_suite(suite_dir, report, mesh=kind == "mesh", extra=extra, targets=tuple(first.candidates))
+        again.append(outcomes(report))
+    return Comparison(first.suite, first.plain, first.mesh, (again[0], again[1]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {comparison.suite}: {counts}")
         for test in comparison.regressions:
             print(f"    passes plain, not under the mesh: {test} ({comparison.mesh.get(test, 'missing')})")
+        for test in comparison.flaky:
+            print(f"    flaky (passed plain only once, not again): {test}")
     regressions = sum(len(c.regressions) for c in comparisons)
     print(f"regressions: {regressions}")
     return 1 if regressions else 0

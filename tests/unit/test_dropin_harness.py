@@ -73,27 +73,45 @@ def test_the_guard_is_removed_cleanly() -> None:
     assert socket.socket.connect is original
 
 
-def test_outcomes_and_regressions_from_junit_reports(tmp_path: Path) -> None:
-    plain = tmp_path / "plain.xml"
-    mesh = tmp_path / "mesh.xml"
-    plain.write_text(
-        '<testsuites><testsuite><testcase classname="t" name="a"/><testcase classname="t" name="b"/>'
-        '<testcase classname="t" name="c"><skipped/></testcase><testcase classname="t" name="d"/>'
-        "</testsuite></testsuites>"
+def _report(path: Path, cases: str) -> Path:
+    path.write_text(f"<testsuites><testsuite>{cases}</testsuite></testsuites>")
+    return path
+
+
+def test_outcomes_are_keyed_by_node_id(tmp_path: Path) -> None:
+    report = _report(
+        tmp_path / "r.xml",
+        '<testcase file="tests/test_a.py" classname="tests.test_a.TestX" name="test_b[1-x]"/>'
+        '<testcase file="tests/sub/test_c.py" classname="tests.sub.test_c" name="test_d"><skipped/></testcase>',
     )
-    mesh.write_text(
-        '<testsuites><testsuite><testcase classname="t" name="a"/><testcase classname="t" name="b">'
-        '<failure/></testcase><testcase classname="t" name="c"/><testcase classname="t" name="a"><error/>'
-        "</testcase></testsuite></testsuites>"
-    )
-    comparison = Comparison("lib", outcomes(plain), outcomes(mesh))
-    assert comparison.regressions == ["t::a", "t::b", "t::d"]  # (a: its teardown failed; d: missing)
-    assert comparison.counts() == {
+    assert outcomes(report) == {
+        "tests/test_a.py::TestX::test_b[1-x]": "passed",
+        "tests/sub/test_c.py::test_d": "skipped",
+    }
+
+
+def test_a_test_passing_plain_only_is_a_regression_unless_it_does_not_repeat(tmp_path: Path) -> None:
+    def case(name: str, inner: str = "") -> str:
+        return f'<testcase file="t.py" classname="t" name="{name}">{inner}</testcase>'
+
+    plain = _report(tmp_path / "plain.xml", case("a") + case("b") + case("c", "<skipped/>") + case("d"))
+    mesh = _report(tmp_path / "mesh.xml", case("a") + case("b", "<failure/>") + case("c") + case("a", "<error/>"))
+    first = Comparison("lib", outcomes(plain), outcomes(mesh))
+    assert first.candidates == first.regressions == ["t.py::a", "t.py::b", "t.py::d"]  # (a: teardown; d: missing)
+    assert first.counts() == {
         "tests": 4,
         "passed plain": 3,
         "passed mesh": 1,
         "failed plain": 0,
         "failed mesh": 2,
         "skipped plain": 1,
+        "flaky": 0,
         "regressions": 3,
     }
+    again = (
+        {"t.py::a": "passed", "t.py::b": "failed", "t.py::d": "passed"},
+        {"t.py::a": "failed", "t.py::d": "passed"},
+    )
+    second = Comparison("lib", first.plain, first.mesh, again)
+    assert second.regressions == ["t.py::a"]
+    assert second.flaky == ["t.py::b", "t.py::d"]
