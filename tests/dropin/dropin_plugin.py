@@ -29,6 +29,8 @@ REGISTRY: dict[str, Any] = {
 
 _ORIGINALS: dict[str, Any] = {}
 _MESH: Any = None
+#: mesh clients made in the library's place (a mesh run that made none proves nothing)
+MADE: list[str] = []
 
 
 def is_loopback(host: object) -> bool:
@@ -114,18 +116,21 @@ if MeshSession is not None:
 
         def __init__(self) -> None:
             super().__init__(_mesh())
+            MADE.append("requests")
 
     class DropinClient(_Client):
         """``httpx.Client(...)`` as ``mesh.httpx_client(...)``."""
 
         def __init__(self, **kwargs: Any) -> None:
             super().__init__(**client_kwargs(_mesh(), kwargs))
+            MADE.append("httpx")
 
     class DropinAsyncClient(_AsyncClient):
         """``httpx.AsyncClient(...)`` as ``mesh.httpx_async_client(...)``."""
 
         def __init__(self, **kwargs: Any) -> None:
             super().__init__(**client_kwargs(_mesh(), kwargs, asynchronous=True))
+            MADE.append("httpx async")
 
     # under the names they stand for: tests parametrized with the class (``test_proxies_environ``)
     # take their ids from its name, and the two runs' ids must match
@@ -166,3 +171,14 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_report_header(config: pytest.Config) -> str:
     run = "mesh clients substituted" if config.getoption("--mesh-dropin") else "plain"
     return f"dropin: {run}; connections leave loopback in no test"
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    if config.getoption("--mesh-dropin"):
+        counts = {kind: MADE.count(kind) for kind in ("requests", "httpx", "httpx async")}
+        terminalreporter.write_line(f"dropin: mesh clients made in the library's place: {counts}")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if session.config.getoption("--mesh-dropin") and not MADE and session.testscollected > 1:
+        session.exitstatus = pytest.ExitCode.INTERNAL_ERROR  # (the substitution did not take)

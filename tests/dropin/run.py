@@ -150,8 +150,10 @@ def run_suite(
         args, check=False, cwd=suite_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     elapsed = time.monotonic() - started
-    tail = done.stdout.strip().splitlines()[-1:] or ["(no output)"]
-    print(f"  {suite_dir.name} {'mesh ' if mesh else 'plain'}: {tail[0]}  ({elapsed:.0f} s)", flush=True)
+    lines = done.stdout.strip().splitlines()
+    made = [line for line in lines if line.startswith("dropin: mesh clients made")]
+    tail = (lines[-1:] or ["(no output)"])[0] + (f"; {made[0].removeprefix('dropin: ')}" if made else "")
+    print(f"  {suite_dir.name} {'mesh ' if mesh else 'plain'}: {tail}  ({elapsed:.0f} s)", flush=True)
     if done.returncode not in (0, 1) or not report.exists():
         print(done.stdout[-4000:])
         raise SystemExit(f"the {suite_dir.name} suite did not run (pytest exit {done.returncode})")
