@@ -12,13 +12,13 @@ and every other request to the caller's transport.
 
 from __future__ import annotations
 
-from types import TracebackType
 from typing import Any
 
 import httpx
 
 from ..mesh import Mesh
 from ._env_proxies import environment_proxies
+from ._forwarding import ForwardsAsyncContext, ForwardsContext
 
 __all__ = ["AsyncMeshFirst", "MeshFirst", "client_mounts"]
 
@@ -28,7 +28,7 @@ def _is_mesh(mesh: Mesh, request: httpx.Request) -> bool:
     return mesh.http_service(url.scheme, url.host, url.port, bool(url.userinfo)) is not None
 
 
-class MeshFirst(httpx.BaseTransport):
+class MeshFirst(ForwardsContext, httpx.BaseTransport):
     """A mount: mesh calls to the client's mesh transport, everything else to ``other`` (None: the
     mount of a service's host, which takes mesh calls only). The mesh transport is the client's
     own ``transport``, entered and closed by the client as such: only ``other`` is, here."""
@@ -36,31 +36,16 @@ class MeshFirst(httpx.BaseTransport):
     def __init__(self, mesh: Mesh, mesh_transport: httpx.BaseTransport, other: httpx.BaseTransport | None) -> None:
         self.mesh, self.mesh_transport, self.other = mesh, mesh_transport, other
 
+    def _forward_to(self) -> httpx.BaseTransport | None:
+        return self.other
+
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         if self.other is None or _is_mesh(self.mesh, request):
             return self.mesh_transport.handle_request(request)
         return self.other.handle_request(request)
 
-    def __enter__(self) -> MeshFirst:
-        if self.other is not None:
-            self.other.__enter__()
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None = None,
-        exc_value: BaseException | None = None,
-        traceback: TracebackType | None = None,
-    ) -> None:
-        if self.other is not None:
-            self.other.__exit__(exc_type, exc_value, traceback)
-
-    def close(self) -> None:
-        if self.other is not None:
-            self.other.close()
-
-
-class AsyncMeshFirst(httpx.AsyncBaseTransport):
+class AsyncMeshFirst(ForwardsAsyncContext, httpx.AsyncBaseTransport):
     """The asyncio twin of :class:`MeshFirst`."""
 
     def __init__(
@@ -68,28 +53,13 @@ class AsyncMeshFirst(httpx.AsyncBaseTransport):
     ) -> None:
         self.mesh, self.mesh_transport, self.other = mesh, mesh_transport, other
 
+    def _forward_to(self) -> httpx.AsyncBaseTransport | None:
+        return self.other
+
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if self.other is None or _is_mesh(self.mesh, request):
             return await self.mesh_transport.handle_async_request(request)
         return await self.other.handle_async_request(request)
-
-    async def __aenter__(self) -> AsyncMeshFirst:
-        if self.other is not None:
-            await self.other.__aenter__()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None = None,
-        exc_value: BaseException | None = None,
-        traceback: TracebackType | None = None,
-    ) -> None:
-        if self.other is not None:
-            await self.other.__aexit__(exc_type, exc_value, traceback)
-
-    async def aclose(self) -> None:
-        if self.other is not None:
-            await self.other.aclose()
 
 
 def client_mounts(

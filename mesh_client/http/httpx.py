@@ -22,7 +22,6 @@ import contextvars
 import functools
 import http.client
 import sys
-from types import TracebackType
 from typing import Any, Final
 
 import httpcore
@@ -41,6 +40,7 @@ from ..wire import Wire, WireFailure, WireRequest, current_wire
 from . import httpx_errors  # noqa: F401 - registers the combined exceptions raised here
 from ._body import BodyTimer
 from ._fork import forget_transport_connections
+from ._forwarding import ForwardsAsyncContext, ForwardsContext
 from ._headers import kept_names, learn
 from ._mounts import AsyncMeshFirst, MeshFirst, client_mounts
 
@@ -197,7 +197,7 @@ class _MeshTransportMixin:
         return result.response
 
 
-class MeshTransport(_MeshTransportMixin, httpx.BaseTransport):
+class MeshTransport(_MeshTransportMixin, ForwardsContext, httpx.BaseTransport):
     """An ``httpx.BaseTransport`` routing registered services through the mesh."""
 
     def __init__(self, mesh: Mesh, transport: httpx.BaseTransport | None = None, **kwargs: Any) -> None:
@@ -263,23 +263,11 @@ class MeshTransport(_MeshTransportMixin, httpx.BaseTransport):
         stream.close()
         return self._body_read(response, chunks)
 
-    def __enter__(self) -> MeshTransport:
-        self.transport.__enter__()  # (httpx enters a client's transport: the wrapped one is entered)
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None = None,
-        exc_value: BaseException | None = None,
-        traceback: TracebackType | None = None,
-    ) -> None:
-        self.transport.__exit__(exc_type, exc_value, traceback)
-
-    def close(self) -> None:
-        self.transport.close()
+    def _forward_to(self) -> httpx.BaseTransport:
+        return self.transport  # (entered, exited and closed with this one)
 
 
-class AsyncMeshTransport(_MeshTransportMixin, httpx.AsyncBaseTransport):
+class AsyncMeshTransport(_MeshTransportMixin, ForwardsAsyncContext, httpx.AsyncBaseTransport):
     """An ``httpx.AsyncBaseTransport`` routing registered services through the mesh."""
 
     def __init__(self, mesh: Mesh, transport: httpx.AsyncBaseTransport | None = None, **kwargs: Any) -> None:
@@ -354,20 +342,8 @@ class AsyncMeshTransport(_MeshTransportMixin, httpx.AsyncBaseTransport):
             return self._body_broken(exc, timer, request)
         return self._body_read(response, chunks)
 
-    async def __aenter__(self) -> AsyncMeshTransport:
-        await self.transport.__aenter__()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None = None,
-        exc_value: BaseException | None = None,
-        traceback: TracebackType | None = None,
-    ) -> None:
-        await self.transport.__aexit__(exc_type, exc_value, traceback)
-
-    async def aclose(self) -> None:
-        await self.transport.aclose()
+    def _forward_to(self) -> httpx.AsyncBaseTransport:
+        return self.transport  # (entered, exited and closed with this one)
 
 
 def _whole(handle: Any, request: httpx.Request) -> httpx.Response:
