@@ -27,6 +27,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SUITES = ("requests", "httpx")
+#: the suites whose test servers take free ports (so that two runs of one can go side by side)
+_FREE_PORTS = frozenset({"requests"})
 #: the worse outcome wins when a test appears twice (a teardown error after a pass)
 _RANK = {"passed": 0, "skipped": 1, "failed": 2}
 
@@ -165,9 +167,16 @@ def compare(name: str, cache: Path, work: Path, extra: list[str]) -> Comparison:
     version = importlib.metadata.version(name)
     suite_dir = extract(sdist(name, version, cache), name, work)
     reports = {kind: work / f"{name}-{kind}.xml" for kind in ("plain", "mesh")}
-    for kind, report in reports.items():
+    for report in reports.values():
         report.unlink(missing_ok=True)
-        run_suite(suite_dir, report, mesh=kind == "mesh", extra=extra)
+    # requests' suite serves on free ports: its two runs side by side; httpx's serves on a fixed one
+    with concurrent.futures.ThreadPoolExecutor(2 if name in _FREE_PORTS else 1) as pool:
+        runs = [
+            pool.submit(run_suite, suite_dir, report, mesh=kind == "mesh", extra=extra)
+            for kind, report in reports.items()
+        ]
+        for run in runs:
+            run.result()
     first = Comparison(f"{name} {version}", outcomes(reports["plain"]), outcomes(reports["mesh"]))
     if not first.candidates:
         return first
@@ -188,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("pytest_args", nargs="*", help="passed on to pytest (after --)")
     opts = parser.parse_args(argv)
     started = time.monotonic()
-    # the suites side by side (each one's two runs in turn: httpx's test server has a fixed port)
+    # the suites side by side
     with concurrent.futures.ThreadPoolExecutor(len(opts.suite or SUITES)) as pool:
         runs = [pool.submit(compare, name, opts.cache, opts.work, opts.pytest_args) for name in opts.suite or SUITES]
         comparisons = [run.result() for run in runs]
