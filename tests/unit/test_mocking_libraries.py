@@ -16,7 +16,7 @@ import responses
 import respx
 from pytest_httpx import HTTPXMock
 
-from mesh_client import Mesh
+from mesh_client import Mesh, MeshTransportError
 from mesh_client.testing import FakeMesh, reply
 
 REGISTRY: dict[str, Any] = {
@@ -160,8 +160,17 @@ def test_a_mocks_message_on_a_mesh_call_reaches_the_caller() -> None:
         with pytest.raises(requests.ConnectionError, match="Connection refused by Responses") as raised:
             mesh.requests_session().get("http://users/u")
         assert mock.calls  # (refused by the mock: nothing was sent)
+    assert isinstance(raised.value, MeshTransportError)
     assert isinstance(raised.value.__cause__, requests.ConnectionError)
     assert "Connection refused by Responses" in str(raised.value.__cause__)
+
+
+def test_respx_refusal_of_a_mesh_call_reaches_the_caller_unchanged() -> None:
+    # without fake_mesh, respx sees the attempt to the sidecar's address, which it has no route for
+    with Mesh.from_dict(REGISTRY) as mesh, respx.mock(assert_all_called=False):
+        client = mesh.httpx_client()
+        with pytest.raises(respx.models.AllMockedAssertionError, match="not mocked"):
+            client.get("http://users/u")
 
 
 def test_a_session_finds_requests_own_adapter_choice_through_its_class() -> None:
