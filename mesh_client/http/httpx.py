@@ -42,19 +42,20 @@ from ._body import BodyTimer
 from ._fork import forget_transport_connections
 from ._forwarding import ForwardsAsyncContext, ForwardsContext
 from ._headers import kept_names, learn
-from ._mounts import AsyncMeshFirst, MeshFirst, client_mounts
 
 try:  # which async library runs the task (httpx's own test); without it, anyio decides
     import sniffio as _sniffio
 except ImportError:  # pragma: no cover - sniffio comes with httpx's dependencies nearly always
     _sniffio = None  # type: ignore[assignment]
 
-__all__ = ["EXTENSION_KEY", "AsyncMeshTransport", "MeshTransport", "build_async_client", "build_client"]
+__all__ = ["EXTENSION_KEY", "SENT_KEY", "AsyncMeshTransport", "MeshTransport"]
 
 #: ``request.extensions[EXTENSION_KEY]`` may hold a :class:`~mesh_client.CallOptions`.
 EXTENSION_KEY = "mesh"
-#: Client keyword arguments that configure the default transport rather than the client.
-_TRANSPORT_KWARGS = ("verify", "cert", "trust_env", "http1", "http2", "limits")
+#: ``response.extensions[SENT_KEY]``: the request the answering attempt sent (to the proxy, with the
+#: headers as sent), until a client from the mesh shows it as ``response.request`` (see
+#: :mod:`mesh_client.http._httpx_client`)
+SENT_KEY: Final = "mesh_client.sent"
 #: True while a client made by mesh_client sends a request without ``stream=True``: the caller
 #: reads the whole body at once, so the transport reads it within the attempt's time instead
 _WHOLE_BODY: contextvars.ContextVar[bool] = contextvars.ContextVar("mesh_client.httpx.whole_body", default=False)
@@ -133,13 +134,21 @@ class _MeshTransportMixin:
             headers=list(reply.headers),
             content=reply.body,
             request=request,
-            extensions={"reason_phrase": reason.encode("ascii", "replace"), "http_version": b"HTTP/1.1"},
+            extensions={
+                "reason_phrase": reason.encode("ascii", "replace"),
+                "http_version": b"HTTP/1.1",
+                SENT_KEY: request,
+            },
         )
         return Responded(response, response.status_code, response.headers, response.content)
 
     @staticmethod
-    def _responded(run: CallRun[httpx.Response], response: httpx.Response) -> Responded[httpx.Response] | None:
-        """The outcome, or None when the (small) body must be read first to classify it."""
+    def _responded(
+        run: CallRun[httpx.Response], response: httpx.Response, sent: httpx.Request
+    ) -> Responded[httpx.Response] | None:
+        """The outcome, or None when the (small) body must be read first to classify it; ``sent``
+        is the attempt's request."""
+        response.extensions[SENT_KEY] = sent
         if run.wants_body(response.status_code, response.headers):
             return None
         return Responded(response, response.status_code, _header_dict(response.headers))
@@ -227,7 +236,7 @@ class MeshTransport(_MeshTransportMixin, ForwardsContext, httpx.BaseTransport):
                 if isinstance(read, Broken):
                     return read
                 response = read
-            outcome = self._responded(run, response)
+            outcome = self._responded(run, response, attempt_request)
             if outcome is None:
                 outcome = Responded(response, response.status_code, response.headers, response.read())
             return outcome
@@ -308,7 +317,7 @@ class AsyncMeshTransport(_MeshTransportMixin, ForwardsAsyncContext, httpx.AsyncB
                     return self._body_broken(None, timer, attempt_request)
                 message = f"no response within {attempt.timeout:.3f} s"
                 return Broken(Failure.TIMEOUT, httpx.ReadTimeout(message, request=attempt_request), message)
-            outcome = self._responded(run, response)
+            outcome = self._responded(run, response, attempt_request)
             if outcome is None:
                 outcome = Responded(response, response.status_code, response.headers, await response.aread())
             return outcome
@@ -545,59 +554,3 @@ def _bound_each_read(response: httpx.Response, timer: BodyTimer) -> Any | None:
 
     stream.read = bounded_read
     return stream
-
-
-class _Client(httpx.Client):
-    """An ``httpx.Client`` that lets the mesh transport know when the caller reads a response's
-    whole body right away (``stream=False``), so it reads it within the call's time."""
-
-    def send(self, request: httpx.Request, *, stream: bool = False, **kwargs: Any) -> httpx.Response:
-        token = _WHOLE_BODY.set(not stream)
-        try:
-            return super().send(request, stream=stream, **kwargs)
-        finally:
-            _WHOLE_BODY.reset(token)
-
-
-class _AsyncClient(httpx.AsyncClient):
-    """The asyncio twin of :class:`_Client`."""
-
-    async def send(self, request: httpx.Request, *, stream: bool = False, **kwargs: Any) -> httpx.Response:
-        token = _WHOLE_BODY.set(not stream)
-        try:
-            return await super().send(request, stream=stream, **kwargs)
-        finally:
-            _WHOLE_BODY.reset(token)
-
-
-def build_client(mesh: Mesh, kwargs: dict[str, Any]) -> httpx.Client:
-    """``httpx.Client(**kwargs)`` with a :class:`MeshTransport` as its transport (see
-    :func:`client_kwargs`)."""
-    return _Client(**client_kwargs(mesh, kwargs))
-
-
-def build_async_client(mesh: Mesh, kwargs: dict[str, Any]) -> httpx.AsyncClient:
-    """The asyncio twin of :func:`build_client`."""
-    return _AsyncClient(**client_kwargs(mesh, kwargs, asynchronous=True))
-
-
-def client_kwargs(mesh: Mesh, kwargs: dict[str, Any], *, asynchronous: bool = False) -> dict[str, Any]:
-    """The arguments of an ``httpx.Client`` (``AsyncClient``) made with ``kwargs`` whose mesh
-    calls go through the mesh: a (:class:`AsyncMeshTransport`) :class:`MeshTransport` wrapping the
-    caller's ``transport`` or the default one, and the mounts of :mod:`mesh_client.http._mounts`
-    (the environment's proxies as httpx would mount them, the caller's mounts, the services')."""
-    kwargs = dict(kwargs)
-    inner = kwargs.pop("transport", None)
-    inner_cls: Any = httpx.AsyncHTTPTransport if asynchronous else httpx.HTTPTransport
-    settings = {k: kwargs[k] for k in _TRANSPORT_KWARGS if k in kwargs}
-    mesh_cls: Any = AsyncMeshTransport if asynchronous else MeshTransport
-    transport = mesh_cls(mesh, inner if inner is not None else inner_cls(**settings))
-    mounts = client_mounts(
-        mesh,
-        transport,
-        kwargs,
-        given_transport=inner is not None,
-        proxy_transport=lambda url: inner_cls(proxy=url, **settings),
-        first_cls=AsyncMeshFirst if asynchronous else MeshFirst,
-    )
-    return {**kwargs, "transport": transport, "mounts": mounts}

@@ -13,6 +13,7 @@ streams (``stream=True``), the adapter reads the body within the attempt's time,
 
 from __future__ import annotations
 
+import datetime
 import functools
 import http.client
 import io
@@ -27,6 +28,7 @@ from requests.structures import CaseInsensitiveDict
 from urllib3.exceptions import DecodeError, NewConnectionError, ProtocolError, ReadTimeoutError
 from urllib3.util import parse_url
 
+from .. import clock as _clock
 from ..core import Attempt, Broken, Fail, Failure, Responded, drive
 from ..errors import MeshTimeoutError, as_mesh_error
 from ..fork import reset_in_child
@@ -78,6 +80,17 @@ def _attempt_request(request: requests.PreparedRequest, attempt: Attempt, path: 
     prepared.hooks = request.hooks
     prepared._body_position = request._body_position  # type: ignore[attr-defined]
     return prepared
+
+
+#: a mesh response's ``elapsed`` as requests defines it, kept here by the adapter (Session.send sets
+#: ``elapsed`` to the adapter's whole time, retries and the body read within the attempt included)
+_ELAPSED: Final = "_mesh_client_elapsed"
+
+
+def _time_to_headers(response: requests.Response, started: float) -> None:
+    """Note the time from sending the attempt to its response's headers (``Response.elapsed``:
+    "between sending the first byte of the request and finishing parsing the headers")."""
+    response.__dict__[_ELAPSED] = _clock.monotonic() - started
 
 
 def _failure(exc: requests.RequestException) -> Broken | None:
@@ -187,11 +200,13 @@ class MeshAdapter(HTTPAdapter):
 
         def send_attempt(attempt: Attempt) -> Responded[requests.Response] | Broken:
             prepared = _attempt_request(request, attempt, path)
+            started = _clock.monotonic()
             if wire is not None:
                 sent = self._over_wire(wire, prepared, attempt, service.name, path)
                 if isinstance(sent, Broken):
                     return sent
                 response = sent
+                _time_to_headers(response, started)
             else:
                 timer = BodyTimer(attempt)
                 try:
@@ -203,11 +218,13 @@ class MeshAdapter(HTTPAdapter):
                     if broken is None:
                         raise
                     return broken
+                _time_to_headers(response, started)
                 # Session.send would read the body after this returns, bounded per socket read only
                 cut = None if stream else _read_body(response, timer)
                 if cut is not None:
                     response.close()
                     return cut
+            response.request = prepared  # (the headers as sent; the caller's URL once answered)
             # (the core looks up lower-case names: a dictionary answers them at once)
             status, headers = response.status_code, dict(response.headers.lower_items())
             body = response.content if run.wants_body(status, headers) else None
@@ -226,9 +243,11 @@ class MeshAdapter(HTTPAdapter):
                 native = native_cls(result.message, request=request)
             raise as_mesh_error(result.error, native, result.message, result.info) from result.cause
         response: requests.Response = result.response
-        # the caller sees its own URL and request (redirects resolve against them, not the proxy)
+        # the caller sees its own URL (redirects resolve against it, not the proxy's), and as
+        # response.request the request as it went out to that URL: the answering attempt's
+        # headers (Session.send follows redirects from the caller's request, not this one)
         response.url = request.url or response.url
-        response.request = request
+        response.request.url = response.url
         setattr(response, INFO_KEY, result.info)
         return response
 
@@ -347,7 +366,11 @@ class MeshSession(requests.Session):
             # (which wraps Session.send) from adding a second one
             with no_http_instrumentation():
                 response: requests.Response = super().send(request, **kwargs)
-                return response
+            for each in (*response.history, response):  # r.elapsed as requests defines it
+                headers_after = each.__dict__.pop(_ELAPSED, None)
+                if headers_after is not None:
+                    each.elapsed = datetime.timedelta(seconds=headers_after)
+            return response
         plain: requests.Response = super().send(request, **kwargs)
         return plain
 

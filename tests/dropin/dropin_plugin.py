@@ -103,7 +103,7 @@ def remove_guard() -> None:
 # -- the mesh clients in the libraries' place -----------------------------------------------------
 
 try:
-    from mesh_client.http.httpx import _AsyncClient, _Client, client_kwargs
+    from mesh_client.http._httpx_client import _AsyncClient, _Client, client_kwargs
     from mesh_client.http.requests import MeshSession
 except ImportError:  # pragma: no cover - (only in a run without mesh_client installed)
     MeshSession = None  # type: ignore[assignment, misc]
