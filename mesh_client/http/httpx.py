@@ -66,7 +66,8 @@ def _failure(exc: httpx.TransportError) -> Broken | None:
     if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
         return Broken(Failure.CONNECT, exc, str(exc) or type(exc).__name__)
     if isinstance(exc, httpx.TimeoutException):  # read, write and pool timeouts
-        return Broken(Failure.TIMEOUT, exc, type(exc).__name__)
+        # (its message too: a mocking library's "no response" is a timeout exception)
+        return Broken(Failure.TIMEOUT, exc, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
     if isinstance(exc, (httpx.NetworkError, httpx.RemoteProtocolError)):
         return Broken(Failure.RESET, exc, str(exc) or type(exc).__name__)
     return None

@@ -13,6 +13,7 @@ streams (``stream=True``), the adapter reads the body within the attempt's time,
 
 from __future__ import annotations
 
+import copy
 import datetime
 import functools
 import http.client
@@ -247,7 +248,9 @@ class MeshAdapter(HTTPAdapter):
         # response.request the request as it went out to that URL: the answering attempt's
         # headers (Session.send follows redirects from the caller's request, not this one)
         response.url = request.url or response.url
-        response.request.url = response.url
+        shown = copy.copy(response.request)  # (shallow: the attempt's own headers, body and hooks)
+        shown.url = response.url
+        response.request = shown
         setattr(response, INFO_KEY, result.info)
         return response
 

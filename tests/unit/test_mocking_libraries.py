@@ -16,7 +16,7 @@ import responses
 import respx
 from pytest_httpx import HTTPXMock
 
-from mesh_client import Mesh, MeshTransportError
+from mesh_client import Mesh, MeshTimeoutError, MeshTransportError
 from mesh_client.testing import FakeMesh, reply
 
 REGISTRY: dict[str, Any] = {
@@ -180,3 +180,18 @@ def test_a_session_finds_requests_own_adapter_choice_through_its_class() -> None
         patch.setattr(requests, "Session", type(session))
         assert session.get_adapter("https://api.example.com/") is session.adapters["https://"]
         assert session.get_adapter("http://users/") is session.mesh_adapter
+
+
+@pytest.mark.parametrize("route", ["envoy", "haproxy"])
+def test_pytest_httpx_no_response_on_a_mesh_call_keeps_its_message(httpx_mock: HTTPXMock, route: str) -> None:
+    # without fake_mesh, pytest-httpx sees the attempt to the sidecar, has no response for it and
+    # raises a timeout at once: the mesh error says so, with the mock's message, not a timeout
+    # that did not happen
+    registry = {**REGISTRY, "mesh": {**REGISTRY["mesh"], "default_route": route}}
+    with Mesh.from_dict(registry) as mesh, pytest.raises(httpx.TimeoutException) as raised:
+        mesh.httpx_client().get("http://users/u")
+    assert isinstance(raised.value, MeshTimeoutError)
+    assert "No response can be found for GET request on http://127.0.0.1:" in str(raised.value)
+    assert isinstance(raised.value.__cause__, httpx.TimeoutException)
+    assert str(raised.value.__cause__).startswith("No response can be found")
+    httpx_mock.reset()  # (the mock's own check of unexpected requests: this one was meant)
