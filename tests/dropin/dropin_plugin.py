@@ -27,77 +27,106 @@ REGISTRY: dict[str, Any] = {
     "services": {"mesh-dropin-users": {"haproxy": "127.0.0.1:9"}, "mesh-dropin-orders": {"haproxy": "127.0.0.1:9"}},
 }
 
-_ORIGINALS: dict[str, Any] = {}
-_MESH: Any = None
+_ORIGINALS: dict[tuple[Any, str], Any] = {}
 #: mesh clients made in the library's place (a mesh run that made none proves nothing)
 MADE: list[str] = []
+_MESH: Any = None
+#: every destination refused in this process ("host:port", or "lookup NAME"), for the summary
+BLOCKED: list[str] = []
 
 
 def is_loopback(host: object) -> bool:
-    """Whether ``host`` (an address or a name) stays on this machine."""
+    """Whether ``host`` (an address or a name) is this machine's loopback: ``localhost`` (and
+    ``*.localhost``), 127.0.0.0/8, ``::1`` (also IPv4-mapped, in brackets or with a zone)."""
+    if isinstance(host, bytes):
+        host = host.decode("ascii", "replace")
     if not isinstance(host, str):
         return False
     name = host.strip("[]").split("%", 1)[0].rstrip(".").lower()
-    if name in ("localhost", "") or name.endswith(".localhost"):
+    if name == "localhost" or name.endswith(".localhost"):
         return True
     try:
         address = ipaddress.ip_address(name)
     except ValueError:
         return False
-    return address.is_loopback or address.is_unspecified
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
 
 
 def _check(address: Any) -> None:
     if isinstance(address, tuple) and len(address) >= 2 and not is_loopback(address[0]):
+        BLOCKED.append(f"{address[0]}:{address[1]}")
         raise OSError(errno.ENETUNREACH, f"{GUARD_MESSAGE} (refused {address[0]}:{address[1]})")
+
+
+def _check_name(host: Any) -> None:
+    """A name other than localhost is not looked up (no DNS query leaves the machine); an
+    address literal needs no lookup and is checked when connected to."""
+    text = host.decode("idna") if isinstance(host, bytes) else host
+    if text is None or is_loopback(text):
+        return
+    try:
+        ipaddress.ip_address(str(text).strip("[]").split("%", 1)[0])
+    except ValueError:
+        BLOCKED.append(f"lookup {text}")
+        raise socket.gaierror(socket.EAI_NONAME, f"{GUARD_MESSAGE} (no lookup of {text!r})") from None
+
+
+def _on_socket(sock: socket.socket, address: Any) -> None:
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        _check(address)
 
 
 def install_guard() -> None:
     """Refuse non-loopback destinations in this process (idempotent)."""
     if _ORIGINALS:
         return
-    connect, connect_ex = socket.socket.connect, socket.socket.connect_ex
-    create_connection, getaddrinfo = socket.create_connection, socket.getaddrinfo
-    _ORIGINALS.update(
-        connect=connect, connect_ex=connect_ex, create_connection=create_connection, getaddrinfo=getaddrinfo
-    )
 
-    def guarded_connect(self: socket.socket, address: Any) -> None:
-        if self.family in (socket.AF_INET, socket.AF_INET6):
+    def wrap(owner: Any, name: str, make: Any) -> None:
+        _ORIGINALS[(owner, name)] = original = getattr(owner, name)
+        setattr(owner, name, make(original))
+
+    def connect(original: Any) -> Any:
+        def guarded_connect(self: socket.socket, address: Any) -> Any:
+            _on_socket(self, address)
+            return original(self, address)
+
+        return guarded_connect
+
+    def sendto(original: Any) -> Any:
+        def guarded_sendto(self: socket.socket, data: Any, *args: Any) -> Any:
+            _on_socket(self, args[-1] if args else None)
+            return original(self, data, *args)
+
+        return guarded_sendto
+
+    def create_connection(original: Any) -> Any:
+        def guarded_create_connection(address: Any, *args: Any, **kwargs: Any) -> socket.socket:
             _check(address)
-        connect(self, address)
+            return original(address, *args, **kwargs)
 
-    def guarded_connect_ex(self: socket.socket, address: Any) -> int:
-        if self.family in (socket.AF_INET, socket.AF_INET6):
-            _check(address)
-        return connect_ex(self, address)
+        return guarded_create_connection
 
-    def guarded_create_connection(address: Any, *args: Any, **kwargs: Any) -> socket.socket:
-        _check(address)
-        return create_connection(address, *args, **kwargs)
+    def lookup(original: Any) -> Any:
+        def guarded_lookup(host: Any, *args: Any, **kwargs: Any) -> Any:
+            _check_name(host)
+            return original(host, *args, **kwargs)
 
-    def guarded_getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
-        text = host.decode("idna") if isinstance(host, bytes) else host
-        if text is not None and not is_loopback(text):
-            try:
-                ipaddress.ip_address(str(text).strip("[]").split("%", 1)[0])
-            except ValueError:  # a name: not looked up (an address literal needs no lookup)
-                raise socket.gaierror(socket.EAI_NONAME, f"{GUARD_MESSAGE} (no lookup of {text!r})") from None
-        return getaddrinfo(host, *args, **kwargs)
+        return guarded_lookup
 
-    socket.socket.connect = guarded_connect  # type: ignore[method-assign]
-    socket.socket.connect_ex = guarded_connect_ex  # type: ignore[method-assign]
-    socket.create_connection = guarded_create_connection  # type: ignore[assignment]
-    socket.getaddrinfo = guarded_getaddrinfo
+    wrap(socket.socket, "connect", connect)
+    wrap(socket.socket, "connect_ex", connect)  # (refused the same way: raises, sends nothing)
+    wrap(socket.socket, "sendto", sendto)
+    wrap(socket, "create_connection", create_connection)
+    for name in ("getaddrinfo", "gethostbyname", "gethostbyname_ex"):
+        wrap(socket, name, lookup)
 
 
 def remove_guard() -> None:
-    if not _ORIGINALS:
-        return
-    socket.socket.connect = _ORIGINALS.pop("connect")  # type: ignore[method-assign]
-    socket.socket.connect_ex = _ORIGINALS.pop("connect_ex")  # type: ignore[method-assign]
-    socket.create_connection = _ORIGINALS.pop("create_connection")
-    socket.getaddrinfo = _ORIGINALS.pop("getaddrinfo")
+    while _ORIGINALS:
+        (owner, name), original = _ORIGINALS.popitem()
+        setattr(owner, name, original)
 
 
 # -- the mesh clients in the libraries' place -----------------------------------------------------
@@ -162,6 +191,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--mesh-dropin", action="store_true", help="replace the library's clients by mesh clients")
 
 
+if not __package__:  # loaded by name into a suite (-p dropin_plugin): before its conftests and tests
+    install_guard()
+
+
 def pytest_configure(config: pytest.Config) -> None:
     install_guard()
     if config.getoption("--mesh-dropin"):
@@ -174,6 +207,9 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    kinds = sorted(set(BLOCKED))
+    shown = ", ".join(kinds[:8]) + (", ..." if len(kinds) > 8 else "")
+    terminalreporter.write_line(f"dropin guard: {len(BLOCKED)} refused off loopback ({shown or 'none'})")
     if config.getoption("--mesh-dropin"):
         counts = {kind: MADE.count(kind) for kind in ("requests", "httpx", "httpx async")}
         terminalreporter.write_line(f"dropin: mesh clients made in the library's place: {counts}")

@@ -45,6 +45,34 @@ def test_names_other_than_localhost_are_not_looked_up(guard: None) -> None:
     assert socket.getaddrinfo("10.0.0.1", 80)  # (an address literal: no lookup; its connect is refused)
 
 
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "::ffff:10.0.0.1"])
+def test_addresses_that_are_not_loopback_are_refused_too(guard: None, host: str) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock, pytest.raises(OSError, match="dropin guard"):
+        sock.connect((host, 80))
+    assert dropin_plugin.BLOCKED[-1] == f"{host}:80"
+
+
+def test_datagrams_and_other_lookups_off_loopback_are_refused(guard: None) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        with pytest.raises(OSError, match="dropin guard"):
+            sock.sendto(b"query", ("192.0.2.53", 53))
+        with pytest.raises(OSError, match="dropin guard"):
+            sock.sendto(b"query", 0, ("192.0.2.53", 53))
+    for lookup in (socket.gethostbyname, socket.gethostbyname_ex):
+        with pytest.raises(socket.gaierror, match="no lookup"):
+            lookup("example.org")
+    assert dropin_plugin.BLOCKED[-1] == "lookup example.org"
+
+
+@pytest.mark.parametrize(
+    "host", ["127.0.0.1", "127.8.9.10", "::1", "[::1]", "::ffff:127.0.0.1", "localhost", "a.localhost"]
+)
+def test_loopback_names_and_addresses(host: str) -> None:
+    assert dropin_plugin.is_loopback(host)
+    assert not dropin_plugin.is_loopback(host.replace("127", "128").replace("1", "2").replace("localhost", "local"))
+
+
 def test_loopback_connections_go_through(guard: None) -> None:
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
