@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from urllib.parse import parse_qsl, urlsplit
@@ -58,6 +59,7 @@ class _Handler(BaseHTTPRequestHandler):
                 headers=Headers(self.headers.items()),
                 body=body,
                 attempt=int(self.headers.get("x-envoy-attempt-count") or 1),
+                received_at=time.monotonic(),
             )
         )
         if spec.fault == "refuse":
