@@ -73,8 +73,8 @@ def test_backoff_draws_whole_milliseconds_below_a_doubling_interval() -> None:
     rng = random.Random(7)
     for _ in range(3000):
         backoff = BackOff(rng)
-        for n in waits:
-            waits[n].add(backoff.next_wait())
+        for seen in waits.values():
+            seen.add(backoff.next_wait())
     intervals = {1: 25, 2: 50, 3: 100, 4: 200, 5: 250, 6: 250, 7: 250}
     for n, seen in waits.items():
         assert seen == {ms / 1000 for ms in range(intervals[n])}, n  # every whole ms below, none above
