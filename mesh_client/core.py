@@ -449,6 +449,10 @@ class CallRun(Generic[R]):
                     plan.budget.spend(reported - 1)
                 elif self.envoy_retries and self._envoy_may_have_retried(outcome, envoy_error):
                     plan.budget.spend(self.envoy_retries)  # no count: charge all it was allowed
+                if self.envoy_retries < self.policy.retries and self.tokens and not self.budget_exhausted:
+                    # the budget cut Envoy's retries short: exhausted if Envoy used them all up
+                    used_up = reported is None or reported > self.envoy_retries
+                    self.budget_exhausted = used_up and self._envoy_may_have_retried(outcome, envoy_error)
             info = self._info(
                 attempts=reported or self.attempts,
                 upstream_service_time=envoy.upstream_service_time(headers, prefix),
