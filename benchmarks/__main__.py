@@ -1,8 +1,8 @@
 """``python -m benchmarks [--quick] [--out PATH] [--profile] [--only 1,2,...] [--memory-calls N]``
 
 Sections: 1 per-call overhead (sequential), 2 decision path (+ cProfile), 3 async concurrency
-sweep, 4 memory, 6 Thrift framed vs THeader vs thriftpy2, 7 fake_mesh vs a real Envoy, 5 with the
-OpenTelemetry SDK (always
+sweep, 4 memory, 6 Thrift framed vs THeader vs thriftpy2, 7 fake_mesh vs a real Envoy, 8 the
+caller-side cost of a shadowed call, 5 with the OpenTelemetry SDK (always
 last: it installs global SDK providers).
 Targets are printed as met / NOT met; they never change the exit code. The exit code is non-zero
 only when a section fails to run.
@@ -27,7 +27,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import concurrency, decision, fixtures, memory, otel, report, sequential, thrift
+from . import concurrency, decision, fixtures, memory, otel, report, sequential, shadow, thrift
 from .world import World, start_world
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results.json"
@@ -64,6 +64,8 @@ class Plan:
     thrift_rounds: int = 6
     thrift_calls: int = 300
     fixture_rounds: int = 5
+    shadow_rounds: int = 6
+    shadow_calls: int = 200
 
 
 FULL = Plan(
@@ -98,6 +100,8 @@ QUICK = Plan(
     thrift_rounds=2,
     thrift_calls=50,
     fixture_rounds=1,
+    shadow_rounds=2,
+    shadow_calls=30,
 )
 
 
@@ -148,7 +152,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true", help="print the decision path's cProfile top 15")
     parser.add_argument(
         "--only",
-        default="1,2,3,4,6,7,5",
+        default="1,2,3,4,6,7,8,5",
         help="comma-separated sections to run (default: all); 5 always runs last",
     )
     parser.add_argument(
@@ -159,8 +163,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.sections = sorted({int(s) for s in args.only.split(",") if s.strip()})
     except ValueError:
         parser.error("--only takes section numbers, e.g. --only 1,2")
-    if not set(args.sections) <= {1, 2, 3, 4, 5, 6, 7}:
-        parser.error("sections are 1 to 7")
+    if not set(args.sections) <= {1, 2, 3, 4, 5, 6, 7, 8}:
+        parser.error("sections are 1 to 8")
     # 5 installs global SDK providers, so it runs last
     args.sections = [s for s in args.sections if s != 5] + ([5] if 5 in args.sections else [])
     return args
@@ -218,6 +222,11 @@ def main(argv: list[str] | None = None) -> int:
                 "fixtures",
                 lambda: fixtures.run(rounds=plan.fixture_rounds),
                 fixtures.render,
+            ),
+            8: (
+                "shadow",
+                lambda: shadow.run(world, rounds=plan.shadow_rounds, calls=plan.shadow_calls, warmup=50),
+                shadow.render,
             ),
             5: (
                 "otel_sdk",

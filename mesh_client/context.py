@@ -32,6 +32,7 @@ from opentelemetry.propagators.textmap import Setter
 from opentelemetry.trace import INVALID_SPAN_CONTEXT as _INVALID_SPAN_CONTEXT
 from opentelemetry.trace import get_current_span as _get_current_span
 
+from .shadow import SHADOW_HEADER
 from .telemetry import trace_state
 from .tracestate import format_tracestate, parse_tracestate
 
@@ -78,6 +79,7 @@ NEVER_FORWARDED: Final = frozenset(
         MESH_TIMEOUT_HEADER,
         MESH_SERVICE_HEADER,
         REQUEST_ID_HEADER,  # carried by mesh_client itself
+        SHADOW_HEADER,  # (likewise)
     }
 )
 NEVER_FORWARDED_PREFIXES: Final = ("x-envoy-", "x-forwarded-", "proxy-")
@@ -88,6 +90,7 @@ _REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,200}$")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9a-z-]+$")
 _GRPC_UNITS: Final = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 _BAD_VALUE = re.compile(r"[\r\n\x00]|^[ \t]|[ \t]$")
+_SHADOW_ITEM: Final = (SHADOW_HEADER, "1")
 
 
 def check_header_name(name: str, what: str = "context_headers") -> str:
@@ -122,6 +125,9 @@ class Inbound:
     context_headers: tuple[tuple[str, str], ...] = ()
     replaced_request_id: bool = False
     carrier: Mapping[str, str] = field(default_factory=dict, repr=False)
+    #: the request arrived with ``x-mesh-shadow`` (it is a shadow copy): its calls make no copies
+    #: and carry the header on
+    shadow: bool = False
 
 
 _inbound: contextvars.ContextVar[Inbound | None] = contextvars.ContextVar("mesh_client.inbound", default=None)
@@ -199,6 +205,7 @@ def read_inbound(headers: Mapping[str, str], *, header_prefix: str, context_head
         context_headers=tuple(kept),
         replaced_request_id=replaced,
         carrier=headers,
+        shadow=bool(headers.get(SHADOW_HEADER, "").strip()),
     )
 
 
@@ -284,6 +291,8 @@ def outbound_headers(otel_context: Any | None = None) -> list[tuple[str, str]]:
         headers.append((REQUEST_ID_HEADER, new_request_id()))  # well-formed by construction
         return headers
     carried = [(REQUEST_ID_HEADER, inbound.request_id), *inbound.context_headers]
+    if inbound.shadow:
+        carried.append(_SHADOW_ITEM)
     for name, value in carried:
         check_header_value(name, value)
     headers += carried

@@ -33,7 +33,7 @@ import itertools
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Final, Generic, NamedTuple, TypeVar
+from typing import Any, Final, Generic, NamedTuple, TypeVar
 
 from . import clock as _clock
 from . import envoy, haproxy
@@ -45,6 +45,7 @@ from .errors import DeadlineExceeded, MeshConnectError, MeshTimeoutError, MeshTr
 from .info import CallInfo
 from .policy import CallPolicy, Route
 from .registry import Address, MeshConfig, ServiceConfig
+from .shadow import SHADOW_HEADER
 from .telemetry import CallTelemetry
 
 __all__ = [
@@ -87,6 +88,7 @@ DROPPED_HEADERS: Final = frozenset(
         "upgrade",
         "grpc-timeout",
         MESH_TIMEOUT_HEADER,
+        SHADOW_HEADER,  # set by mesh_client only: on copies, and while serving a copy
     }
 )
 _ERROR_KINDS: Final = {
@@ -355,6 +357,10 @@ class CallRun(Generic[R]):
     #: Envoy's attempt count is charged to the budget)
     envoy_retries: int = 0
     _last_attempt: Attempt | None = None
+    #: the migration stage the flag answered (None: a plain route)
+    stage: str | None = None
+    #: the copy of this call to make once it is answered (a ``mesh_client.shadow.runner.ShadowCall``)
+    shadow: Any = None
 
     def __init__(
         self,
@@ -681,6 +687,7 @@ class CallRun(Generic[R]):
             route_reason=self.route_reason,
             elapsed=self.plan.clock() - self.started,
             retry_budget_exhausted=self.budget_exhausted,
+            stage=self.stage,
         )
 
     def abort(self, error: BaseException) -> None:

@@ -34,6 +34,9 @@ class CallInfo:
     - ``elapsed``: seconds the whole call took in the client, retries included.
     - ``retry_budget_exhausted``: a retry the policy allowed was skipped (or Envoy was told not
       to retry) because the service's retry budget was empty.
+    - ``stage``: the migration stage the route flag answered for this call (``"off"``,
+      ``"shadow"``, ``"live"``, ``"complete"``), None for a plain ``"haproxy"`` / ``"envoy"``
+      value or a route forced by the call options (see docs/shadow.md).
     """
 
     service: str
@@ -45,6 +48,7 @@ class CallInfo:
     route_reason: str = ""
     elapsed: float = 0.0
     retry_budget_exhausted: bool = False
+    stage: str | None = None
 
 
 def call_info(response: Any) -> CallInfo | None:

@@ -20,6 +20,9 @@ from .fork import reset_in_child
 from .policy import NO_OPTIONS, UNSET, CallOptions, current_options
 from .registry import Address, MeshConfig, ServiceConfig, load_file, load_mapping
 from .routing import FlagRouter, RouteDecision, Router, make_router
+from .shadow.runner import ShadowRunner, copy_order
+from .shadow.stages import COPYING
+from .shadow.stats import ShadowStats
 from .telemetry import call_telemetry
 
 if TYPE_CHECKING:
@@ -61,6 +64,8 @@ class Mesh:
         self._circuits: dict[Address, SidecarCircuit] = {}
         #: per service: what its calls share (retry budget, sidecar circuit, header rules)
         self._plans: dict[str, ServicePlan] = {}
+        #: the copies made at the shadow and live stages (see mesh_client.shadow)
+        self._shadow = ShadowRunner(config, self._router)
         self._serial = next(_serials)
         _live.add(self)
         reset_in_child(self, Mesh._after_fork)
@@ -125,16 +130,20 @@ class Mesh:
         thriftpy2 service."""
         if self._closed:
             raise MeshError(f"this Mesh ({self.config.source}) is closed; build a new one to make calls")
+        order = copy_order()
+        if order is not None and order.service == service.name:  # this request is a shadow copy
+            return order.start(method if service.protocol == "thrift" else method.upper(), replayable)
         plan = self._plans.get(service.name)
         if plan is None or plan.service is not service:
             plan = self._plan(service)
         options = current_options()
         if extra is not None:
             options = options.merged(extra)
+        stage = None
         if options is NO_OPTIONS:  # the usual case: the registry's policy, the flag's route
             policy, idempotent = service.policy, None
             decision = self._router.decide(service.name)
-            route, reason = decision.route, decision.reason
+            route, reason, stage = decision.route, decision.reason, decision.stage
         else:
             policy = options.apply(service.policy)
             idempotent = None if options.idempotent is UNSET else options.idempotent
@@ -142,7 +151,7 @@ class Mesh:
                 route, reason = options.route, f"forced to {options.route.value} by call options"
             else:
                 decision = self._router.decide(service.name)
-                route, reason = decision.route, decision.reason
+                route, reason, stage = decision.route, decision.reason, decision.stage
         if service.protocol != "thrift":  # (a Thrift method is the IDL's name)
             method = method.upper()
         telemetry = call_telemetry(service.name, method, source, service.protocol)  # (None: no SDK)
@@ -152,7 +161,7 @@ class Mesh:
             if telemetry is not None:
                 telemetry.span.end()
             raise
-        return CallRun(
+        run: CallRun[Any] = CallRun(
             plan,
             method,
             policy,
@@ -163,6 +172,11 @@ class Mesh:
             idempotent=idempotent,
             replayable=replayable,
         )
+        if stage is not None:
+            run.stage = stage
+            if stage in COPYING:
+                run.shadow = self._shadow.for_call(run, idempotent, replayable)
+        return run
 
     def _plan(self, service: ServiceConfig) -> ServicePlan:
         """What every call to ``service`` shares (made on its first call, then kept)."""
@@ -197,6 +211,27 @@ class Mesh:
             with self._lock:
                 circuit = self._circuits.setdefault(address, SidecarCircuit())
         return circuit
+
+    # -- shadow reads -------------------------------------------------------------------------------
+
+    def shadow_stats(self, service: str) -> ShadowStats:
+        """The shadow copies of ``service``'s calls made through this mesh so far: ``compared``,
+        ``matched``, ``mismatched``, ``errors`` (with ``envoy_errors`` / ``haproxy_errors``),
+        ``skipped``, ``in_flight`` (see docs/shadow.md). Copies still in flight are not counted
+        yet: :meth:`shadow_drain` waits for them."""
+        self.config.service(service)
+        return self._shadow.stats(service)
+
+    def shadow_drain(self, timeout: float | None = None) -> bool:
+        """Wait until no shadow copy of this mesh is in flight, at most ``timeout`` seconds (None:
+        no limit); False when some still are. Raises ``RuntimeError`` on a thread whose running
+        event loop has copies pending (they could not finish): there, ``await``
+        :meth:`shadow_drain_async`."""
+        return self._shadow.drain(timeout)
+
+    async def shadow_drain_async(self, timeout: float | None = None) -> bool:
+        """:meth:`shadow_drain` for asyncio code: the running loop's copy tasks go on meanwhile."""
+        return await self._shadow.drain_async(timeout)
 
     # -- clients ----------------------------------------------------------------------------------
 
@@ -253,13 +288,15 @@ class Mesh:
         return client
 
     def close(self) -> None:
-        """Stop the flag watcher, release the flag client and close the synchronous sessions,
-        clients and transports made from this mesh (their connection pools). Asyncio clients
+        """Stop the flag watcher, release the flag client, stop the shadow copies' thread pool
+        (copies not started are skipped) and close the synchronous sessions, clients and
+        transports made from this mesh (their connection pools). Asyncio clients
         are closed by their owner (``await client.aclose()``). Calls made afterwards raise."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+        self._shadow.close()
         for client in list(self._clients):
             client.close()
         self._router.close()

@@ -31,6 +31,7 @@ from .policy import (
     check_seconds,
     check_status_codes,
 )
+from .shadow.config import DEFAULT_SHADOW, ShadowConfig, parse_shadow
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -129,6 +130,7 @@ class ServiceConfig:
     endpoints: tuple[Address, ...] = ()
     transport: ThriftTransport = "framed"
     retry_budget: RetryBudgetConfig = DEFAULT_BUDGET
+    shadow: ShadowConfig = DEFAULT_SHADOW
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +190,7 @@ _SERVICE_KEYS: Final = {
     "endpoints",
     "transport",
     "retry_budget",
+    "shadow",
 }
 
 
@@ -425,4 +428,5 @@ def _service(name: str, table: object, source: str) -> ServiceConfig:
         endpoints=tuple(r.convert("endpoints", Address.parse, e) for e in endpoints_value),
         transport=transport,  # type: ignore[arg-type]
         retry_budget=budget,
+        shadow=parse_shadow(r.table.get("shadow", {}), prefix=f"{prefix}.shadow", source=source, protocol=protocol),
     )

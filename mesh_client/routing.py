@@ -9,7 +9,9 @@ Sources (``[flags] source``):
 - ``"none"``: always ``default_route``.
 
 The flag for a service is the string flag ``flag_key`` (``mesh-route-{service}``) with the value
-``"envoy"`` or ``"haproxy"``. It is evaluated for a context of kind :data:`CONTEXT_KIND`
+``"envoy"`` or ``"haproxy"``, or a LaunchDarkly migration stage (``"off"``, ``"shadow"``,
+``"live"``, ``"complete"``; ``"dualwrite"`` reads as ``"off"``, ``"rampdown"`` as ``"complete"``:
+see :mod:`mesh_client.shadow.stages`). It is evaluated for a context of kind :data:`CONTEXT_KIND`
 (``"service"``) whose key is the caller's name, with attributes ``destination`` (the service
 called) and ``host`` (this machine's host name); percentage rollouts must name
 ``"contextKind": "service"`` (otherwise LaunchDarkly buckets every caller alike).
@@ -45,6 +47,7 @@ from typing import Any, Final, Protocol
 
 from .policy import Route
 from .registry import FlagsConfig, MeshConfig
+from .shadow.stages import stage_of
 
 __all__ = [
     "CONTEXT_KIND",
@@ -66,11 +69,14 @@ CONTEXT_KIND: Final = "service"
 
 @dataclass(frozen=True, slots=True)
 class RouteDecision:
-    """A route and why it was chosen (``reason`` is a short human phrase)."""
+    """A route and why it was chosen (``reason`` is a short human phrase). ``stage``: the
+    migration stage the flag answered (``"off"``, ``"shadow"``, ``"live"``, ``"complete"``), None
+    for a plain ``"haproxy"`` / ``"envoy"`` value."""
 
     route: Route
     reason: str
     flag_value: object = None
+    stage: str | None = None
 
 
 class Router(Protocol):
@@ -122,7 +128,7 @@ class FlagRouter:
         self._default = config.default_route
         self._client = client
         self._label = source_label
-        self._last_good: dict[str, Route] = {}
+        self._last_good: dict[str, tuple[Route, str | None]] = {}
         self._log_once = _LogOnce()
         self._contexts: dict[str, Any] = {}
         self._caller = config.caller
@@ -227,20 +233,39 @@ class FlagRouter:
         cacheable = not isinstance(reason, Mapping) or (
             reason.get("kind") != "ERROR" or reason.get("errorKind") in _CACHEABLE_ERRORS
         )
-        if value in ("envoy", "haproxy"):
-            route = Route(value)
-            self._last_good[service] = route
-            return RouteDecision(route, f"flag {key} = {value!r} ({_reason_text(reason)})", value), cacheable
+        staged = stage_of(value)
+        if value in ("envoy", "haproxy") or staged is not None:
+            route, stage = staged[1] if staged else Route(value), staged[0] if staged else None
+            self._last_good[service] = (route, stage)
+            text = f"flag {key} = {value!r} ({_reason_text(reason)})"
+            return RouteDecision(route, text, value, stage), cacheable
         if value is None:
             problem = f"flag {key} has no value ({_reason_text(reason)})"
         else:
-            problem = f"flag {key} has value {value!r}, expected 'envoy' or 'haproxy'"
+            problem = f"flag {key} has value {value!r}, expected 'envoy', 'haproxy' or a migration stage"
         last = self._last_good.get(service)
-        fallback = f"last good flag value {last.value}" if last else f"default_route {self._default.value}"
+        fallback = f"default_route {self._default.value}"
+        if last:
+            fallback = f"last good flag value {last[1] or last[0].value}"
         self._log_once(
             service, problem.split(" (")[0], "mesh_client: %s from %s; using the %s", problem, self._label, fallback
         )
-        return RouteDecision(last or self._default, f"{problem}; using {fallback}", value), cacheable
+        route, stage = last or (self._default, None)
+        return RouteDecision(route, f"{problem}; using {fallback}", value, stage), cacheable
+
+    def migration_variation(self, service: str) -> tuple[Any, Any] | None:
+        """LaunchDarkly's ``migration_variation`` of ``service``'s route flag: (``Stage``,
+        ``OpTracker``), for the migration op events of shadow reads; None without a LaunchDarkly
+        client (or one without migration support). Evaluated anew, never cached."""
+        client = self._client
+        if client is None or not callable(getattr(client, "migration_variation", None)):
+            return None
+        from ldclient.migrations import Stage
+
+        default = Stage.COMPLETE if self._default is Route.ENVOY else Stage.OFF
+        key, context = self._flags.key_for(service), self._context(service)
+        result: tuple[Any, Any] = client.migration_variation(key, context, default)
+        return result
 
     def flag_version(self, service: str) -> int | None:
         """The version of ``service``'s route flag the client holds now (None: no such flag).

@@ -402,6 +402,8 @@ class CallTelemetry:
         variant = getattr(info, "variant", None)
         if variant is not None:
             attributes["mesh.variant"] = variant
+        if info.stage is not None:  # the migration stage the route flag answered (shadow reads)
+            attributes["mesh.stage"] = info.stage
         if error_type is not None:
             attributes["error.type"] = error_type
         return attributes

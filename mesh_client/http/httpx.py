@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import http.client
 import sys
 import urllib.request
@@ -34,6 +35,7 @@ from ..info import INFO_KEY
 from ..mesh import Mesh
 from ..policy import CallOptions
 from ..registry import Address
+from ..shadow.answers import httpx_answer
 from ..telemetry import no_http_instrumentation
 from ..wire import Wire, WireFailure, WireRequest, current_wire
 from . import httpx_errors  # noqa: F401 - registers the combined exceptions raised here
@@ -231,6 +233,9 @@ class MeshTransport(_MeshTransportMixin, httpx.BaseTransport):
 
         with no_http_instrumentation():  # one CLIENT span per call: ours
             result = drive(run, send, lambda r: r.close())
+        if run.shadow is not None:  # a copy down the other route, compared off this thread
+            send_again = functools.partial(_whole, self.handle_request, request)
+            run.shadow.submit(result, _answer_of(), send_again, _target(request))
         return self._finish(result, request)
 
     def _read_body(self, response: httpx.Response, request: httpx.Request, timer: BodyTimer) -> httpx.Response | Broken:
@@ -312,6 +317,9 @@ class AsyncMeshTransport(_MeshTransportMixin, httpx.AsyncBaseTransport):
 
         with no_http_instrumentation():  # one CLIENT span per call: ours
             result = await drive_async(run, send, discard)
+        if run.shadow is not None:  # a copy down the other route, compared in a task of its own
+            send_again = functools.partial(_whole_async, self.handle_async_request, request)
+            run.shadow.submit_task(result, _answer_of(), send_again, _target(request))
         return self._finish(result, request)
 
     async def _read_body(
@@ -335,6 +343,32 @@ class AsyncMeshTransport(_MeshTransportMixin, httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self.transport.aclose()
+
+
+def _whole(handle: Any, request: httpx.Request) -> httpx.Response:
+    """``handle(request)`` with the body read within the call's time (for a shadow copy)."""
+    token = _WHOLE_BODY.set(True)
+    try:
+        response: httpx.Response = handle(request)
+    finally:
+        _WHOLE_BODY.reset(token)
+    return response
+
+
+async def _whole_async(handle: Any, request: httpx.Request) -> httpx.Response:
+    """The asyncio twin of :func:`_whole` (in the copy's own task: no reset needed)."""
+    _WHOLE_BODY.set(True)
+    response: httpx.Response = await handle(request)
+    return response
+
+
+def _answer_of() -> Any:
+    """How a shadow copy reads the caller's response: not at all when the caller streams it."""
+    return httpx_answer if _WHOLE_BODY.get() else None
+
+
+def _target(request: httpx.Request) -> str:
+    return request.url.raw_path.decode("ascii", "replace")
 
 
 def _after_fork(transport: MeshTransport | AsyncMeshTransport) -> None:

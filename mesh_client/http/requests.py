@@ -13,6 +13,7 @@ streams (``stream=True``), the adapter reads the body within the attempt's time,
 
 from __future__ import annotations
 
+import functools
 import http.client
 import io
 from collections.abc import Mapping
@@ -32,6 +33,7 @@ from ..fork import reset_in_child
 from ..info import INFO_KEY
 from ..mesh import Mesh
 from ..registry import ServiceConfig
+from ..shadow.answers import requests_answer
 from ..telemetry import no_http_instrumentation
 from ..wire import Wire, WireFailure, WireRequest, current_wire
 from . import requests_errors  # noqa: F401 - registers the combined exceptions raised here
@@ -208,6 +210,9 @@ class MeshAdapter(HTTPAdapter):
             return Responded(response, status, headers, body)
 
         result = drive(run, send_attempt, lambda response: response.close())
+        if run.shadow is not None:  # a copy down the other route, compared off this thread
+            send = functools.partial(self.send, request, verify=verify, cert=cert)
+            run.shadow.submit(result, None if stream else requests_answer, send, path)
         if isinstance(result, Fail):
             native = result.cause
             if native is None:

@@ -40,9 +40,12 @@ from ..core import Failure
 from ..mesh import Mesh
 from ..policy import Route
 from ..registry import MeshConfig
+from ..shadow import SHADOW_HEADER
+from ..shadow.stats import ShadowEvent, ShadowStats
 from ..wire import WireFailure, WireReply, WireRequest, use_wire
 from .envoy_model import BackOff, RetryCircuit, Upset, retried
 from .replies import Reply
+from .shadowing import ShadowRecorder
 
 __all__ = ["Call", "FakeMesh", "Headers", "ProxyRequest", "UpstreamRequest"]
 
@@ -153,6 +156,11 @@ class Call:
         return self.sent[0].headers
 
     @property
+    def shadow_copy(self) -> bool:
+        """Whether this call is a shadow copy of another (it carries ``x-mesh-shadow``)."""
+        return SHADOW_HEADER in self.headers
+
+    @property
     def attempts(self) -> int:
         """How many requests the service's instances received for this call."""
         return len(self.upstream)
@@ -238,6 +246,7 @@ class FakeMesh:
         self._breakers: dict[str, RetryCircuit] = {}
         self._meshes: list[Mesh] = []
         self._stack: contextlib.ExitStack | None = None
+        self._shadow = ShadowRecorder()
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -245,6 +254,7 @@ class FakeMesh:
         stack = contextlib.ExitStack()
         stack.enter_context(clock.use_virtual_clock(self.clock))
         stack.enter_context(use_wire(self))
+        stack.enter_context(self._shadow.recording())
         self._stack = stack
         return self
 
@@ -318,6 +328,16 @@ class FakeMesh:
         self.clock.advance(seconds)
 
     # -- reading back ------------------------------------------------------------------------------
+
+    def shadow_stats(self, service: str, *, timeout: float = 5.0) -> ShadowStats:
+        """The shadow copies of ``service``'s calls made during the test (every mesh's), once the
+        copies in flight have finished: ``compared``, ``matched``, ``mismatched``, ``errors``,
+        ``skipped`` (see :class:`~mesh_client.testing.shadowing.ShadowRecorder`)."""
+        return self._shadow.stats(service, timeout=timeout)
+
+    def shadow_events(self, service: str, *, timeout: float = 5.0) -> list[ShadowEvent]:
+        """Each copy's outcome for ``service`` (a mismatch's differences included)."""
+        return self._shadow.events(service, timeout=timeout)
 
     def calls_to(self, service: str) -> list[Call]:
         return [c for c in self.calls if c.service == service]

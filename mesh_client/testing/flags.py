@@ -9,6 +9,7 @@ once, through the SDK's update sink, so flag-change listeners fire as with the r
     def test_canary(mesh_flags, fake_mesh):
         mesh_flags.route("users", "envoy")
         mesh_flags.rollout("billing", envoy_percent=30)
+        mesh_flags.stage("search", "shadow")     # a migration stage: HAProxy answers, Envoy gets copies
         mesh = fake_mesh.mesh("mesh.toml")       # meshes built while mesh_flags is active use it
         ...
         mesh_flags.route("users", "haproxy")     # a flip, seen by the very next call
@@ -19,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from ldclient.config import Config
@@ -28,6 +29,7 @@ from ldclient.interfaces import FeatureStore, UpdateProcessor
 from ..policy import Route
 from ..registry import FlagsConfig
 from ..routing import rollout_flag, route_flag, use_flag_client_factory
+from ..shadow.flags import stage_flag, stage_rollout_flag
 
 __all__ = ["MeshFlags"]
 
@@ -53,6 +55,17 @@ class MeshFlags:
         rollout_flag("check", envoy_percent)  # validates the percentage now, not at evaluation
         self._set(service, ("rollout", (envoy_percent, bucket_by)))
 
+    def stage(self, service: str, stage: str) -> None:
+        """Answer the migration stage ``stage`` for ``service`` (``"off"``, ``"shadow"``,
+        ``"live"``, ``"complete"``, ``"dualwrite"``, ``"rampdown"``; see docs/shadow.md)."""
+        stage_flag("check", stage)  # validates the stage now, not at evaluation
+        self._set(service, ("stage", stage))
+
+    def stage_rollout(self, service: str, percents: Mapping[str, float], *, bucket_by: str = "key") -> None:
+        """Answer each stage to its percentage of callers (``{"shadow": 50, "off": 50}``)."""
+        stage_rollout_flag("check", percents)  # validates now
+        self._set(service, ("stages", (dict(percents), bucket_by)))
+
     def clear(self, service: str) -> None:
         """Delete ``service``'s flag. As with LaunchDarkly, a mesh that has seen a value keeps the
         last good one; a mesh that never saw one takes the registry's ``default_route``."""
@@ -77,6 +90,10 @@ class MeshFlags:
         kind, arg = rule
         if kind == "route":
             return route_flag(key, arg, version)
+        if kind == "stage":
+            return stage_flag(key, arg, version)
+        if kind == "stages":
+            return stage_rollout_flag(key, arg[0], version, bucket_by=arg[1])
         percent, bucket_by = arg
         return rollout_flag(key, percent, version, bucket_by=bucket_by)
 

@@ -37,11 +37,12 @@ from thriftpy2.thrift import TApplicationException, TMessageType, args_to_kwargs
 from thriftpy2.transport import TTransportException
 
 from ..context import MESH_SERVICE_HEADER
-from ..core import Attempt, Broken, Done, Failure, Responded, drive
+from ..core import Attempt, Broken, Done, Fail, Failure, Responded, drive
 from ..errors import MeshConnectError, MeshTimeoutError, ThriftRoutingError, as_mesh_error
 from ..fork import reset_in_child
 from ..policy import Route
 from ..registry import Address, ServiceConfig
+from ..shadow.answers import shadow_thrift
 from ..wire import ThriftCall, Wire, WireFailure, WireRequest, current_wire
 from . import errors as _errors  # noqa: F401 - registers the combined exceptions raised here
 from .theader import FrameError, decode_header_frame, encode_framed, encode_header_frame, read_frame
@@ -290,6 +291,13 @@ class ThriftClient:
             return self._attempt(attempt, api, call_args, result_cls, oneway)
 
         result = drive(run, send, lambda reply: None)
+        if run.shadow is not None:  # a copy down the other route, compared off this thread
+            again = None if oneway else functools.partial(self._call, api, *args, **kwargs)
+            return shadow_thrift(run.shadow, result, lambda: self._outcome_of(result, api, oneway), again, api)
+        return self._outcome_of(result, api, oneway)
+
+    def _outcome_of(self, result: Done[_Reply] | Fail, api: str, oneway: bool) -> Any:
+        """What the call returns (or raises): its result, or the error."""
         if not isinstance(result, Done):
             # the classes a thriftpy2 client raises: builtin TimeoutError for timeouts, else
             # TTransportException (the socket error stays visible as the cause)

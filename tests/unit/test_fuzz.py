@@ -70,6 +70,7 @@ GOOD: dict[str, list[Any]] = {
     "idempotent_methods": [["GET"], ["get_user"], []],
     "transport": ["framed", "header"],
     "retry_budget": [{"percent": 20}, {"min_per_second": 0, "ttl": 1}, {}],
+    "shadow": [{"sample": 1.0, "ignore_json": ["items[].etag"]}, {"max_in_flight": 1, "compare_headers": ["etag"]}, {}],
 }
 scalars = st.one_of(
     st.none(),
