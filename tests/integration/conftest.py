@@ -1,14 +1,15 @@
 """Real components for the integration tests: a recording backend, Envoy and HAProxy.
 
 Everything binds 127.0.0.1 on ports picked at run time and is stopped by its own handle. When a
-binary is missing the tests skip with the install hint, or fail when ``CI`` is set.
+binary is missing the tests skip with the install hint, or fail when ``CI`` is ``true``/``1``.
+Every test of this folder is marked ``real`` (tests/conftest.py), so ``-m "not real"`` leaves
+them all out.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,14 +26,13 @@ from mesh_client.registry import MeshConfig, load_mapping
 from mesh_client.routing import route_flag, write_flag_file
 from mesh_client.sidecar import SidecarProcess, envoy_binary, free_port, haproxy_binary, start_envoy, start_haproxy
 from mesh_client.testing import Backend
-
-pytestmark = pytest.mark.real
+from mesh_client.testing.plugin import in_ci
 
 
 def require(binary: str | None, what: str, hint: str) -> str:
     if binary is None:
         message = f"{what} is not installed: {hint}"
-        if os.environ.get("CI"):
+        if in_ci():
             pytest.fail(message + " (CI is set, so this fails instead of skipping)")
         pytest.skip(message)
     return binary
