@@ -170,7 +170,8 @@ MUTANTS = [
     Mutant(
         "overflow-is-a-reset",
         "mesh_client/envoy.py",
-        '        if "overflow" in reason:  # a circuit breaker refused it: never sent\n            return "overloaded"\n',
+        '        if "overflow" in reason:  # a circuit breaker refused it: never sent\n'
+        '            return "overloaded"\n',
         "",
         "a circuit-breaker overflow read as a reset that may have reached the upstream",
     ),
