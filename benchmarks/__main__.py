@@ -2,7 +2,7 @@
 
 Sections: 1 per-call overhead (sequential), 2 decision path (+ cProfile), 3 async concurrency
 sweep, 4 memory, 6 Thrift framed vs THeader vs thriftpy2, 7 fake_mesh vs a real Envoy, 8 the
-caller-side cost of a shadowed call, 5 with the OpenTelemetry SDK (always
+caller-side cost of a shadowed call, 9 a call with and without routing overrides, 5 with the OpenTelemetry SDK (always
 last: it installs global SDK providers).
 Targets are printed as met / NOT met; they never change the exit code. The exit code is non-zero
 only when a section fails to run.
@@ -27,7 +27,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import concurrency, decision, fixtures, memory, otel, report, sequential, shadow, thrift
+from . import concurrency, decision, fixtures, memory, otel, overrides, report, sequential, shadow, thrift
 from .world import World, start_world
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results.json"
@@ -66,6 +66,8 @@ class Plan:
     fixture_rounds: int = 5
     shadow_rounds: int = 6
     shadow_calls: int = 200
+    overrides_rounds: int = 7
+    overrides_calls: int = 300
 
 
 FULL = Plan(
@@ -102,6 +104,8 @@ QUICK = Plan(
     fixture_rounds=1,
     shadow_rounds=2,
     shadow_calls=30,
+    overrides_rounds=3,
+    overrides_calls=50,
 )
 
 
@@ -152,7 +156,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true", help="print the decision path's cProfile top 15")
     parser.add_argument(
         "--only",
-        default="1,2,3,4,6,7,8,5",
+        default="1,2,3,4,6,7,8,9,5",
         help="comma-separated sections to run (default: all); 5 always runs last",
     )
     parser.add_argument(
@@ -163,8 +167,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.sections = sorted({int(s) for s in args.only.split(",") if s.strip()})
     except ValueError:
         parser.error("--only takes section numbers, e.g. --only 1,2")
-    if not set(args.sections) <= {1, 2, 3, 4, 5, 6, 7, 8}:
-        parser.error("sections are 1 to 8")
+    if not set(args.sections) <= {1, 2, 3, 4, 5, 6, 7, 8, 9}:
+        parser.error("sections are 1 to 9")
     # 5 installs global SDK providers, so it runs last
     args.sections = [s for s in args.sections if s != 5] + ([5] if 5 in args.sections else [])
     return args
@@ -227,6 +231,13 @@ def main(argv: list[str] | None = None) -> int:
                 "shadow",
                 lambda: shadow.run(world, rounds=plan.shadow_rounds, calls=plan.shadow_calls, warmup=50),
                 shadow.render,
+            ),
+            9: (
+                "overrides",
+                lambda: overrides.run(
+                    world, rounds=plan.overrides_rounds, calls=plan.overrides_calls, warmup=plan.seq_warmup
+                ),
+                overrides.render,
             ),
             5: (
                 "otel_sdk",

@@ -9,7 +9,6 @@ framed client. Through Envoy or HAProxy each call also pays the proxy hop (see d
 from __future__ import annotations
 
 import tempfile
-import threading
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -56,8 +55,7 @@ def run(*, rounds: int, calls: int, warmup: int) -> dict[str, Any]:
         }
         mesh = stack.enter_context(Mesh.from_dict(data))
         server = make_server(users.Users, Handler(users), "127.0.0.1", port, mesh=mesh, transport="header")
-        thread = threading.Thread(target=server.serve, daemon=True)
-        thread.start()
+        thread = server.start()  # listening before it returns: the first call cannot be refused
         stack.callback(thread.join, 5)
         stack.callback(server.close)
         stack.enter_context(call_options(route="haproxy"))

@@ -22,6 +22,7 @@ from .errors import (
 )
 from .info import CallInfo, call_info
 from .mesh import Mesh
+from .overrides import current_overrides, route_overrides
 from .policy import CallOptions, CallPolicy, Route, call_options
 from .routing import RouteDecision
 
@@ -44,8 +45,10 @@ __all__ = [
     "asgi",
     "call_info",
     "call_options",
+    "current_overrides",
     "current_request_id",
     "deadline",
+    "route_overrides",
     "time_left",
     "wsgi",
 ]

@@ -5,8 +5,9 @@
     app = mesh_client.asgi.MeshMiddleware(app, mesh)
 
 For HTTP and WebSocket scopes, the app (streaming responses included) runs with the inbound
-deadline (``mesh_client.time_left()``), request id and OpenTelemetry context, restored when the
-app returns or raises. Lifespan and other scopes pass through.
+deadline (``mesh_client.time_left()``), request id, OpenTelemetry context and (as the registry's
+``[overrides]`` allows) routing overrides, restored when the app returns or raises. Lifespan and
+other scopes pass through.
 """
 
 from __future__ import annotations
@@ -60,7 +61,10 @@ class MeshMiddleware:
             return
         config = self.mesh.config
         end = begin_request(
-            scope_headers(scope), header_prefix=config.header_prefix, context_headers=config.context_headers
+            scope_headers(scope),
+            header_prefix=config.header_prefix,
+            context_headers=config.context_headers,
+            overrides=config.overrides,
         )
         try:
             await self.app(scope, receive, send)

@@ -32,9 +32,11 @@ from opentelemetry.propagators.textmap import Setter
 from opentelemetry.trace import INVALID_SPAN_CONTEXT as _INVALID_SPAN_CONTEXT
 from opentelemetry.trace import get_current_span as _get_current_span
 
+from .overrides import Overrides, admit_inbound, enter_request, leave_request
 from .shadow import SHADOW_HEADER
 from .telemetry import trace_state
 from .tracestate import format_tracestate, parse_tracestate
+from .variants import OverridesConfig
 
 __all__ = [
     "MESH_TIMEOUT_HEADER",
@@ -82,7 +84,7 @@ NEVER_FORWARDED: Final = frozenset(
         SHADOW_HEADER,  # (likewise)
     }
 )
-NEVER_FORWARDED_PREFIXES: Final = ("x-envoy-", "x-forwarded-", "proxy-")
+NEVER_FORWARDED_PREFIXES: Final = ("x-envoy-", "x-forwarded-", "proxy-", "x-mesh-")
 
 #: Longest inbound deadline honoured (one day); larger values are treated as no deadline.
 MAX_INBOUND_TIMEOUT_MS: Final = 86_400_000
@@ -125,6 +127,8 @@ class Inbound:
     context_headers: tuple[tuple[str, str], ...] = ()
     replaced_request_id: bool = False
     carrier: Mapping[str, str] = field(default_factory=dict, repr=False)
+    #: the request's routing overrides, when ``[overrides]`` accepts them (see mesh_client.overrides)
+    overrides: Overrides | None = None
     #: the request arrived with ``x-mesh-shadow`` (it is a shadow copy): its calls make no copies
     #: and carry the header on
     shadow: bool = False
@@ -172,8 +176,15 @@ def _parse_ms(value: str) -> float | None:
     return ms / 1000.0 if 0 < ms <= MAX_INBOUND_TIMEOUT_MS else None
 
 
-def read_inbound(headers: Mapping[str, str], *, header_prefix: str, context_headers: Iterable[str]) -> Inbound:
+def read_inbound(
+    headers: Mapping[str, str],
+    *,
+    header_prefix: str,
+    context_headers: Iterable[str],
+    overrides: OverridesConfig | None = None,
+) -> Inbound:
     """Keep what mesh_client trusts from an inbound request's headers (lower-case names).
+    ``x-mesh-override`` is kept only as ``overrides`` (the registry's ``[overrides]``) allows.
 
     Never raises: a malformed value is ignored (the deadline) or replaced (the request id).
     """
@@ -205,6 +216,7 @@ def read_inbound(headers: Mapping[str, str], *, header_prefix: str, context_head
         context_headers=tuple(kept),
         replaced_request_id=replaced,
         carrier=headers,
+        overrides=admit_inbound(headers, overrides),
         shadow=bool(headers.get(SHADOW_HEADER, "").strip()),
     )
 
@@ -332,10 +344,15 @@ def _extract(headers: Mapping[str, str], current: Any) -> Any:
 
 
 def begin_request(
-    headers: Mapping[str, str], *, header_prefix: str, context_headers: Iterable[str]
+    headers: Mapping[str, str],
+    *,
+    header_prefix: str,
+    context_headers: Iterable[str],
+    overrides: OverridesConfig | None = None,
 ) -> Callable[[], None]:
     """Enter the context of an inbound request (lower-case header names): its deadline, request
-    id and OpenTelemetry context. Returns the function that restores the previous state; call it
+    id, OpenTelemetry context and routing overrides (those ``overrides`` accepts; none else are
+    in force inside the request). Returns the function that restores the previous state; call it
     in the same context (thread / task / ``contextvars.Context``) when the request ends.
 
     Never raises because of a header value.
@@ -345,8 +362,9 @@ def begin_request(
 
     from .deadline import restore_deadline, shrink_deadline
 
-    inbound = read_inbound(headers, header_prefix=header_prefix, context_headers=context_headers)
+    inbound = read_inbound(headers, header_prefix=header_prefix, context_headers=context_headers, overrides=overrides)
     inbound_token = _inbound.set(inbound)
+    overrides_token = enter_request(inbound.overrides)
     deadline_token = shrink_deadline(inbound.timeout) if inbound.timeout is not None else None
     current = otel_context.get_current()
     if trace.get_current_span(current).get_span_context().is_valid:
@@ -364,6 +382,7 @@ def begin_request(
         otel_context.detach(otel_token)
         if deadline_token is not None:
             restore_deadline(deadline_token)
+        leave_request(overrides_token)
         _inbound.reset(inbound_token)
 
     return end

@@ -219,10 +219,12 @@ _DROP_WITH_REQUEST_ID: Final = DROPPED_HEADERS | {REQUEST_ID_HEADER}
 
 def _drop_prefixes(header_prefix: str) -> tuple[str, ...]:
     """Caller-set Envoy control headers never go out (configured or stock prefix), nor a previous
-    hop's X-Forwarded-* claims (with X-Forwarded-For, Envoy would ignore every x-envoy-* header)."""
+    hop's X-Forwarded-* claims (with X-Forwarded-For, Envoy would ignore every x-envoy-* header),
+    nor mesh_client's own ``x-mesh-*`` headers (routing overrides, variant, shadow copies: only the
+    library sets them)."""
     prefixes = _DROP_PREFIXES.get(header_prefix)
     if prefixes is None:
-        prefixes = tuple(dict.fromkeys((header_prefix + "-", "x-envoy-", "x-forwarded-", "proxy-")))
+        prefixes = tuple(dict.fromkeys((header_prefix + "-", "x-envoy-", "x-forwarded-", "proxy-", "x-mesh-")))
         _DROP_PREFIXES[header_prefix] = prefixes
     return prefixes
 
@@ -361,6 +363,10 @@ class CallRun(Generic[R]):
     stage: str | None = None
     #: the copy of this call to make once it is answered (a ``mesh_client.shadow.runner.ShadowCall``)
     shadow: Any = None
+    #: the variant a routing override sends the call to on the Envoy route, and the one it
+    #: reaches on the HAProxy route (see mesh_client.steering); None: the main deployment
+    variant: str | None = None
+    haproxy_variant: str | None = None
 
     def __init__(
         self,
@@ -687,6 +693,7 @@ class CallRun(Generic[R]):
             route_reason=self.route_reason,
             elapsed=self.plan.clock() - self.started,
             retry_budget_exhausted=self.budget_exhausted,
+            variant=self.variant and (self.variant if self.route is _ENVOY else self.haproxy_variant),
             stage=self.stage,
         )
 

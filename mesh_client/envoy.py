@@ -12,17 +12,21 @@ switch off a retry policy configured on the route; retry-on tokens are comma-sep
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Collection, Mapping
 from typing import Final
 
 __all__ = [
     "CONNECT_FAILURE_RETRY_ON",
+    "DEFAULT_PREFIX",
     "ENVOY_ERROR_KINDS",
     "RESET_RETRY_ON",
+    "HeaderNames",
     "attempt_count",
     "classify_reply",
     "control_header_names",
+    "header_names",
     "may_be_local_reply",
     "policy_header_template",
     "policy_headers",
@@ -30,6 +34,36 @@ __all__ = [
     "timeout_ms",
     "upstream_service_time",
 ]
+
+#: Envoy's ``header_prefix`` unless its bootstrap sets another (``mesh.header_prefix`` follows it).
+DEFAULT_PREFIX: Final = "x-envoy"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HeaderNames:
+    """Envoy's header names under one ``header_prefix``, made by :func:`header_names`: each is the
+    prefix, a dash and the field's name with dashes (``x-envoy-upstream-rq-timeout-ms``)."""
+
+    upstream_rq_timeout_ms: str
+    upstream_rq_per_try_timeout_ms: str
+    upstream_rq_timeout_alt_response: str
+    retry_on: str
+    max_retries: str
+    retriable_status_codes: str
+    #: added by Envoy to requests it forwards (the time the service has); the client never sends it
+    expected_rq_timeout_ms: str
+    upstream_service_time: str
+    attempt_count: str
+    overloaded: str
+    drop_overload: str
+    ratelimited: str
+
+
+@functools.lru_cache(maxsize=64)
+def header_names(prefix: str) -> HeaderNames:
+    """Envoy's header names under ``prefix`` (``x-envoy``, or the bootstrap's ``header_prefix``)."""
+    return HeaderNames(*(f"{prefix}-{field.name.replace('_', '-')}" for field in dataclasses.fields(HeaderNames)))
+
 
 #: The values ``call_info(r).envoy_error`` can take.
 ENVOY_ERROR_KINDS: Final = frozenset(
@@ -71,7 +105,7 @@ def retry_on_covers_status(
         or ("gateway-error" in tokens and status in (502, 503, 504))
         or ("retriable-4xx" in tokens and status == 409)
         or ("retriable-status-codes" in tokens and status in retriable_status_codes)
-        or ("envoy-ratelimited" in tokens and f"{prefix}-ratelimited" in headers)
+        or ("envoy-ratelimited" in tokens and header_names(prefix).ratelimited in headers)
     )
 
 
@@ -112,17 +146,18 @@ def policy_header_template(
     """:func:`policy_headers` in two parts: the name of the timeout header (whose value is the
     only per-call part) and the headers that follow it, made once per policy and cached.
     ``per_try_timeout`` is None when it is not below the call's timeout (no per-try header)."""
+    names = header_names(prefix)
     headers = []
     if per_try_timeout is not None:
-        headers.append((f"{prefix}-upstream-rq-per-try-timeout-ms", str(timeout_ms(per_try_timeout))))
+        headers.append((names.upstream_rq_per_try_timeout_ms, str(timeout_ms(per_try_timeout))))
     if retries > 0 and retry_on:
-        headers.append((f"{prefix}-retry-on", ",".join(retry_on)))
-        headers.append((f"{prefix}-max-retries", str(retries)))
+        headers.append((names.retry_on, ",".join(retry_on)))
+        headers.append((names.max_retries, str(retries)))
         if "retriable-status-codes" in retry_on and codes:
-            headers.append((f"{prefix}-retriable-status-codes", ",".join(str(c) for c in codes)))
+            headers.append((names.retriable_status_codes, ",".join(str(c) for c in codes)))
     else:
-        headers.append((f"{prefix}-max-retries", "0"))
-    return f"{prefix}-upstream-rq-timeout-ms", tuple(headers)
+        headers.append((names.max_retries, "0"))
+    return names.upstream_rq_timeout_ms, tuple(headers)
 
 
 def control_header_names(prefix: str, names: list[str] | tuple[str, ...] | set[str]) -> list[str]:
@@ -133,7 +168,7 @@ def control_header_names(prefix: str, names: list[str] | tuple[str, ...] | set[s
 
 def upstream_service_time(headers: Mapping[str, str], prefix: str) -> float | None:
     """Seconds Envoy measured upstream (``x-envoy-upstream-service-time``), or None."""
-    value = headers.get(f"{prefix}-upstream-service-time")
+    value = headers.get(header_names(prefix).upstream_service_time)
     if value is None:
         return None
     try:
@@ -145,7 +180,7 @@ def upstream_service_time(headers: Mapping[str, str], prefix: str) -> float | No
 
 def attempt_count(headers: Mapping[str, str], prefix: str) -> int | None:
     """Upstream attempts Envoy reports (``x-envoy-attempt-count``, if the route adds it)."""
-    value = headers.get(f"{prefix}-attempt-count")
+    value = headers.get(header_names(prefix).attempt_count)
     if value is None:
         return None
     try:
@@ -160,7 +195,7 @@ def may_be_local_reply(status: int, headers: Mapping[str, str], prefix: str) -> 
 
     Local replies never carry ``x-envoy-upstream-service-time`` and have tiny bodies.
     """
-    if status not in _LOCAL_REPLY_STATUSES or f"{prefix}-upstream-service-time" in headers:
+    if status not in _LOCAL_REPLY_STATUSES or header_names(prefix).upstream_service_time in headers:
         return False
     length = headers.get("content-length")
     if length is None:
@@ -178,14 +213,15 @@ def classify_reply(status: int, headers: Mapping[str, str], body: bytes | None, 
     (:func:`may_be_local_reply`), so a remote Envoy's reply is recognised only by its headers
     (overloaded, rate limited).
     """
-    if headers.get(f"{prefix}-overloaded") is not None or headers.get(f"{prefix}-drop-overload") is not None:
+    names = header_names(prefix)
+    if headers.get(names.overloaded) is not None or headers.get(names.drop_overload) is not None:
         return "overloaded"
-    if headers.get(f"{prefix}-ratelimited") is not None:
+    if headers.get(names.ratelimited) is not None:
         return "rate_limited"
     if status < 400 or body is None:
         return None
     text = body[:_MAX_LOCAL_REPLY_BODY].decode("latin-1").strip()
-    local = f"{prefix}-upstream-service-time" not in headers
+    local = names.upstream_service_time not in headers
     if text == "upstream request timeout" and status in (504, 204):
         return "timeout"
     if text == "no healthy upstream":

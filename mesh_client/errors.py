@@ -6,6 +6,8 @@
     ├── ConfigError (ValueError)   the registry is invalid; names the key and the file
     ├── InvalidServiceURL (ValueError)
     │                              a registered service addressed in a way the mesh cannot route
+    ├── InvalidOverride (ValueError)
+    │                              a routing override (route_overrides) that cannot be sent
     └── MeshTransportError         a call to a registered service failed below HTTP
         ├── MeshConnectError       no connection could be made (nothing was sent)
         ├── MeshTimeoutError       no answer in time (the request may have been processed)
@@ -48,6 +50,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ConfigError",
     "DeadlineExceeded",
+    "InvalidOverride",
     "InvalidServiceURL",
     "MeshConnectError",
     "MeshError",
@@ -89,6 +92,13 @@ class InvalidServiceURL(MeshError, ValueError):
 
     Registered services are called as ``http://<service>/path``: no port, no user info, no
     ``https`` (the sidecar and HAProxy take care of transport security between hosts).
+    """
+
+
+class InvalidOverride(MeshError, ValueError):
+    """A routing override that cannot be sent: a service or variant name outside the registry's
+    name rules, or more overrides (or a longer ``x-mesh-override`` header) than a hop accepts.
+    Raised by :func:`mesh_client.route_overrides` before anything is sent (see docs/overrides.md).
     """
 
 

@@ -34,6 +34,8 @@ class CallInfo:
     - ``elapsed``: seconds the whole call took in the client, retries included.
     - ``retry_budget_exhausted``: a retry the policy allowed was skipped (or Envoy was told not
       to retry) because the service's retry budget was empty.
+    - ``variant``: the variant of the service the call went to under a routing override
+      (``mesh_client.route_overrides``), None for the main deployment (see docs/overrides.md).
     - ``stage``: the migration stage the route flag answered for this call (``"off"``,
       ``"shadow"``, ``"live"``, ``"complete"``), None for a plain ``"haproxy"`` / ``"envoy"``
       value or a route forced by the call options (see docs/shadow.md).
@@ -48,6 +50,7 @@ class CallInfo:
     route_reason: str = ""
     elapsed: float = 0.0
     retry_budget_exhausted: bool = False
+    variant: str | None = None
     stage: str | None = None
 
 

@@ -17,12 +17,14 @@ from .context import outbound_headers
 from .core import CallRun, ServicePlan
 from .errors import InvalidServiceURL, MeshError
 from .fork import reset_in_child
+from .overrides import in_force as overrides_in_force
 from .policy import NO_OPTIONS, UNSET, CallOptions, current_options
 from .registry import Address, MeshConfig, ServiceConfig, load_file, load_mapping
 from .routing import FlagRouter, RouteDecision, Router, make_router
 from .shadow.runner import ShadowRunner, copy_order
 from .shadow.stages import COPYING
 from .shadow.stats import ShadowStats
+from .steering import Steering
 from .telemetry import call_telemetry
 
 if TYPE_CHECKING:
@@ -66,6 +68,8 @@ class Mesh:
         self._plans: dict[str, ServicePlan] = {}
         #: the copies made at the shadow and live stages (see mesh_client.shadow)
         self._shadow = ShadowRunner(config, self._router)
+        #: applies the routing overrides in force to each call (see mesh_client.overrides)
+        self._steering = Steering(config)
         self._serial = next(_serials)
         _live.add(self)
         reset_in_child(self, Mesh._after_fork)
@@ -161,6 +165,13 @@ class Mesh:
             if telemetry is not None:
                 telemetry.span.end()
             raise
+        overrides = overrides_in_force()
+        if overrides is not None:  # routing overrides: carried on; maybe a variant (mesh_client.steering)
+            forced = options is not NO_OPTIONS and options.route is not UNSET
+            plan, route, reason, headers, variant, haproxy_variant = self._steering.steer(
+                overrides, plan, route, reason, forced=forced
+            )
+            context_headers += headers
         run: CallRun[Any] = CallRun(
             plan,
             method,
@@ -172,9 +183,11 @@ class Mesh:
             idempotent=idempotent,
             replayable=replayable,
         )
+        if overrides is not None:
+            run.variant, run.haproxy_variant = variant, haproxy_variant
         if stage is not None:
             run.stage = stage
-            if stage in COPYING:
+            if stage in COPYING and run.variant is None:  # (a call to a variant is not copied)
                 run.shadow = self._shadow.for_call(run, idempotent, replayable)
         return run
 

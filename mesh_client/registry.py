@@ -32,6 +32,7 @@ from .policy import (
     check_status_codes,
 )
 from .shadow.config import DEFAULT_SHADOW, ShadowConfig, parse_shadow
+from .variants import DEFAULT_OVERRIDES, NO_VARIANTS, OverridesConfig, Variants, parse_overrides_table, parse_variants
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -130,6 +131,7 @@ class ServiceConfig:
     endpoints: tuple[Address, ...] = ()
     transport: ThriftTransport = "framed"
     retry_budget: RetryBudgetConfig = DEFAULT_BUDGET
+    variants: Variants = NO_VARIANTS
     shadow: ShadowConfig = DEFAULT_SHADOW
 
 
@@ -148,6 +150,7 @@ class MeshConfig:
     context_headers: tuple[str, ...] = ()
     flags: FlagsConfig = field(default_factory=FlagsConfig)
     source: str = "<dict>"
+    overrides: OverridesConfig = DEFAULT_OVERRIDES
 
     def service(self, name: str) -> ServiceConfig:
         try:
@@ -190,6 +193,7 @@ _SERVICE_KEYS: Final = {
     "endpoints",
     "transport",
     "retry_budget",
+    "variants",
     "shadow",
 }
 
@@ -279,7 +283,7 @@ def load_file(path: str | Path) -> MeshConfig:
 
 def load_mapping(data: Mapping[str, Any], *, source: str = "<dict>", base_dir: Path | None = None) -> MeshConfig:
     """Validate registry data (the parsed TOML) into a :class:`MeshConfig`."""
-    root = _Reader(data, "", source, {"mesh", "flags", "services"})
+    root = _Reader(data, "", source, {"mesh", "flags", "services", "overrides"})
     if not root.has("mesh"):
         raise root.fail("mesh", "the [mesh] table is required")
     mesh = _Reader(data["mesh"], "mesh", source, _MESH_KEYS)
@@ -326,6 +330,7 @@ def load_mapping(data: Mapping[str, Any], *, source: str = "<dict>", base_dir: P
         services=MappingProxyType(services),
         flags=flags,
         source=source,
+        overrides=parse_overrides_table(data.get("overrides"), source=source),
     )
 
 
@@ -428,5 +433,8 @@ def _service(name: str, table: object, source: str) -> ServiceConfig:
         endpoints=tuple(r.convert("endpoints", Address.parse, e) for e in endpoints_value),
         transport=transport,  # type: ignore[arg-type]
         retry_budget=budget,
+        variants=parse_variants(
+            r.table.get("variants", {}), prefix=f"{prefix}.variants", source=source, address=Address.parse
+        ),
         shadow=parse_shadow(r.table.get("shadow", {}), prefix=f"{prefix}.shadow", source=source, protocol=protocol),
     )

@@ -398,10 +398,8 @@ class CallTelemetry:
             attributes["mesh.envoy_error"] = info.envoy_error
         if kind:
             attributes["mesh.error_kind"] = kind
-        # the hook for the call's variant: CallInfo.variant (added by the variants work) -> mesh.variant
-        variant = getattr(info, "variant", None)
-        if variant is not None:
-            attributes["mesh.variant"] = variant
+        if info.variant is not None:  # the variant a routing override sent the call to
+            attributes["mesh.variant"] = info.variant
         if info.stage is not None:  # the migration stage the route flag answered (shadow reads)
             attributes["mesh.stage"] = info.stage
         if error_type is not None:

@@ -6,7 +6,9 @@
 
 Inside the request (streaming responses included) ``mesh_client.time_left()`` is the time the
 caller gave (``x-envoy-expected-rq-timeout-ms``, ``grpc-timeout`` or ``x-mesh-timeout-ms``), mesh
-calls carry the inbound ``x-request-id`` and continue the inbound trace. Everything is set in a
+calls carry the inbound ``x-request-id`` and continue the inbound trace, and the request's routing
+overrides are in force when the registry's ``[overrides]`` accepts them (see
+:mod:`mesh_client.overrides`). Everything is set in a
 private ``contextvars.Context`` that the app and its response iterator run in, so nothing leaks
 into the server's thread, whatever the app does.
 """
@@ -50,6 +52,7 @@ class MeshMiddleware:
             environ_headers(environ),
             header_prefix=config.header_prefix,
             context_headers=config.context_headers,
+            overrides=config.overrides,
         )
         try:
             result = ctx.run(self.app, environ, start_response)

@@ -2,11 +2,13 @@
 
 - :func:`envoy_bootstrap`: an Envoy bootstrap with the egress HTTP listener at ``mesh.envoy_http``
   (one virtual host per HTTP service, matched on its ``envoy_host`` with or without a port) and
-  one cluster per service built from ``endpoints``. The listener sets ``use_remote_address`` and
-  ``internal_address_config`` for loopback: without them Envoy ignores every ``x-envoy-*`` header
-  the client sends.
+  one cluster per service built from ``endpoints``; each variant of a service gets its own cluster
+  (``users:canary``) and a route matching ``x-mesh-variant: canary`` ahead of the service's own.
+  The listener sets ``use_remote_address`` and ``internal_address_config`` for loopback: without
+  them Envoy ignores every ``x-envoy-*`` header the client sends.
 - :func:`haproxy_config`: SmartStack-style HAProxy: one local port per service, ``mode http``
-  for HTTP services and ``mode tcp`` for Thrift services.
+  for HTTP services and ``mode tcp`` for Thrift services; one more per variant with a ``haproxy``
+  port.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from typing import Any
 
 from ..context import MESH_SERVICE_HEADER
 from ..errors import ConfigError
+from ..overrides import VARIANT_HEADER
 from ..registry import Address, MeshConfig, ServiceConfig
+from ..variants import framed_service_name, variant_cluster
 
 __all__ = ["envoy_bootstrap", "envoy_bootstrap_json", "haproxy_config"]
 
@@ -34,14 +38,19 @@ def _socket(address: Address) -> dict[str, Any]:
     return {"socket_address": {"address": address.host, "port_value": address.port}}
 
 
-def _cluster(svc: ServiceConfig) -> dict[str, Any]:
-    endpoints = [{"endpoint": {"address": _socket(a)}} for a in svc.endpoints]
-    static = all(a.is_ip for a in svc.endpoints)
+def _cluster(svc: ServiceConfig, name: str = "", endpoints: tuple[Address, ...] | None = None) -> dict[str, Any]:
+    """The cluster of ``svc`` (or of one of its variants: ``name`` and ``endpoints``)."""
+    name = name or svc.name
+    addresses = svc.endpoints if endpoints is None else endpoints
+    static = all(a.is_ip for a in addresses)
     cluster: dict[str, Any] = {
-        "name": svc.name,
+        "name": name,
         "type": "STATIC" if static else "STRICT_DNS",
         "connect_timeout": CONNECT_TIMEOUT,
-        "load_assignment": {"cluster_name": svc.name, "endpoints": [{"lb_endpoints": endpoints}]},
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket(a)}} for a in addresses]}],
+        },
     }
     if svc.protocol == "thrift":
         # the instances speak the service's own framing (HAProxy passes it through unchanged)
@@ -50,13 +59,33 @@ def _cluster(svc: ServiceConfig) -> dict[str, Any]:
     return cluster
 
 
-def _thrift_route(svc: ServiceConfig) -> dict[str, Any]:
+def _clusters(svc: ServiceConfig) -> list[dict[str, Any]]:
+    """The service's cluster, then one per variant (``users:canary``)."""
+    variants = [_cluster(svc, variant_cluster(svc.name, v.name), v.endpoints) for v in svc.variants.values()]
+    return [_cluster(svc), *variants]
+
+
+def _variant_match(name: str) -> dict[str, Any]:
+    return {"name": VARIANT_HEADER, "string_match": {"exact": name}}
+
+
+def _thrift_routes(svc: ServiceConfig) -> list[dict[str, Any]]:
+    """The service's routes: one per variant first, then its own."""
+    routes = []
     if svc.transport == "header":
         # THeader calls name their service in a header; the server sees the plain method name
         header = {"name": MESH_SERVICE_HEADER, "string_match": {"exact": svc.name}}
-        return {"match": {"method_name": "", "headers": [header]}, "route": {"cluster": svc.name}}
-    # framed calls carry "<service>:<method>"; Envoy strips the prefix before the server sees it
-    return {"match": {"service_name": svc.name}, "route": {"cluster": svc.name, "strip_service_name": True}}
+        for v in svc.variants.values():
+            match = {"method_name": "", "headers": [header, _variant_match(v.name)]}
+            routes.append({"match": match, "route": {"cluster": variant_cluster(svc.name, v.name)}})
+        return [*routes, {"match": {"method_name": "", "headers": [header]}, "route": {"cluster": svc.name}}]
+    # framed calls carry "<service>:<method>" ("<service>~<variant>:<method>" for a variant);
+    # Envoy strips the prefix before the server sees it
+    for v in svc.variants.values():
+        cluster = variant_cluster(svc.name, v.name)
+        match = {"service_name": framed_service_name(svc.name, v.name)}
+        routes.append({"match": match, "route": {"cluster": cluster, "strip_service_name": True}})
+    return [*routes, {"match": {"service_name": svc.name}, "route": {"cluster": svc.name, "strip_service_name": True}}]
 
 
 def _thrift_listener(config: MeshConfig, services: list[ServiceConfig]) -> dict[str, Any]:
@@ -66,7 +95,7 @@ def _thrift_listener(config: MeshConfig, services: list[ServiceConfig]) -> dict[
         "stat_prefix": "egress_thrift",
         "transport": "AUTO_TRANSPORT",  # framed and THeader callers on one port
         "protocol": "BINARY",
-        "route_config": {"name": "mesh_thrift", "routes": [_thrift_route(s) for s in services]},
+        "route_config": {"name": "mesh_thrift", "routes": [r for s in services for r in _thrift_routes(s)]},
         "thrift_filters": [{"name": "envoy.filters.thrift.router", "typed_config": {"@type": _THRIFT_ROUTER}}],
     }
     return {
@@ -77,18 +106,22 @@ def _thrift_listener(config: MeshConfig, services: list[ServiceConfig]) -> dict[
 
 
 def _virtual_host(svc: ServiceConfig) -> dict[str, Any]:
+    # the route's own timeout serves callers that send no x-envoy-upstream-rq-timeout-ms
+    timeout = f"{svc.policy.timeout:g}s"
+    # a call to a variant carries x-mesh-variant: matched before the service's default route
+    variants = [
+        {
+            "match": {"prefix": "/", "headers": [_variant_match(v.name)]},
+            "route": {"cluster": variant_cluster(svc.name, v.name), "timeout": timeout},
+        }
+        for v in svc.variants.values()
+    ]
     return {
         "name": svc.name,
         "domains": [svc.envoy_host, f"{svc.envoy_host}:*"],
         "include_request_attempt_count": True,
         "include_attempt_count_in_response": True,
-        "routes": [
-            {
-                "match": {"prefix": "/"},
-                # the route's own timeout serves callers that send no x-envoy-upstream-rq-timeout-ms
-                "route": {"cluster": svc.name, "timeout": f"{svc.policy.timeout:g}s"},
-            }
-        ],
+        "routes": [*variants, {"match": {"prefix": "/"}, "route": {"cluster": svc.name, "timeout": timeout}}],
     }
 
 
@@ -126,7 +159,7 @@ def envoy_bootstrap(config: MeshConfig) -> dict[str, Any]:
                     ],
                 }
             ],
-            "clusters": [_cluster(s) for s in [*http, *thrift]],
+            "clusters": [c for s in [*http, *thrift] for c in _clusters(s)],
         },
     }
     if thrift:
@@ -156,10 +189,16 @@ def haproxy_config(config: MeshConfig) -> str:
         "    retries 1",
     ]
     for svc in config.services.values():
-        servers = [f"    server {svc.name}-{i} {a}" for i, a in enumerate(svc.endpoints, 1)]
-        if svc.protocol == "thrift":
-            lines += ["", f"listen {svc.name}", "    mode tcp", f"    bind {svc.haproxy}", *servers]
-        else:
-            lines += ["", f"frontend {svc.name}", f"    bind {svc.haproxy}", f"    default_backend {svc.name}"]
-            lines += ["", f"backend {svc.name}", *servers]
+        lines += _haproxy_proxies(svc, svc.name, svc.haproxy, svc.endpoints)
+        for v in svc.variants.values():
+            if v.haproxy is not None:  # (a variant without a port is reached via Envoy)
+                lines += _haproxy_proxies(svc, variant_cluster(svc.name, v.name), v.haproxy, v.endpoints)
     return "\n".join(lines) + "\n"
+
+
+def _haproxy_proxies(svc: ServiceConfig, name: str, bind: Address, endpoints: tuple[Address, ...]) -> list[str]:
+    """The HAProxy sections of ``svc`` (or of one of its variants: ``name``, ``bind``, ``endpoints``)."""
+    servers = [f"    server {name}-{i} {a}" for i, a in enumerate(endpoints, 1)]
+    if svc.protocol == "thrift":
+        return ["", f"listen {name}", "    mode tcp", f"    bind {bind}", *servers]
+    return ["", f"frontend {name}", f"    bind {bind}", f"    default_backend {name}", "", f"backend {name}", *servers]

@@ -46,6 +46,7 @@ from ..wire import WireFailure, WireReply, WireRequest, use_wire
 from .envoy_model import BackOff, RetryCircuit, Upset, retried
 from .replies import Reply
 from .shadowing import ShadowRecorder
+from .variants import reached_variant
 
 __all__ = ["Call", "FakeMesh", "Headers", "ProxyRequest", "UpstreamRequest"]
 
@@ -112,6 +113,8 @@ class UpstreamRequest:
     args: dict[str, Any] = field(default_factory=dict)
     #: when the instance received it (``mesh_client.clock`` seconds: virtual time under the fake)
     received_at: float = 0.0
+    #: the variant of the service that received it (None: its main deployment)
+    variant: str | None = None
 
     def json(self) -> Any:
         return jsonlib.loads(self.body)
@@ -161,6 +164,11 @@ class Call:
         return SHADOW_HEADER in self.headers
 
     @property
+    def variant(self) -> str | None:
+        """The variant of the service that received the call last (None: its main deployment)."""
+        return self.upstream[-1].variant if self.upstream else None
+
+    @property
     def attempts(self) -> int:
         """How many requests the service's instances received for this call."""
         return len(self.upstream)
@@ -175,7 +183,8 @@ class Call:
     def describe(self) -> str:
         routes = " then ".join(dict.fromkeys(r.value for r in self.routes))
         what = f"{self.method} {self.path}" if self.path != self.method else self.method
-        return f"{what} to {self.service} via {routes}: {self.attempts} upstream request(s), {self.outcome}"
+        service = self.service if self.variant is None else f"{self.service} (variant {self.variant})"
+        return f"{what} to {service} via {routes}: {self.attempts} upstream request(s), {self.outcome}"
 
 
 @dataclass
@@ -184,6 +193,7 @@ class _Handler:
     replies: tuple[Any, ...]
     method: str | None
     path: str | re.Pattern[str] | None
+    variant: str | None = None
     used: int = 0
 
     def matches(self, method: str, path: str) -> bool:
@@ -201,7 +211,7 @@ class _Handler:
         return handler
 
     def describe(self) -> str:
-        where = self.service
+        where = self.service if self.variant is None else f"{self.service} (variant {self.variant})"
         if self.method:
             where += f" {self.method}"
         if self.path is not None:
@@ -287,11 +297,14 @@ class FakeMesh:
         *replies: Any,
         method: str | None = None,
         path: str | re.Pattern[str] | None = None,
+        variant: str | None = None,
     ) -> None:
         """Answer requests to ``service`` (optionally only ``method`` / ``path``) with ``replies``:
         one :class:`Reply` for every request, several in turn (the last repeats), a callable
         ``(UpstreamRequest) -> Reply`` or, for Thrift, a handler object with the service's methods.
-        Handlers are tried in the order they were added."""
+        Handlers are tried in the order they were added. With ``variant``, they answer the requests
+        that reach that variant of the service (a routing override sent them there: see
+        docs/overrides.md) and the others answer only the service's main deployment."""
         if not replies:
             raise ValueError(f"fake_mesh.add({service!r}) needs at least one reply (e.g. reply(200))")
         for r in replies:
@@ -300,8 +313,11 @@ class FakeMesh:
         if self.config is not None and service not in self.config.services:
             known = ", ".join(sorted(self.config.services)) or "none"
             raise ValueError(f"fake_mesh.add: {service!r} is not a service of the registry (services: {known})")
+        if variant is not None and self.config is not None and variant not in self.config.services[service].variants:
+            known = ", ".join(self.config.services[service].variants) or "none"
+            raise ValueError(f"fake_mesh.add: {service!r} declares no variant {variant!r} (variants: {known})")
         with self._lock:
-            self._handlers.append(_Handler(service, tuple(replies), method, path))
+            self._handlers.append(_Handler(service, tuple(replies), method, path, variant))
 
     def reset(self) -> None:
         """Forget every handler and recorded call (the sidecar states and the clock stay)."""
@@ -350,6 +366,7 @@ class FakeMesh:
         method: str | None = None,
         path: str | None = None,
         route: Route | str | None = None,
+        variant: str | None = None,
     ) -> list[Call]:
         """The calls to ``service`` matching the filters; fails unless there are ``times`` of them
         (or at least one), saying which calls were made instead."""
@@ -361,11 +378,12 @@ class FakeMesh:
             if (method is None or c.method.upper() == method.upper())
             and (path is None or c.path == path)
             and (want_route is None or c.route is want_route)
+            and (variant is None or c.variant == variant)
         ]
         ok = len(found) == times if times is not None else bool(found)
         if not ok:
             what = " ".join(x for x in (method, path) if x) or "any request"
-            via = f" via {want_route.value}" if want_route else ""
+            via = (f" via {want_route.value}" if want_route else "") + (f" to variant {variant}" if variant else "")
             expected = f"{times} call(s)" if times is not None else "at least one call"
             raise AssertionError(
                 f"fake_mesh: expected {expected} to {service!r} ({what}{via}), got {len(found)}.\n" + self._calls_text()
@@ -457,10 +475,10 @@ class FakeMesh:
         call.sent.append(proxy)
         return call
 
-    def _handler(self, service: str, method: str, path: str) -> _Handler | None:
+    def _handler(self, service: str, method: str, path: str, variant: str | None) -> _Handler | None:
         with self._lock:
             for h in self._handlers:
-                if h.service == service and h.matches(method, path):
+                if h.service == service and h.variant == variant and h.matches(method, path):
                     return h
         return None
 
@@ -469,7 +487,8 @@ class FakeMesh:
         split = urlsplit(request.target)
         path = split.path if request.thrift is None else request.method
         args = _thrift_args(request.thrift.args) if request.thrift is not None else {}
-        handler = self._handler(request.service, request.method, path)
+        variant = reached_variant(self.config, request)
+        handler = self._handler(request.service, request.method, path, variant)
         upstream = UpstreamRequest(
             service=request.service,
             route=request.route,
@@ -481,6 +500,7 @@ class FakeMesh:
             attempt=attempt,
             args=args,
             received_at=at,
+            variant=variant,
         )
         if handler is None:
             with self._lock:

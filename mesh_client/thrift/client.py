@@ -43,6 +43,7 @@ from ..fork import reset_in_child
 from ..policy import Route
 from ..registry import Address, ServiceConfig
 from ..shadow.answers import shadow_thrift
+from ..variants import framed_service_name
 from ..wire import ThriftCall, Wire, WireFailure, WireRequest, current_wire
 from . import errors as _errors  # noqa: F401 - registers the combined exceptions raised here
 from .theader import FrameError, decode_header_frame, encode_framed, encode_header_frame, read_frame
@@ -286,9 +287,10 @@ class ThriftClient:
         wire = current_wire()
 
         def send(attempt: Attempt) -> Responded[_Reply] | Broken:
+            target = self._wire_name(attempt, api, run.variant)
             if wire is not None:
-                return self._over_wire(wire, attempt, api, call_args, oneway)
-            return self._attempt(attempt, api, call_args, result_cls, oneway)
+                return self._over_wire(wire, attempt, api, call_args, oneway, target=target)
+            return self._attempt(attempt, target, call_args, result_cls, oneway)
 
         result = drive(run, send, lambda reply: None)
         if run.shadow is not None:  # a copy down the other route, compared off this thread
@@ -355,7 +357,7 @@ class ThriftClient:
         return pool
 
     def _attempt(
-        self, attempt: Attempt, api: str, call_args: Any, result_cls: Any, oneway: bool
+        self, attempt: Attempt, target: str, call_args: Any, result_cls: Any, oneway: bool
     ) -> Responded[_Reply] | Broken:
         until = time.monotonic() + attempt.timeout
         pool = self._pool(attempt.address)
@@ -371,7 +373,7 @@ class ThriftClient:
         try:
             seqid = conn.next_seqid()
             envoy_route = attempt.route is Route.ENVOY
-            payload = self._encode_call(self._wire_name(attempt, api), call_args, seqid, oneway)
+            payload = self._encode_call(target, call_args, seqid, oneway)
             if self._header:
                 frame = encode_header_frame(payload, seqid=seqid, headers=self._theader_headers(attempt))
             else:
@@ -396,10 +398,13 @@ class ThriftClient:
         finally:
             pool.release(conn, reusable)
 
-    def _wire_name(self, attempt: Attempt, api: str) -> str:
+    def _wire_name(self, attempt: Attempt, api: str, variant: str | None) -> str:
         """The method name as sent: framed calls through Envoy carry the service as a multiplex
-        prefix, which Envoy strips."""
-        return f"{self._config.name}:{api}" if attempt.route is Route.ENVOY and not self._header else api
+        prefix, which Envoy strips (``users~canary:get`` for a variant a routing override chose)."""
+        if attempt.route is not Route.ENVOY or self._header:
+            return api
+        name = self._config.name
+        return f"{framed_service_name(name, variant) if variant else name}:{api}"
 
     def _theader_headers(self, attempt: Attempt) -> list[tuple[str, str]]:
         headers = [(k.lower(), v) for k, v in attempt.set_headers if k.lower() != "host"]
@@ -417,7 +422,7 @@ class ThriftClient:
         return Responded(reply, envoy[1], {}, proxy_error=envoy[0])
 
     def _over_wire(
-        self, wire: Wire, attempt: Attempt, api: str, call_args: Any, oneway: bool
+        self, wire: Wire, attempt: Attempt, api: str, call_args: Any, oneway: bool, *, target: str
     ) -> Responded[_Reply] | Broken:
         """One attempt over an installed :class:`~mesh_client.wire.Wire` (a fake mesh)."""
         sent = WireRequest.of(
@@ -425,7 +430,7 @@ class ThriftClient:
             header_prefix=self._mesh.config.header_prefix,
             service=self._config.name,
             method=api,
-            target=self._wire_name(attempt, api),
+            target=target,
             headers=tuple(self._theader_headers(attempt)) if self._header else (),
             thrift=ThriftCall(self._service, api, call_args, oneway),
         )

@@ -329,7 +329,11 @@ class MeshProcessor:
         config = self.mesh.config
         ctx = contextvars.copy_context()
         end = ctx.run(
-            begin_request, headers, header_prefix=config.header_prefix, context_headers=config.context_headers
+            begin_request,
+            headers,
+            header_prefix=config.header_prefix,
+            context_headers=config.context_headers,
+            overrides=config.overrides,
         )
         try:
             ctx.run(self._process, iprot, oprot)

@@ -82,8 +82,7 @@ def serve_thrift(stack: contextlib.ExitStack, service: Any, handler: Any, mesh: 
     from mesh_client.thrift.server import make_server
 
     server = make_server(service, handler, "127.0.0.1", port, mesh=mesh, transport=transport)
-    thread = threading.Thread(target=server.serve, daemon=True)
-    thread.start()
+    thread = server.start()  # listening before it returns
     stack.callback(thread.join, 5)
     stack.callback(server.close)
 

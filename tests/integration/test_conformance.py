@@ -16,7 +16,7 @@ import copy
 import itertools
 import statistics
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -266,12 +266,17 @@ def handler(scenario: Scenario | Burst) -> tuple[Any, ...]:
     return scenario.replies or (reply(200),)
 
 
-CASES = [
-    pytest.param(s, route, kind, id=f"{s.name}-{route}-{kind}")
-    for s in SCENARIOS
-    for route in s.routes
-    for kind in CLIENT_KINDS
-]
+def cases(scenarios: Sequence[Any], routes: Callable[[Any], Sequence[str]]) -> list[Any]:
+    """(scenario, route, client kind) parameters: every route of every scenario with every client kind."""
+    return [
+        pytest.param(s, route, kind, id=f"{s.name}-{route}-{kind}")
+        for s in scenarios
+        for route in routes(s)
+        for kind in CLIENT_KINDS
+    ]
+
+
+CASES = cases(SCENARIOS, lambda s: s.routes)
 
 
 @pytest.mark.parametrize(("scenario", "route", "kind"), CASES)

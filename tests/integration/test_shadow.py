@@ -25,6 +25,7 @@ import requests
 
 import mesh_client
 from mesh_client import Mesh, Route, call_info
+from mesh_client.cli import parser
 from mesh_client.registry import MeshConfig, load_mapping
 from mesh_client.routing import write_flag_file
 from mesh_client.shadow import SHADOW_HEADER
@@ -32,6 +33,7 @@ from mesh_client.shadow.flags import stage_flag
 from mesh_client.shadow.stats import ShadowEvent, observe
 from mesh_client.sidecar import free_port, start_envoy, start_haproxy
 
+from .cli.helpers import write_toml
 from .conftest import CLIENT_KINDS, Caller
 from .forking import Channel, run_in_child
 from .servers import serve_asgi, serve_wsgi
@@ -111,6 +113,7 @@ class ShadowWorld:
     config: MeshConfig
     flags_path: Path
     backend: CatalogBackend
+    data: dict[str, Any]
     stages: dict[str, str] = field(default_factory=dict)
     version: int = 1
 
@@ -160,7 +163,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, envoy_bin: str, haproxy_bin:
             },
         }
         config = load_mapping(data, source="shadow integration registry")
-        shadow_world = ShadowWorld(config, work / "flags.json", backend, {"catalog": "off", "slow": "off"})
+        shadow_world = ShadowWorld(config, work / "flags.json", backend, data, {"catalog": "off", "slow": "off"})
         shadow_world.write()
         envoy = start_envoy(config, work / "envoy", binary=envoy_bin)
         try:
@@ -376,3 +379,37 @@ def test_a_client_of_your_own_around_the_transport_is_skipped_not_compared(world
     assert mesh.shadow_drain(10)
     stats = mesh.shadow_stats("catalog")
     assert (stats.skipped, stats.compared) == (1, 0)
+
+
+def test_the_shadow_command_finds_the_planted_difference_and_only_it(
+    world: ShadowWorld, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    registry = write_toml(tmp_path / "mesh.toml", world.data)
+    world.stages["catalog"] = "off"  # the flag says off; the command forces its stage regardless
+    world.write()
+    flags_before = world.flags_path.read_text()
+    key = uuid.uuid4().hex
+    argv = ["shadow", str(registry), "catalog", "--path", f"/items/10?key={key}", "--path", f"/items/11?key={key}"]
+    args = parser().parse_args([*argv, "--count", "10", "--concurrency", "2"])
+    assert args.run(args) == 1  # a mismatch
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split()[1:7] for line in out.splitlines() if line.startswith("/items/")}
+    # calls, failed, matched, mismatched, errors, skipped per path: /items/10 differs via Envoy, /items/11 not
+    assert rows == {
+        f"/items/10?key={key}": ["5", "0", "0", "5", "0", "0"],
+        f"/items/11?key={key}": ["5", "0", "5", "0", "0", "0"],
+    }
+    assert 'body $.name: haproxy "item-10" / envoy "item-10-as-seen-through-envoy"' in out
+    assert out.rstrip().endswith("10 call(s): 5 matched, 5 mismatched, 0 copy error(s), 0 skipped, 0 failed call(s)")
+    # each call reached the backend twice: once via HAProxy (answering), its copy via Envoy
+    seen = world.backend.records(key)
+    assert len(seen) == 20
+    assert sum(ENVOY_ADDED in s.headers and SHADOW_HEADER in s.headers for s in seen) == 10
+    # the flag file is left as it was (and whatever stage it says, the command used its own)
+    assert world.flags_path.read_text() == flags_before
+
+    args = parser().parse_args(["shadow", str(registry), "catalog", "--path", "/items/11", "--stage", "live"])
+    assert args.run(args) == 0  # Envoy answers, the copy goes via HAProxy: the same answers
+    out = capsys.readouterr().out
+    assert "stage live, envoy answers the caller, every call copied via haproxy" in out
+    assert out.rstrip().endswith("20 call(s): 20 matched, 0 mismatched, 0 copy error(s), 0 skipped, 0 failed call(s)")

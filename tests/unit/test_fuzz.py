@@ -30,8 +30,10 @@ from mesh_client import ConfigError, Mesh, Route, registry
 from mesh_client.context import MAX_INBOUND_TIMEOUT_MS, begin_request, check_header_value, current_inbound, read_inbound
 from mesh_client.core import Attempt, Broken, CallRun, Done, Fail, Failure, Responded, ServicePlan, parse_retry_after
 from mesh_client.envoy import ENVOY_ERROR_KINDS
+from mesh_client.overrides import MAX_OVERRIDES, parse_override_header
 from mesh_client.registry import MeshConfig, load_file, load_mapping
 from mesh_client.testing.plugin import in_ci
+from mesh_client.variants import NAME_PATTERN, OverridesConfig
 
 from ..fuzz.registry_checks import use
 
@@ -73,6 +75,9 @@ GOOD: dict[str, list[Any]] = {
     "transport": ["framed", "header"],
     "retry_budget": [{"percent": 20}, {"min_per_second": 0, "ttl": 1}, {}],
     "shadow": [{"sample": 1.0, "ignore_json": ["items[].etag"]}, {"max_in_flight": 1, "compare_headers": ["etag"]}, {}],
+    "variants": [{"canary": {"haproxy": "127.0.0.1:20011"}}, {"pr-12": {"endpoints": ["127.0.0.1:8091"]}, "b": {}}, {}],
+    "accept_inbound": [True, False],
+    "secret_env": ["MESH_OVERRIDE_SECRET", "1BAD"],
 }
 scalars = st.one_of(
     st.none(),
@@ -119,10 +124,11 @@ service_names = mostly(
     st.one_of(st.sampled_from(["Users", "", "-a", "a" * 64]), st.text(max_size=8), st.integers()),
 )
 registries = st.builds(
-    lambda mesh, flags, services, extra: {
+    lambda mesh, flags, services, overrides, extra: {
         **({} if mesh is None else {"mesh": mesh}),
         **({} if flags is None else {"flags": flags}),
         **({} if services is None else {"services": services}),
+        **({} if overrides is None else {"overrides": overrides}),
         **extra,
     },
     mostly(table(["caller", "envoy_http"], [k for k in MESH_KEYS if k not in ("caller", "envoy_http")]), st.none()),
@@ -131,6 +137,7 @@ registries = st.builds(
         st.dictionaries(service_names, table(["haproxy"], [k for k in SERVICE_KEYS if k != "haproxy"]), max_size=3),
         st.none() | anything,
     ),
+    st.none() | table([], ["accept_inbound", "secret_env"]),
     mostly(st.just({}), st.dictionaries(st.text(max_size=8), anything, max_size=1)),
 )
 
@@ -276,8 +283,16 @@ INBOUND_NAMES = [
     "traceparent",
     "tracestate",
     "baggage",
+    "x-mesh-override",
+    "x-mesh-override-signature",
 ]
 NASTY_VALUES = [
+    "users=canary",
+    " users=canary ; search=pr-12 ",
+    "users=canary;",
+    "users=canary;users=main",
+    ";".join(f"s{i}=v" for i in range(17)),
+    "exp=99999999999;v1=" + "0" * 64,
     "",
     " ",
     "\r\n",
@@ -323,6 +338,20 @@ def test_read_inbound_keeps_only_what_it_trusts(headers: dict[str, str], prefix:
     for name, value in inbound.context_headers:
         assert name in ("x-tenant", "traceparent")
         check_header_value(name, value)
+
+
+@FEW
+@given(headers=inbound_headers, signed=st.booleans())
+def test_inbound_overrides_are_well_formed_or_dropped(headers: dict[str, str], signed: bool) -> None:
+    config = OverridesConfig(accept_inbound=True, secret_env="FUZZ_UNSET_OVERRIDE_SECRET" if signed else None)
+    overrides = read_inbound(headers, header_prefix="x-envoy", context_headers=(), overrides=config).overrides
+    if overrides is None:
+        return
+    assert not signed  # (the key's variable is unset: nothing is admitted)
+    assert 1 <= len(overrides.mapping) <= MAX_OVERRIDES
+    assert all(NAME_PATTERN.match(s) and NAME_PATTERN.match(v) for s, v in overrides.mapping.items())
+    assert parse_override_header(overrides.header) == overrides.mapping
+    check_header_value("x-mesh-override", overrides.header)
 
 
 @FEW

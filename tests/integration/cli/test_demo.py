@@ -1,4 +1,6 @@
-"""``mesh-client demo`` runs as a user would run it, with real Envoy and HAProxy, and proves its walk."""
+"""``mesh-client demo`` runs as a user would run it, with real Envoy and HAProxy, and proves its walk.
+
+Its arguments and its verdict are tested without proxies in ``tests/unit/cli/test_demo.py``."""
 
 from __future__ import annotations
 
@@ -9,8 +11,8 @@ import sys
 
 import pytest
 
-from mesh_client import demo
 from mesh_client.cli import main
+from mesh_client.cli.demo import startup
 
 # step, service, flag, callers on Envoy / callers, expected, observed, backend, checked calls, errors, result
 SUMMARY_ROW = re.compile(
@@ -70,6 +72,14 @@ def test_demo_walks_the_flag_with_no_failed_call_and_the_split_the_flag_gave() -
     assert re.search(
         r"^OK: \d+ calls, none failed, also during the flips; every step's split followed the flag", out, re.M
     )
+    # the override step: one request steered to users' canary through orders, on both of orders' routes
+    assert re.search(
+        r"^  override  checkout -> orders \((envoy|haproxy)\) -> users, with route_overrides\(\{'users': 'canary'\}\) "
+        r"in checkout: the canary answered via Envoy and via HAProxy; it received 2 request\(s\), every other call "
+        r"stayed on main$",
+        out,
+        re.M,
+    ), out
     pids = [int(pid) for pid in re.findall(r"^  (?:Envoy|HAProxy)\s+pid (\d+):", out, re.M)]
     assert len(pids) == 2, out
     assert all(gone(pid) for pid in pids), "the demo left a sidecar running"
@@ -79,7 +89,7 @@ def test_demo_walks_the_flag_with_no_failed_call_and_the_split_the_flag_gave() -
 def test_without_haproxy_the_demo_says_so_and_shows_the_envoy_side(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(demo, "haproxy_binary", lambda: None)
+    monkeypatch.setattr(startup, "haproxy_binary", lambda: None)
     assert main(["demo", "--duration", "3", "--services", "users,orders"]) == 0
     out = capsys.readouterr().out
     assert "HAProxy is not installed (apt-get install -y haproxy)" in out
@@ -89,42 +99,3 @@ def test_without_haproxy_the_demo_says_so_and_shows_the_envoy_side(
         ("1", "1", "orders", "100.0", "100.0"),
     ], out
     assert all(r["result"] == "ok" and r["errors"] == "0" for r in rows), out
-
-
-def test_a_negative_duration_exits_2_with_a_clear_message() -> None:
-    done = run_demo("--duration", "-1", timeout=30)
-    assert done.returncode == 2, done.stdout + done.stderr
-    assert "argument --duration: must be at least 2.5 seconds" in done.stderr
-    assert done.stdout == ""
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--duration", "soon"], "argument --duration: 'soon' is not a number of seconds"),
-        (["--duration", "inf"], "argument --duration: must be at least 2.5 seconds"),
-        (["--services", "payments"], "argument --services: no demo service 'payments' (known: users, orders, or all)"),
-        (["--services", "users,,orders"], "argument --services: 'users,,orders': give service names separated by"),
-    ],
-)
-def test_bad_demo_arguments_exit_2_naming_the_argument(
-    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    with pytest.raises(SystemExit) as raised:
-        main(["demo", *args])
-    assert raised.value.code == 2
-    assert message in capsys.readouterr().err
-
-
-def test_demo_services_option_accepts_a_list_and_all() -> None:
-    args = demo_args("--services", "orders,users,orders")
-    assert args.services == ("orders", "users")
-    assert demo_args("--services", "all").services == ("users", "orders")
-    assert demo_args().services == ("users",)
-    assert demo_args().duration == demo.DEFAULT_DURATION
-
-
-def demo_args(*argv: str) -> demo.DemoOptions:
-    from mesh_client.cli import parser
-
-    return demo.options_from_args(parser().parse_args(["demo", *argv]))

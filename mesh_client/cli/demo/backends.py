@@ -1,0 +1,103 @@
+"""The demo services: tiny HTTP servers in this process that tell each caller whether the
+request came through Envoy (it arrived with :data:`ENVOY_MARK`, which only Envoy adds)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Final
+
+from ...envoy import DEFAULT_PREFIX, header_names
+from ...registry import Address
+from .overrides_step import VIA, Forward
+
+__all__ = ["ENVOY_MARK", "DemoService"]
+
+#: Envoy adds this header to every request it forwards; the client never sends it via HAProxy.
+ENVOY_MARK: Final = header_names(DEFAULT_PREFIX).expected_rq_timeout_ms
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    service = ""
+    deployment = "main"
+    #: what a GET of /via/SERVICE does (the override step's second hop), if anything
+    forward: Forward | None = None
+    served = 0
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # a caller that hangs up is not the demo's business
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # otherwise each keep-alive answer waits ~40 ms
+    server: _Server
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        via_envoy = ENVOY_MARK in self.headers
+        server = self.server
+        answer = {
+            "service": server.service,
+            "deployment": server.deployment,
+            "path": self.path,
+            "via_envoy": via_envoy,
+            ENVOY_MARK: self.headers.get(ENVOY_MARK),
+        }
+        with _served_lock:
+            server.served += 1
+        if server.forward is not None and self.path.startswith(VIA):
+            answer["next"] = server.forward(self.path[len(VIA) :], dict(self.headers.items()))
+        body = json.dumps(answer).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.send_header("x-demo-service", self.server.service)
+        self.send_header("x-demo-via-envoy", "yes" if via_envoy else "no")
+        self.end_headers()
+        self.wfile.write(body)
+
+
+_served_lock: Final = threading.Lock()
+
+
+class DemoService:
+    """A tiny HTTP service on 127.0.0.1 that tells each caller whether the request came via Envoy
+    (and which deployment of the service answered)."""
+
+    def __init__(self, name: str, deployment: str = "main") -> None:
+        self.name = name
+        self._server = _Server(("127.0.0.1", 0), _Handler)
+        self._server.service = name
+        self._server.deployment = deployment
+        self._thread = threading.Thread(target=self._server.serve_forever, name=f"demo-{name}", daemon=True)
+
+    @property
+    def address(self) -> Address:
+        host, port = self._server.server_address[:2]
+        return Address(str(host), int(port))
+
+    @property
+    def served(self) -> int:
+        """Requests answered so far."""
+        return self._server.served
+
+    def forward_with(self, forward: Forward) -> None:
+        """Answer ``GET /via/SERVICE`` by calling SERVICE with ``forward`` (the override step)."""
+        self._server.forward = forward
+
+    def __enter__(self) -> DemoService:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
