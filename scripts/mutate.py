@@ -163,7 +163,7 @@ MUTANTS = [
     Mutant(
         "no-max-retries-zero",
         "mesh_client/envoy.py",
-        '        headers.append((f"{prefix}-max-retries", "0"))',
+        '        headers.append((names.max_retries, "0"))',
         "        pass",
         "no x-envoy-max-retries: 0, so a retry policy on the route retries calls that must not be",
     ),
