@@ -268,6 +268,21 @@ def test_haproxy_per_try_timeout_is_retried_but_the_total_ends_the_call() -> Non
     assert "3 attempts" in end.message
 
 
+def test_a_timeout_of_the_whole_call_is_never_retried_even_when_reported_early() -> None:
+    """Only a per-try timeout is retried. An attempt given all the time the call had left that
+    times out ends the call, even if the wire reports it before the core's clock says the time is
+    up (a socket's clock and ``mesh_client.clock`` need not agree)."""
+    clock = FakeClock()
+    r = run(Route.HAPROXY, clock=clock, retries=5, retry_on=["5xx", "reset"])
+    a = first(r)
+    assert not a.per_try_limited
+    clock.now += a.timeout / 2  # half the call's time still left by the core's clock
+    end = r.advance(Broken(Failure.TIMEOUT, TimeoutError()))
+    assert isinstance(end, Fail)
+    assert end.error is MeshTimeoutError
+    assert "1 attempt " in end.message
+
+
 def test_backoff_that_would_pass_the_total_timeout_is_not_taken() -> None:
     clock = FakeClock()
     r = run(Route.HAPROXY, clock=clock, retries=3, retry_on=["5xx"])
