@@ -54,8 +54,9 @@ REAL_SLACK = 0.1
 #: measured 0.296 s for a 0.299 s budget). Fake: the rounding only
 EARLY = {"real": 0.01, "fake": 0.002}
 #: how far a timeout header may be above the time the call had left when the upstream got it, in
-#: ms: the time from the client's reading of its clock to the upstream's (real runs; fake: 1 ms)
-BUDGET_TRANSIT_MS = 25
+#: ms: the time from the client's reading of its clock to the upstream's (real runs; fake: 1 ms).
+#: Usually under 10 ms; up to 60 ms seen on a busy shared 2-core machine, hence the REAL_SLACK
+BUDGET_TRANSIT_MS = 100
 #: request headers only the client sends to Envoy: Envoy consumes them, none reaches an upstream
 CONTROL_HEADERS = (
     "x-envoy-upstream-rq-timeout-ms",
@@ -356,8 +357,9 @@ def test_bursts_match_real(real: RealMesh, b: Burst, route: str, kind: str) -> N
 
 BACKOFF_RETRIES = 7
 BACKOFF_CALLS = 2
-#: how much longer than Envoy's interval a real gap may be: Envoy's and the upstream's work
-BACKOFF_SLACK = 0.015
+#: how much longer than Envoy's interval a real gap may be: the answer's and the next request's
+#: way through the proxy (a few ms; up to 40 ms seen on a busy shared 2-core machine)
+BACKOFF_SLACK = 0.05
 
 
 def backoff_gaps(caller: Caller, route: str, arrivals: Callable[[], list[float]]) -> list[list[float]]:
