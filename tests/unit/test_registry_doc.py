@@ -193,6 +193,35 @@ MESSAGES: dict[str, tuple[Callable[[Path], object], str | None]] = {
         shadow("ignore_json", ["a"], "t"),
         "services.t.shadow.ignore_json",
     ),
+    (
+        "services.users.variants.Canary: is not a valid variant name (lowercase letters, digits, '.', '-', '_'; "
+        "at most 63)"
+    ): (users("variants", {"Canary": {}}), "services.users.variants.Canary"),
+    "must be a list of 'host:port' strings, got ...": (
+        users("variants", {"canary": {"endpoints": "127.0.0.1:1"}}),
+        "services.users.variants.canary.endpoints",
+    ),
+    "unknown key (known keys: endpoints, haproxy)": (
+        users("variants", {"canary": {"bogus": 1}}),
+        "services.users.variants.canary.bogus",
+    ),
+    "services.users.variants: must be a table of variants ([services.users.variants.NAME]), got ...": (
+        users("variants", 1),
+        "services.users.variants",
+    ),
+    "overrides.accept_inbound: must be true or false, got 'yes'": (
+        loads({("overrides", "accept_inbound"): "yes"}),
+        "overrides.accept_inbound",
+    ),
+    (
+        "overrides.secret_env: must be the name of an environment variable (letters, digits, '_'), "
+        "got 'MESH SECRET'"
+    ): (loads({("overrides", "secret_env"): "MESH SECRET"}), "overrides.secret_env"),
+    "overrides.accept: unknown key (known keys: accept_inbound, secret_env)": (
+        loads({("overrides", "accept"): True}),
+        "overrides.accept",
+    ),
+    "overrides: must be a table, got ...": (loads({("overrides",): 1}), "overrides"),
 }
 
 #: backquoted texts of the page with a space in them that are not error messages
@@ -203,6 +232,8 @@ NOT_MESSAGES = {
     'source = "file"',
     'source = "launchdarkly"',
     '"contextKind": "service"',
+    'mesh_client.route_overrides({"users": "canary"})',
+    "x-mesh-variant: canary",
     'bucketBy: "key"',
     'bucketBy: "host"',
     '["connect-failure", "refused-stream", "reset-before-request"]',
@@ -248,6 +279,11 @@ def test_each_documented_message_is_raised_as_written(documented: str, tmp_path:
 # -- the defaults of the page's key tables -----------------------------------------------------------
 
 
+def _variant() -> Any:
+    """The variant ``canary`` of a registry that declares it with no keys."""
+    return load_mapping(changed({("services", "users", "variants"): {"canary": {}}})).service("users").variants["canary"]
+
+
 def _flags_minimal() -> MeshConfig:
     return load_mapping(changed({("flags",): {"source": "file", "path": "flags.json"}}))
 
@@ -279,6 +315,11 @@ DEFAULT_OF: dict[tuple[str, str], Callable[[MeshConfig], object]] = {
     ("shadow", "max_in_flight"): lambda c: c.service("users").shadow.max_in_flight,
     ("shadow", "ignore_json"): lambda c: list(c.service("users").shadow.ignore_json),
     ("shadow", "compare_headers"): lambda c: list(c.service("users").shadow.compare_headers),
+    ("services", "variants"): lambda c: dict(c.service("users").variants) or None,
+    ("variants", "haproxy"): lambda c: _variant().haproxy,
+    ("variants", "endpoints"): lambda c: list(_variant().endpoints),
+    ("overrides", "accept_inbound"): lambda c: c.overrides.accept_inbound,
+    ("overrides", "secret_env"): lambda c: c.overrides.secret_env,
 }
 #: documented defaults that are words, not values
 NO_VALUE = {"—", "see below"}
@@ -294,7 +335,7 @@ def documented_defaults() -> dict[tuple[str, str], str]:
     found, table = {}, ""
     for line in DOC.read_text().splitlines():
         if line.startswith("#"):
-            heading = re.match(r"#+ `\[(?:services\.NAME\.)?(\w+)(?:\.NAME)?\]`", line)
+            heading = re.match(r"#+ `\[(?:services\.NAME\.)?(\w+)(?:\.NAME|\.VARIANT)?\]`", line)
             table = heading.group(1) if heading else ""
         cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("| `") else []
         if table and len(cells) >= 4 and re.fullmatch(r"`\w+`", cells[0]):
