@@ -213,10 +213,10 @@ MESSAGES: dict[str, tuple[Callable[[Path], object], str | None]] = {
         loads({("overrides", "accept_inbound"): "yes"}),
         "overrides.accept_inbound",
     ),
-    (
-        "overrides.secret_env: must be the name of an environment variable (letters, digits, '_'), "
-        "got 'MESH SECRET'"
-    ): (loads({("overrides", "secret_env"): "MESH SECRET"}), "overrides.secret_env"),
+    ("overrides.secret_env: must be the name of an environment variable (letters, digits, '_'), got 'MESH SECRET'"): (
+        loads({("overrides", "secret_env"): "MESH SECRET"}),
+        "overrides.secret_env",
+    ),
     "overrides.accept: unknown key (known keys: accept_inbound, secret_env)": (
         loads({("overrides", "accept"): True}),
         "overrides.accept",
@@ -281,7 +281,8 @@ def test_each_documented_message_is_raised_as_written(documented: str, tmp_path:
 
 def _variant() -> Any:
     """The variant ``canary`` of a registry that declares it with no keys."""
-    return load_mapping(changed({("services", "users", "variants"): {"canary": {}}})).service("users").variants["canary"]
+    config = load_mapping(changed({("services", "users", "variants"): {"canary": {}}}))
+    return config.service("users").variants["canary"]
 
 
 def _flags_minimal() -> MeshConfig:
