@@ -416,8 +416,10 @@ def test_backoff_timing(real: RealMesh, route: str) -> None:
         mean = statistics.mean(shares)
         print(f"{world} via {route}: {len(shares)} waits, mean share of Envoy's interval {mean:.2f}")
         # uniform waits: a mean share of 1/2 (standard error ~0.045 over 42 waits); no back-off at
-        # all, or one twice too short, would be near 0 or 1/4
-        assert 0.35 <= mean <= 0.65
+        # all, or one twice too short, would be near 0 or 1/4. A real gap also holds the answer's and
+        # the next request's way through the proxy (a few ms, more on a loaded machine: 0.62 was
+        # seen at a load of 5 on 2 cores), which only adds: the real upper end is wider
+        assert 0.35 <= mean <= (0.72 if world == "real" else 0.65), (world, mean)
 
 
 # -- route flips ---------------------------------------------------------------------------------------
