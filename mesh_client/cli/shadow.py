@@ -37,7 +37,7 @@ from ..routing import RouteDecision
 from ..shadow.report import log as mismatch_log
 from ..shadow.stages import STAGES, copy_route
 from ..shadow.stats import ShadowEvent, observe
-from ._args import count_arg
+from ._args import Subparsers, add_registry, command_parser, count_arg
 from .call.arguments import ArgumentProblem, check_path, check_service, parse_header
 
 __all__ = [
@@ -291,16 +291,16 @@ exit codes:
 """
 
 
-def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(subparsers: Subparsers) -> None:
     """Register ``shadow`` on the ``mesh-client`` sub-command parsers."""
-    p = subparsers.add_parser(
+    p = command_parser(
+        subparsers,
         "shadow",
-        help="copy GETs down both routes and compare the answers, live (shadow reads on the spot)",
+        summary="copy GETs down both routes and compare the answers, live (shadow reads on the spot)",
         description=DESCRIPTION,
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("registry", metavar="MESH.toml", help="the registry TOML file")
+    add_registry(p)
     p.add_argument("service", metavar="SERVICE", help="a registered HTTP service")
     p.add_argument(
         "--path", action="append", metavar="PATH", help="a path (and query) to GET; repeat for more (default /)"
