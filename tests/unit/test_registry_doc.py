@@ -4,7 +4,6 @@ and every default in its key tables is the value a minimal registry loads."""
 
 from __future__ import annotations
 
-import copy
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -16,13 +15,10 @@ from mesh_client import ConfigError
 from mesh_client.registry import MeshConfig, load_file, load_mapping
 from mesh_client.sidecar import envoy_bootstrap
 
+from .test_registry import DELETE, MINIMAL, _with
+
 DOC = Path(__file__).parents[2] / "docs" / "registry.md"
 
-MINIMAL: dict[str, Any] = {
-    "mesh": {"caller": "checkout", "envoy_http": "127.0.0.1:9001"},
-    "services": {"users": {"haproxy": "127.0.0.1:20001"}},
-}
-DELETE = object()
 THRIFT = {
     ("mesh", "envoy_thrift"): "127.0.0.1:9002",
     ("services", "t"): {"protocol": "thrift", "haproxy": "127.0.0.1:2"},
@@ -30,16 +26,8 @@ THRIFT = {
 
 
 def changed(changes: dict[tuple[str, ...], object]) -> dict[str, Any]:
-    data = copy.deepcopy(MINIMAL)
-    for path, value in changes.items():
-        node = data
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        if value is DELETE:
-            del node[path[-1]]
-        else:
-            node[path[-1]] = copy.deepcopy(value)
-    return data
+    """The minimal registry with ``changes`` (test_registry's one, shared)."""
+    return _with(MINIMAL, changes)
 
 
 def loads(changes: dict[tuple[str, ...], object]) -> Callable[[Path], object]:
