@@ -47,16 +47,17 @@ from .conftest import CLIENT_KINDS, Caller
 pytestmark = pytest.mark.real
 
 #: how much longer than a window's upper end a real run may take: scheduling on a busy machine
-#: (a fake run is on virtual time, exact)
-REAL_SLACK = 0.1
+#: (a fake run is on virtual time, exact). 0.118 s was seen for a 1.0 s window at a load of 6.7 on
+#: 2 cores: a thread woke 0.11 s late from its Retry-After sleep
+REAL_SLACK = 0.15
 #: how far below a window's lower end a call may end: the client rounds the budget it sends Envoy
 #: down to whole ms, and Envoy's timers fire up to a few ms early (its event loop's cached time;
 #: measured 0.296 s for a 0.299 s budget). Fake: the rounding only
 EARLY = {"real": 0.01, "fake": 0.002}
 #: how far a timeout header may be above the time the call had left when the upstream got it, in
 #: ms: the time from the client's reading of its clock to the upstream's (real runs; fake: 1 ms).
-#: Usually under 10 ms; up to 60 ms seen on a busy shared 2-core machine, hence the REAL_SLACK
-BUDGET_TRANSIT_MS = 100
+#: Usually under 10 ms; up to 111 ms seen on a busy shared 2-core machine (the REAL_SLACK stall)
+BUDGET_TRANSIT_MS = 150
 #: request headers only the client sends to Envoy: Envoy consumes them, none reaches an upstream
 CONTROL_HEADERS = (
     "x-envoy-upstream-rq-timeout-ms",
