@@ -8,6 +8,7 @@
     │                              a registered service addressed in a way the mesh cannot route
     ├── InvalidOverride (ValueError)
     │                              a routing override (route_overrides) that cannot be sent
+    ├── UnknownService (KeyError)  a service name the registry does not have
     └── MeshTransportError         a call to a registered service failed below HTTP
         ├── MeshConnectError       no connection could be made (nothing was sent)
         ├── MeshTimeoutError       no answer in time (the request may have been processed)
@@ -93,6 +94,15 @@ class InvalidServiceURL(MeshError, ValueError):
     Registered services are called as ``http://<service>/path``: no port, no user info, no
     ``https`` (the sidecar and HAProxy take care of transport security between hosts).
     """
+
+
+class UnknownService(MeshError, KeyError):
+    """A service name the registry does not have (``mesh.route_for("nobody")``,
+    ``mesh.shadow_stats(...)``, ``mesh.thrift_client(..., "nobody")``). A ``KeyError`` as well, so
+    code written against earlier versions keeps working; its message is the plain sentence."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 class InvalidOverride(MeshError, ValueError):

@@ -62,6 +62,8 @@ class Mesh:
         self._closed = False
         self._lock = threading.Lock()
         self._clients: weakref.WeakSet[Any] = weakref.WeakSet()
+        #: the asyncio clients, closed by :meth:`aclose` (they need their event loop)
+        self._async_clients: weakref.WeakSet[httpx.AsyncClient] = weakref.WeakSet()
         self._budgets: dict[str, RetryBudget] = {}
         self._circuits: dict[Address, SidecarCircuit] = {}
         #: per service: what its calls share (retry budget, sidecar circuit, header rules)
@@ -261,7 +263,9 @@ class Mesh:
 
         config = self.config.service(name)
         if config.protocol != "thrift":
-            raise ValueError(f"service {name!r} has protocol {config.protocol!r}; use the HTTP clients for it")
+            raise InvalidServiceURL(
+                f"service {name!r} has protocol {config.protocol!r}; use the HTTP clients for it, not thrift_client"
+            )
         if not hasattr(service, "thrift_services"):
             raise TypeError(f"{service!r} is not a thriftpy2 service (load the IDL with thriftpy2.load)")
         return self._track(ThriftClient(self, service, config, max_connections=max_connections))
@@ -292,7 +296,9 @@ class Mesh:
         """An ``httpx.AsyncClient``, as :meth:`httpx_client`."""
         from .http._httpx_client import build_async_client
 
-        return build_async_client(self, kwargs)
+        client = build_async_client(self, kwargs)
+        self._async_clients.add(client)
+        return client
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -303,8 +309,9 @@ class Mesh:
     def close(self) -> None:
         """Stop the flag watcher, release the flag client, stop the shadow copies' thread pool
         (copies not started are skipped) and close the synchronous sessions, clients and
-        transports made from this mesh (their connection pools). Asyncio clients
-        are closed by their owner (``await client.aclose()``). Calls made afterwards raise."""
+        transports made from this mesh (their connection pools). Asyncio clients need their
+        event loop: :meth:`aclose` (or ``async with mesh``) closes them too; otherwise their owner
+        does (``await client.aclose()``). Calls made afterwards raise."""
         with self._lock:
             if self._closed:
                 return
@@ -313,6 +320,13 @@ class Mesh:
         for client in list(self._clients):
             client.close()
         self._router.close()
+
+    async def aclose(self) -> None:
+        """:meth:`close`, and first ``await client.aclose()`` for every asyncio client made from
+        this mesh (on the running event loop, which must be theirs)."""
+        for client in list(self._async_clients):
+            await client.aclose()
+        self.close()
 
     @property
     def closed(self) -> bool:
@@ -343,6 +357,14 @@ class Mesh:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+    async def __aenter__(self) -> Mesh:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"

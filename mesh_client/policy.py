@@ -23,9 +23,11 @@ __all__ = [
     "DEFAULT_RETRY_ON",
     "NEVER_SENT_TOKENS",
     "RETRY_ON_TOKENS",
+    "UNSET",
     "CallOptions",
     "CallPolicy",
     "Route",
+    "Unset",
     "call_options",
 ]
 
@@ -186,14 +188,18 @@ class CallPolicy:
         return ()
 
 
-class _Unset(enum.Enum):
+class Unset(enum.Enum):
+    """The type of :data:`UNSET`: a :class:`CallOptions` field not given (it keeps the registry's
+    value). Test for it with ``options.timeout is UNSET``."""
+
     UNSET = "UNSET"
 
     def __repr__(self) -> str:
         return "UNSET"
 
 
-UNSET: Final = _Unset.UNSET
+UNSET: Final = Unset.UNSET
+_Unset = Unset  # (its earlier, private name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,13 +212,13 @@ class CallOptions:
     - ``route``: force ``"envoy"`` or ``"haproxy"`` for this call, bypassing the flag.
     """
 
-    timeout: float | _Unset = UNSET
-    per_try_timeout: float | _Unset | None = UNSET
-    retries: int | _Unset = UNSET
-    retry_on: tuple[str, ...] | _Unset = UNSET
-    retriable_status_codes: tuple[int, ...] | _Unset = UNSET
-    idempotent: bool | _Unset = UNSET
-    route: Route | _Unset = UNSET
+    timeout: float | Unset = UNSET
+    per_try_timeout: float | Unset | None = UNSET
+    retries: int | Unset = UNSET
+    retry_on: tuple[str, ...] | Unset = UNSET
+    retriable_status_codes: tuple[int, ...] | Unset = UNSET
+    idempotent: bool | Unset = UNSET
+    route: Route | Unset = UNSET
 
     def __post_init__(self) -> None:
         if self.timeout is not UNSET:
@@ -264,13 +270,13 @@ def current_options() -> CallOptions:
 @contextlib.contextmanager
 def call_options(
     *,
-    timeout: float | _Unset = UNSET,
-    per_try_timeout: float | _Unset | None = UNSET,
-    retries: int | _Unset = UNSET,
-    retry_on: Iterable[str] | _Unset = UNSET,
-    retriable_status_codes: Iterable[int] | _Unset = UNSET,
-    idempotent: bool | _Unset = UNSET,
-    route: Route | Literal["envoy", "haproxy"] | _Unset = UNSET,
+    timeout: float | Unset = UNSET,
+    per_try_timeout: float | Unset | None = UNSET,
+    retries: int | Unset = UNSET,
+    retry_on: Iterable[str] | Unset = UNSET,
+    retriable_status_codes: Iterable[int] | Unset = UNSET,
+    idempotent: bool | Unset = UNSET,
+    route: Route | Literal["envoy", "haproxy"] | Unset = UNSET,
 ) -> Iterator[CallOptions]:
     """Override the call policy for every mesh call made inside the block.
 

@@ -17,7 +17,7 @@ from typing import Any, Final, Literal
 
 from .budget import DEFAULT_BUDGET, RetryBudgetConfig
 from .context import check_header_name
-from .errors import ConfigError
+from .errors import ConfigError, UnknownService
 from .policy import (
     DEFAULT_IDEMPOTENT_METHODS,
     DEFAULT_RETRIES,
@@ -42,7 +42,9 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 __all__ = ["Address", "FlagsConfig", "MeshConfig", "ServiceConfig", "load_file", "load_mapping"]
 
 FlagSource = Literal["file", "launchdarkly", "none"]
-Protocol = Literal["http", "thrift"]
+ServiceProtocol = Literal["http", "thrift"]
+#: deprecated alias of :data:`ServiceProtocol` (it shadowed ``typing.Protocol``)
+Protocol = ServiceProtocol
 ThriftTransport = Literal["framed", "header"]
 
 _NAME = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?$")
@@ -125,7 +127,7 @@ class ServiceConfig:
 
     name: str
     haproxy: Address
-    protocol: Protocol = "http"
+    protocol: ServiceProtocol = "http"
     envoy_host: str = ""
     policy: CallPolicy = field(default_factory=CallPolicy)
     endpoints: tuple[Address, ...] = ()
@@ -156,7 +158,8 @@ class MeshConfig:
         try:
             return self.services[name]
         except KeyError:
-            raise KeyError(f"no service {name!r} in the registry ({self.source})") from None
+            known = ", ".join(sorted(self.services)) or "none"
+            raise UnknownService(f"no service {name!r} in the registry {self.source} (services: {known})") from None
 
     def __reduce__(self) -> tuple[Any, ...]:
         # (a mappingproxy does not pickle: the services travel as a dict)

@@ -23,12 +23,13 @@ from __future__ import annotations
 import contextlib
 import sys
 import threading
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
+
+from ._compat.otel import _SUPPRESS_HTTP_KEY, metrics_are_noop, trace_state, tracing_is_noop
 
 if TYPE_CHECKING:
     from .info import CallInfo
@@ -62,73 +63,6 @@ _REDACTED_PARAMS: Final = frozenset({"AWSAccessKeyId", "Signature", "sig", "X-Go
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 _HTTP_VERSIONS: Final = {9: "0.9", 10: "1.0", 11: "1.1", 20: "2", 30: "3"}
 _RPC_SYSTEM: Final = "thrift"
-
-
-# -- private OpenTelemetry internals: each probed, each with a public fallback ------------------------
-# (a later refactor moves this section to mesh_client/_compat/otel.py)
-
-
-def _probe_metrics_api() -> Any:
-    """The module where the metrics API keeps its global provider (``_METER_PROVIDER``), or None
-    when it is not there any more (then metrics are assumed on: every call records, which the
-    API's proxy instruments drop while no provider is set: always correct, a little slower)."""
-    try:
-        from opentelemetry.metrics import _internal
-    except ImportError:  # the API moved it
-        return None
-    return _internal if hasattr(_internal, "_METER_PROVIDER") else None
-
-
-_METRICS_API: Any = _probe_metrics_api()
-
-
-def tracing_is_noop() -> bool:
-    """Whether no tracer provider (no SDK) is installed, so every span would be a no-op.
-
-    The same test OpenTelemetry's proxy tracer makes on every span; if the API ever stops
-    exposing it, tracing is assumed on (the general path, always correct)."""
-    return getattr(trace, "_TRACER_PROVIDER", True) is None
-
-
-def metrics_are_noop() -> bool:
-    """Whether no meter provider (no SDK) is installed, so the API's proxy instruments drop every
-    record (the test they make themselves: they have no real instrument until a provider is set;
-    one named by OTEL_PYTHON_METER_PROVIDER is set when the instruments are made). See
-    :func:`_probe_metrics_api` for the fallback."""
-    api = _METRICS_API
-    return api is not None and getattr(api, "_METER_PROVIDER", True) is None
-
-
-#: the context key ``suppress_http_instrumentation()`` sets (the value it has had since 1.20)
-_SUPPRESS_HTTP_KEY: str = getattr(otel_context, "_SUPPRESS_HTTP_INSTRUMENTATION_KEY", "suppress_http_instrumentation")
-
-
-def _probe_trace_state_store() -> bool:
-    """Whether a ``TraceState`` keeps its entries in the dict ``_dict`` that every method reads
-    (then :func:`trace_state` can hold keys OpenTelemetry's older grammar rejects)."""
-    try:
-        state = trace.TraceState()
-        if vars(state) != {"_dict": {}}:
-            return False
-        state._dict = {"a@@b": "1", "c": "2"}
-        return state.to_header() == "a@@b=1,c=2" and len(state) == 2 and state["a@@b"] == "1" and "c" in state
-    except Exception:  # an API whose TraceState works otherwise
-        return False
-
-
-_TRACE_STATE_STORE: bool = _probe_trace_state_store()
-
-
-def trace_state(members: Sequence[tuple[str, str]]) -> trace.TraceState:
-    """A ``TraceState`` with exactly ``members`` (already checked by
-    :func:`mesh_client.tracestate.parse_tracestate`: valid under the current W3C grammar, no key
-    twice, at most 32). Fallback when the probe fails: OpenTelemetry's own constructor, which keeps
-    the members its older key grammar accepts."""
-    if not _TRACE_STATE_STORE:
-        return trace.TraceState(list(members))
-    state = trace.TraceState()
-    state._dict = dict(members)
-    return state
 
 
 # -- instruments --------------------------------------------------------------------------------------

@@ -34,11 +34,12 @@ from typing import Final
 
 from ..errors import ConfigError
 from . import call, demo, doctor, render, route, shadow
+from ._args import Subparsers
 
 __all__ = ["COMMANDS", "main", "parser"]
 
 #: The sub-commands' ``add_parser`` functions, in the order ``mesh-client --help`` lists them.
-COMMANDS: Final[tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...]] = (
+COMMANDS: Final[tuple[Callable[[Subparsers], None], ...]] = (
     render.add_parser,
     route.add_parser,
     demo.add_parser,

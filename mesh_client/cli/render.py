@@ -7,6 +7,7 @@ import sys
 
 from ..registry import load_file
 from ..sidecar.render import envoy_bootstrap_json, haproxy_config
+from ._args import Subparsers
 
 __all__ = ["add_parser", "run"]
 
@@ -18,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(subparsers: Subparsers) -> None:
     """Register ``render`` on the ``mesh-client`` sub-command parsers."""
     p = subparsers.add_parser("render", help="print the Envoy bootstrap or HAProxy config for a registry")
     p.add_argument("what", choices=["envoy", "haproxy"], help="which sidecar config to print")

@@ -7,6 +7,7 @@ import sys
 
 from ..mesh import Mesh
 from ..registry import load_file
+from ._args import Subparsers
 from ._flags import flag_source_problem, quiet_flag_logs
 
 __all__ = ["add_parser", "run"]
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(subparsers: Subparsers) -> None:
     """Register ``route`` on the ``mesh-client`` sub-command parsers."""
     p = subparsers.add_parser("route", help="show which route the flags pick now for each service, and why")
     p.add_argument("registry", help="the registry TOML file")

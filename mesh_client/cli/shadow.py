@@ -37,9 +37,19 @@ from ..routing import RouteDecision
 from ..shadow.report import log as mismatch_log
 from ..shadow.stages import STAGES, copy_route
 from ..shadow.stats import ShadowEvent, observe
+from ._args import Subparsers, add_registry, command_parser, count_arg
 from .call.arguments import ArgumentProblem, check_path, check_service, parse_header
 
-__all__ = ["PathTally", "Tally", "add_parser", "render", "run"]
+__all__ = [
+    "PathTally",
+    "StageRouter",
+    "Tally",
+    "add_parser",
+    "every_call_copied",
+    "quiet_mismatch_log",
+    "render",
+    "run",
+]
 
 #: how often the table is redrawn on a terminal (seconds)
 REFRESH: Final = 0.25
@@ -153,7 +163,7 @@ def render(tally: Tally, *, service: str, details: int) -> list[str]:
     return lines
 
 
-class _StageRouter:
+class StageRouter:
     """Answers ``stage`` for the one service the command calls (no flag source is read)."""
 
     def __init__(self, stage: str) -> None:
@@ -166,7 +176,8 @@ class _StageRouter:
         pass
 
 
-def _every_call_copied(config: MeshConfig, service: str, concurrency: int) -> MeshConfig:
+def every_call_copied(config: MeshConfig, service: str, concurrency: int) -> MeshConfig:
+    """``config`` with ``service``'s calls all copied (``sample = 1.0``), ``concurrency`` at once."""
     svc = config.services[service]
     shadow = dataclasses.replace(svc.shadow, sample=1.0, max_in_flight=max(svc.shadow.max_in_flight, concurrency))
     services = dict(config.services)
@@ -196,7 +207,8 @@ class _Screen:
 
 
 @contextlib.contextmanager
-def _quiet_mismatch_log() -> Iterator[None]:
+def quiet_mismatch_log() -> Iterator[None]:
+    """Keep the library's mismatch log quiet (for output that shows the mismatches itself)."""
     level = mismatch_log.level
     mismatch_log.setLevel(logging.ERROR)
     try:
@@ -222,7 +234,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
     except ConfigError as exc:
         print(f"mesh-client shadow: invalid registry: {exc}", file=err)
         return 1
-    config = _every_call_copied(config, args.service, args.concurrency)
+    config = every_call_copied(config, args.service, args.concurrency)
     tally = Tally(args.stage)
     screen = _Screen(out)
 
@@ -239,7 +251,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
             tally.copied(event)
 
     # the mismatches are shown below, in full: the library's sampled mismatch log would repeat them
-    with _quiet_mismatch_log(), observe(mine), Mesh(config, router=_StageRouter(args.stage)) as mesh:
+    with quiet_mismatch_log(), observe(mine), Mesh(config, router=StageRouter(args.stage)) as mesh:
         session = mesh.requests_session()
         with ThreadPoolExecutor(args.concurrency, thread_name_prefix="mesh-client-shadow") as pool:
             futures = [pool.submit(one, paths[i % len(paths)]) for i in range(args.count)]
@@ -257,16 +269,6 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
         file=out,
     )
     return 0 if tally.clean and drained else 1
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {text!r}")
-    return value
 
 
 DESCRIPTION = """\
@@ -289,22 +291,22 @@ exit codes:
 """
 
 
-def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(subparsers: Subparsers) -> None:
     """Register ``shadow`` on the ``mesh-client`` sub-command parsers."""
-    p = subparsers.add_parser(
+    p = command_parser(
+        subparsers,
         "shadow",
-        help="copy GETs down both routes and compare the answers, live (shadow reads on the spot)",
+        summary="copy GETs down both routes and compare the answers, live (shadow reads on the spot)",
         description=DESCRIPTION,
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("registry", metavar="MESH.toml", help="the registry TOML file")
+    add_registry(p)
     p.add_argument("service", metavar="SERVICE", help="a registered HTTP service")
     p.add_argument(
         "--path", action="append", metavar="PATH", help="a path (and query) to GET; repeat for more (default /)"
     )
-    p.add_argument("--count", type=_positive, default=20, metavar="N", help="calls to make in all (default 20)")
-    p.add_argument("--concurrency", type=_positive, default=1, metavar="N", help="calls in flight at once (default 1)")
+    p.add_argument("--count", type=count_arg, default=20, metavar="N", help="calls to make in all (default 20)")
+    p.add_argument("--concurrency", type=count_arg, default=1, metavar="N", help="calls in flight at once (default 1)")
     p.add_argument(
         "--stage",
         choices=["shadow", "live"],

@@ -10,8 +10,9 @@ import time
 from datetime import timedelta
 from typing import Any, Final
 
+from .._compat.otel import metrics_are_noop
 from ..policy import Route
-from ..telemetry import SCHEMA_URL, metrics_are_noop
+from ..telemetry import SCHEMA_URL
 from .compare import Comparison
 
 __all__ = ["MismatchLog", "count_comparison", "track_migration"]

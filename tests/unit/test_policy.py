@@ -584,3 +584,12 @@ def test_public_names() -> None:
     assert mesh_client.call_options is call_options
     assert mesh_client.CallOptions is CallOptions
     assert mesh_client.CallPolicy is CallPolicy
+
+
+def test_unset_is_a_public_type_for_the_call_options_annotations() -> None:
+    from mesh_client.policy import UNSET, CallOptions, Unset
+
+    assert isinstance(UNSET, Unset)
+    assert repr(UNSET) == "UNSET"
+    assert CallOptions().timeout is UNSET
+    assert "Unset" in CallOptions.__annotations__["timeout"]

@@ -10,6 +10,7 @@ import copy
 import dataclasses
 import json
 import math
+import pickle
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +19,8 @@ from typing import Any
 import pytest
 
 import mesh_client
-from mesh_client import ConfigError, MeshError, Route
+from mesh_client import ConfigError, Mesh, MeshError, Route
+from mesh_client.errors import InvalidServiceURL, UnknownService
 from mesh_client.registry import Address, MeshConfig, load_file, load_mapping
 
 FULL_REGISTRY = """\
@@ -279,8 +281,31 @@ def test_base_registry_of_the_error_cases_is_valid(loader: tuple[Load, str]) -> 
 def test_unknown_service_lookup_names_the_registry() -> None:
     cfg = load_mapping(MINIMAL, source="named.toml")
 
-    with pytest.raises(KeyError, match=r"orders.*named\.toml"):
+    with pytest.raises(KeyError, match=r"orders.*named\.toml") as raised:
         cfg.service("orders")
+    # a MeshError too (every error mesh_client raises is one), with a plain message, that pickles
+    assert isinstance(raised.value, UnknownService)
+    assert isinstance(raised.value, MeshError)
+    assert str(raised.value) == "no service 'orders' in the registry named.toml (services: users)"
+    again = pickle.loads(pickle.dumps(raised.value))
+    assert type(again) is UnknownService
+    assert str(again) == str(raised.value)
+
+
+def test_a_mesh_names_an_unknown_service_with_the_same_error() -> None:
+    with Mesh(load_mapping(MINIMAL, source="named.toml")) as mesh:
+        for call in (lambda: mesh.route_for("orders"), lambda: mesh.shadow_stats("orders")):
+            with pytest.raises(UnknownService, match="no service 'orders'"):
+                call()
+        with pytest.raises(InvalidServiceURL, match="service 'users' has protocol 'http'; use the HTTP clients"):
+            mesh.thrift_client(object(), "users")
+
+
+def test_the_protocol_type_no_longer_shadows_typing_protocol() -> None:
+    from mesh_client import registry
+
+    assert registry.ServiceProtocol is registry.Protocol  # (kept as a deprecated alias)
+    assert registry.ServiceConfig.__annotations__["protocol"] == "ServiceProtocol"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,6 +17,8 @@ from thriftpy2.thrift import TApplicationException
 
 from mesh_client import Mesh, MeshTimeoutError, Route, ThriftRoutingError, call_options
 from mesh_client import telemetry as telemetry_module
+from mesh_client._compat import forced_fallback
+from mesh_client._compat import otel as compat_otel
 from mesh_client.core import Attempt, CallRun, Responded, ServicePlan, drive
 from mesh_client.telemetry import DURATION_BUCKETS, CallTelemetry, redact_url
 from mesh_client.testing import FakeMesh, hang, reply, thrift_reply
@@ -237,8 +239,8 @@ def test_without_the_metrics_api_internals_every_call_records(
     fake_mesh: FakeMesh, mesh: Mesh, otel: Otel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fake_mesh.add("users", reply(200))
-    assert telemetry_module._probe_metrics_api() is not None  # the installed API, as probed
-    monkeypatch.setattr(telemetry_module, "_METRICS_API", None)
+    assert (compat_otel._probe_metrics_api() is None) == forced_fallback()  # the installed API, as probed
+    monkeypatch.setattr(compat_otel, "_METRICS_API", None)
     assert not telemetry_module.metrics_are_noop()  # the general path: always correct
     with mesh.httpx_client() as client:
         point = new_point(otel, "http.client.request.duration", lambda: client.get("http://users/x"))
@@ -303,11 +305,11 @@ def test_the_probes_say_no_when_the_internals_are_gone(monkeypatch: pytest.Monke
 
     monkeypatch.delattr(opentelemetry.metrics, "_internal")
     monkeypatch.setitem(sys.modules, "opentelemetry.metrics._internal", None)  # import fails
-    assert telemetry_module._probe_metrics_api() is None
+    assert compat_otel._probe_metrics_api() is None
 
     class Elsewhere(trace.TraceState):  # a TraceState that keeps its entries under another name
         def __init__(self, entries: Any = None) -> None:
             self._entries = dict(entries or ())
 
     monkeypatch.setattr(trace, "TraceState", Elsewhere)
-    assert not telemetry_module._probe_trace_state_store()
+    assert not compat_otel._probe_trace_state_store()

@@ -34,7 +34,7 @@ from ...mesh import Mesh
 from ...overrides import route_overrides
 from ...policy import UNSET, Route, call_options
 from ...registry import load_file
-from .._args import seconds_arg
+from .._args import Subparsers, add_registry, command_parser, seconds_arg
 from .._flags import flag_source_problem, quiet_flag_logs
 from .arguments import (
     ArgumentProblem,
@@ -146,16 +146,16 @@ exit codes:
 """
 
 
-def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(subparsers: Subparsers) -> None:
     """Register ``call`` on the ``mesh-client`` sub-command parsers."""
-    p = subparsers.add_parser(
+    p = command_parser(
+        subparsers,
         "call",
-        help="make one call to a service through the mesh and show how it went (route, attempts, timing)",
+        summary="make one call to a service through the mesh and show how it went (route, attempts, timing)",
         description=DESCRIPTION,
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("registry", metavar="MESH.toml", help="the registry TOML file")
+    add_registry(p)
     p.add_argument("service", metavar="SERVICE", help="a registered HTTP service")
     p.add_argument("method", metavar="METHOD", help="the HTTP method: GET, POST, PUT, DELETE, ...")
     p.add_argument("path", metavar="PATH", help="the path and query, starting with '/', e.g. /v1/users/1?full=1")

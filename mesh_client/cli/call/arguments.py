@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ from ...core import DROPPED_HEADERS
 from ...envoy import DEFAULT_PREFIX
 from ...overrides import parse_override_header
 from ...registry import MeshConfig
+from .._args import whole_number_arg
 
 __all__ = [
     "ArgumentProblem",
@@ -135,12 +135,5 @@ def header_notes(config: MeshConfig, headers: list[tuple[str, str]]) -> list[str
     return notes
 
 
-def max_body_arg(text: str) -> int:
-    """An argparse type for ``--max-body``: a whole number of bytes, 0 for no limit."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number of bytes, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 (no limit) or more, got {text!r}")
-    return value
+#: An argparse type for ``--max-body``: a whole number of bytes, 0 for no limit.
+max_body_arg: Final = whole_number_arg(0, unit="bytes", least="0 (no limit)")

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 
+from .._args import Subparsers, command_parser
 from .options import (
     DEFAULT_DURATION,
     DEMO_SERVICES,
@@ -76,14 +77,14 @@ def _run_args(args: argparse.Namespace) -> int:
     return run(options_from_args(args))
 
 
-def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(subparsers: Subparsers) -> None:
     """Register ``demo`` on the ``mesh-client`` sub-command parsers."""
-    p = subparsers.add_parser(
+    p = command_parser(
+        subparsers,
         "demo",
-        help="a live HAProxy -> Envoy migration on this machine, with real proxies, checked by its own numbers",
+        summary="a live HAProxy -> Envoy migration on this machine, with real proxies, checked by its own numbers",
         description=DESCRIPTION,
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_arguments(p)
     p.set_defaults(run=_run_args)

@@ -1,5 +1,6 @@
 """The demo services: tiny HTTP servers in this process that tell each caller whether the
-request came through Envoy (it arrived with :data:`ENVOY_MARK`, which only Envoy adds)."""
+request came through Envoy (it arrived with :data:`ENVOY_MARK`, which only Envoy adds), and
+answer one path otherwise through Envoy (the shadow step's planted difference)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Final
+from typing import Any, Final
 
 from ...envoy import DEFAULT_PREFIX, header_names
 from ...registry import Address
 from .overrides_step import VIA, Forward
+from .shadow_step import planted_answer
 
 __all__ = ["ENVOY_MARK", "DemoService"]
 
@@ -42,12 +44,13 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         via_envoy = ENVOY_MARK in self.headers
         server = self.server
-        answer = {
+        answer: dict[str, Any] = {
             "service": server.service,
             "deployment": server.deployment,
             "path": self.path,
             "via_envoy": via_envoy,
             ENVOY_MARK: self.headers.get(ENVOY_MARK),
+            **planted_answer(self.path, self.headers.get(ENVOY_MARK)),  # (the shadow step's difference)
         }
         with _served_lock:
             server.served += 1

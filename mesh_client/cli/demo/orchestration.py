@@ -22,6 +22,7 @@ from .options import DEMO_SERVICES, DemoOptions
 from .overrides_step import steer_one
 from .progress import HEAD1, HEAD2, flip_line, redraw, rows
 from .report import print_ending, print_summary
+from .shadow_step import compare_some
 from .startup import DemoMesh, Processes, start
 from .steps import DemoFailed, wait_for_flag
 from .traffic import Ledger, Traffic
@@ -100,7 +101,8 @@ def _run(options: DemoOptions, display: Display) -> int:
 def walk_flag(mesh: DemoMesh, display: Display, traffic: Traffic, ledger: Ledger) -> list[str]:
     """Each step: write its flag, wait until every caller has loaded it, settle the ledger on the
     callers' decisions, hold the step while the traffic runs; then (with the canary) steer one
-    request to it, and stop the traffic. Returns the override step's problems."""
+    request to it and compare both routes' answers on a few calls (the shadow step), and stop the
+    traffic. Returns the problems of those two steps."""
     show, walk, callers = display, mesh.walk, mesh.callers
     if not show.live:
         show.print(HEAD1)
@@ -128,14 +130,17 @@ def walk_flag(mesh: DemoMesh, display: Display, traffic: Traffic, ledger: Ledger
             with ledger.lock:
                 for line, _ in rows(walk, step):
                     show.print(line)
-    override_line, problems = "", list[str]()
+    extra: list[tuple[str, list[str]]] = []
     canary = mesh.canary
-    if canary is not None:  # while the traffic goes on: one request steered to the canary
-        override_line, problems = steer_one(callers[0].session, callers[0].name, lambda: canary.served)
+    if canary is not None:  # while the traffic goes on: one request steered to the canary, then shadow reads
+        extra.append(steer_one(callers[0].session, callers[0].name, lambda: canary.served))
+        extra.append(compare_some(mesh.config, callers[0].name))
     traffic.stop()
     redraw(walk, show, final=True)
-    if override_line:
-        show.print(override_line, "red" if problems else "green")
+    problems = []
+    for line, found in extra:
+        show.print(line, "red" if found else "green")
+        problems += found
     return problems
 
 

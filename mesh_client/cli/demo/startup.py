@@ -1,5 +1,6 @@
 """Bringing the demo's mesh up: a registry and a flag file in a temporary folder, the demo
-services (and, with HAProxy, users' canary for the override step), the callers' Meshes, a real
+services (and, with HAProxy, users' canary for the override step and its shadow table for the
+shadow step), the callers' Meshes, a real
 Envoy and (when installed) a real HAProxy. Everything
 started is entered on the caller's :class:`~contextlib.ExitStack`, so it is stopped in every case."""
 
@@ -25,10 +26,11 @@ from ...sidecar import (
     start_envoy,
     start_haproxy,
 )
-from .backends import DemoService
+from .backends import ENVOY_MARK, DemoService
 from .display import Display
 from .options import CALLERS, DEMO_SERVICES, RATE, THREADS, DemoOptions
 from .overrides_step import CANARY, OVERRIDES_TABLE, canary_table, forwarder
+from .shadow_step import shadow_table
 from .steps import DemoFailed, Walk
 from .traffic import Caller
 
@@ -130,6 +132,7 @@ def start(options: DemoOptions, show: Display, stack: ExitStack, processes: Proc
         with interrupts_held():
             canary = stack.enter_context(DemoService("users", CANARY))
         text += canary_table("users", free_port(), canary.address) + OVERRIDES_TABLE
+        text += shadow_table(("via_envoy", ENVOY_MARK))  # for the shadow step
     registry = folder / "mesh.toml"
     registry.write_text(text)
     config = load_file(registry)

@@ -78,7 +78,7 @@ from __future__ import annotations
 
 import argparse
 
-from .._args import seconds_arg
+from .._args import Subparsers, add_registry, command_parser, seconds_arg
 from .checks import diagnose
 from .context import DEFAULT_TIMEOUT, Check, exit_code
 from .report import run
@@ -118,16 +118,16 @@ exit codes:
 """
 
 
-def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(subparsers: Subparsers) -> None:
     """Register ``doctor`` on the ``mesh-client`` sub-command parsers."""
-    p = subparsers.add_parser(
+    p = command_parser(
+        subparsers,
         "doctor",
-        help="check that Envoy, HAProxy and the flags on this machine match a registry",
+        summary="check that Envoy, HAProxy and the flags on this machine match a registry",
         description=DESCRIPTION,
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("registry", metavar="MESH.toml", help="the registry TOML file")
+    add_registry(p)
     p.add_argument(
         "--timeout",
         type=seconds_arg,

@@ -80,6 +80,13 @@ def test_demo_walks_the_flag_with_no_failed_call_and_the_split_the_flag_gave() -
         out,
         re.M,
     ), out
+    # the shadow step: both routes' answers compared, and the planted difference found, alone
+    assert re.search(
+        r"^  shadow    checkout -> users at stage shadow, 20 calls each copied via Envoy and compared: 10 matched, "
+        r"10 mismatched, on /v1/search \(body \$\.page_size\): the planted difference, and nothing else$",
+        out,
+        re.M,
+    ), out
     pids = [int(pid) for pid in re.findall(r"^  (?:Envoy|HAProxy)\s+pid (\d+):", out, re.M)]
     assert len(pids) == 2, out
     assert all(gone(pid) for pid in pids), "the demo left a sidecar running"

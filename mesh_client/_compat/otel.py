@@ -1,0 +1,89 @@
+"""OpenTelemetry API internals: the global providers' "nothing installed" tests, the context key
+that suppresses the official HTTP instrumentations, and a ``TraceState`` built with exactly the
+members the W3C grammar allows. Each probed at import, each with a public fallback (see
+:mod:`mesh_client._compat`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+
+from . import forced_fallback
+
+__all__ = ["metrics_are_noop", "trace_state", "tracing_is_noop"]
+
+_FORCED = forced_fallback()
+
+
+def _probe_metrics_api() -> Any:
+    """The module where the metrics API keeps its global provider (``_METER_PROVIDER``), or None
+    when it is not there any more (then metrics are assumed on: every call records, which the
+    API's proxy instruments drop while no provider is set: always correct, a little slower)."""
+    if forced_fallback():
+        return None
+    try:
+        from opentelemetry.metrics import _internal
+    except ImportError:  # the API moved it
+        return None
+    return _internal if hasattr(_internal, "_METER_PROVIDER") else None
+
+
+_METRICS_API: Any = _probe_metrics_api()
+
+
+def tracing_is_noop() -> bool:
+    """Whether no tracer provider (no SDK) is installed, so every span would be a no-op.
+
+    The same test OpenTelemetry's proxy tracer makes on every span; if the API ever stops
+    exposing it, tracing is assumed on (the general path, always correct)."""
+    return not _FORCED and getattr(trace, "_TRACER_PROVIDER", True) is None
+
+
+def metrics_are_noop() -> bool:
+    """Whether no meter provider (no SDK) is installed, so the API's proxy instruments drop every
+    record (the test they make themselves: they have no real instrument until a provider is set;
+    one named by OTEL_PYTHON_METER_PROVIDER is set when the instruments are made). See
+    :func:`_probe_metrics_api` for the fallback."""
+    api = _METRICS_API
+    return api is not None and getattr(api, "_METER_PROVIDER", True) is None
+
+
+#: the context key ``suppress_http_instrumentation()`` sets (the value it has had since 1.20)
+_SUPPRESS_HTTP_KEY: str = (
+    "suppress_http_instrumentation"
+    if _FORCED
+    else getattr(otel_context, "_SUPPRESS_HTTP_INSTRUMENTATION_KEY", "suppress_http_instrumentation")
+)
+
+
+def _probe_trace_state_store() -> bool:
+    """Whether a ``TraceState`` keeps its entries in the dict ``_dict`` that every method reads
+    (then :func:`trace_state` can hold keys OpenTelemetry's older grammar rejects)."""
+    if forced_fallback():
+        return False
+    try:
+        state = trace.TraceState()
+        if vars(state) != {"_dict": {}}:
+            return False
+        state._dict = {"a@@b": "1", "c": "2"}
+        return state.to_header() == "a@@b=1,c=2" and len(state) == 2 and state["a@@b"] == "1" and "c" in state
+    except Exception:  # an API whose TraceState works otherwise
+        return False
+
+
+_TRACE_STATE_STORE: bool = _probe_trace_state_store()
+
+
+def trace_state(members: Sequence[tuple[str, str]]) -> trace.TraceState:
+    """A ``TraceState`` with exactly ``members`` (already checked by
+    :func:`mesh_client.tracestate.parse_tracestate`: valid under the current W3C grammar, no key
+    twice, at most 32). Fallback when the probe fails: OpenTelemetry's own constructor, which keeps
+    the members its older key grammar accepts."""
+    if not _TRACE_STATE_STORE:
+        return trace.TraceState(list(members))
+    state = trace.TraceState()
+    state._dict = dict(members)
+    return state
