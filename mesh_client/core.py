@@ -505,6 +505,13 @@ class CallRun(Generic[R]):
                     f"{self._envoy_timeout_text(attempt)} and passes no more of the body on after that",
                     outcome.error,
                 )
+            if outcome.kind is Failure.TIMEOUT and (spent := self.plan.clock() - self.started) < attempt.timeout:
+                return self._fail(  # the library gave up before the time did (a mock, a pool timeout)
+                    MeshTimeoutError,
+                    f"the request to the Envoy sidecar at {attempt.address} timed out after {spent:.3f} s{detail}, "
+                    f"before the attempt's {attempt.timeout:.3f} s",
+                    outcome.error,
+                )
             if outcome.kind is Failure.TIMEOUT:
                 return self._fail(
                     MeshTimeoutError,
@@ -522,7 +529,8 @@ class CallRun(Generic[R]):
             elapsed = self.plan.clock() - self.started
             what = f"the response via {where} was not complete{detail}"
             if not outcome.response_started:
-                what = f"no answer via {where}"
+                # (the library's own words when it gave up before the time did: a mock's, say)
+                what = f"no answer via {where}{detail if elapsed < attempt.timeout else ''}"
             return self._fail(
                 MeshTimeoutError,
                 f"{what} after {elapsed:.3f} s and {tries} (timeout {self._timeout_text()}){self._deadline_text()}",

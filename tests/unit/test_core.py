@@ -180,12 +180,29 @@ def test_envoy_refused_without_failover_is_a_connect_error() -> None:
 
 
 def test_envoy_client_timeout_blames_the_sidecar() -> None:
-    r = run(Route.ENVOY)
-    first(r)
+    clock = FakeClock()
+    r = run(Route.ENVOY, clock=clock)
+    attempt = first(r)
+    clock.now += attempt.timeout
     step = r.advance(Broken(Failure.TIMEOUT, TimeoutError()))
     assert isinstance(step, Fail)
     assert step.error is MeshTimeoutError
     assert "stuck" in step.message
+
+
+@pytest.mark.parametrize("route", [Route.ENVOY, Route.HAPROXY])
+def test_a_timeout_raised_before_the_time_is_up_says_so_with_the_librarys_words(route: Route) -> None:
+    # (a mocking library's "no response" is a timeout exception, raised at once)
+    clock = FakeClock()
+    r = run(route, clock=clock, retries=0)
+    attempt = first(r)
+    clock.now += 0.002
+    step = r.advance(Broken(Failure.TIMEOUT, TimeoutError(), "TimeoutException: No response can be found"))
+    assert isinstance(step, Fail)
+    assert step.error is MeshTimeoutError
+    assert "No response can be found" in step.message
+    assert "stuck" not in step.message
+    assert f"{attempt.timeout:.3f} s" not in step.message or "before the attempt's" in step.message
 
 
 # -- HAProxy route ---------------------------------------------------------------------------------
