@@ -99,15 +99,17 @@ def main(argv: list[str] | None = None) -> None:
 
 
 class BackendProcess:
-    """The lean backend in a child process, stopped by its own handle."""
+    """The lean backend (or another server ``module`` that prints "PORT <n>" once it listens) in
+    a child process, stopped by its own handle."""
 
-    def __init__(self) -> None:
+    def __init__(self, module: str = "benchmarks.backend") -> None:
+        self.module = module
         self.process: subprocess.Popen[str] | None = None
         self.address = Address("127.0.0.1", 0)
 
     def start(self, timeout: float = 10.0) -> BackendProcess:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.backend", "--port", "0"],
+            [sys.executable, "-m", self.module, "--port", "0"],
             stdout=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
             text=True,
@@ -127,7 +129,7 @@ class BackendProcess:
                             break
                     if self.process.poll() is not None:
                         break
-            raise RuntimeError("the benchmark backend did not start")
+            raise RuntimeError(f"the benchmark server {self.module} did not start")
         except BaseException:
             self.stop()
             raise

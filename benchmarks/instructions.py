@@ -1,5 +1,6 @@
 """Machine instructions, branch mispredictions and cache misses per call, mesh vs plain, without
-network: ``python -m benchmarks.instructions [httpx|httpx-async|requests|decision ...] [--calls N]``.
+network: ``python -m benchmarks.instructions [httpx|httpx-async|requests|decision|thrift|theader ...]
+[--calls N]``.
 
 Timings on a shared VM move by tens of µs between runs; valgrind's counts do not. For each client
 this runs four processes under ``valgrind --tool=cachegrind`` (simulated caches and branch
@@ -10,7 +11,9 @@ difference of the sides, per call, is what mesh_client adds. Needs ``valgrind`` 
 valgrind``); about 2 minutes per client on the 2-core machine of docs/performance.md.
 
 Each process is one ``python -m benchmarks.instructions --child KIND SIDE N`` (no proxies, no
-network: a flag file routes ``users`` to Envoy, whose address is never dialled).
+network: a flag file routes ``users`` to Envoy, whose address is never dialled). ``thrift`` and
+``theader`` (mesh framed / THeader against thriftpy2's framed client) do go over loopback, to
+section 6's server, which runs in a process of its own that valgrind does not follow.
 """
 
 from __future__ import annotations
@@ -28,9 +31,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from mesh_client.registry import Address
+
 #: column -> the line of valgrind's summary that holds it
 EVENTS = {"Ir": r"I\s+refs", "I1mr": r"I1\s+misses", "D1mr": r"D1\s+misses", "Bcm": r"Mispredicts"}
-KINDS = ("httpx", "httpx-async", "requests", "decision")
+KINDS = ("httpx", "httpx-async", "requests", "decision", "thrift", "theader")
 WARMUP = 300
 
 
@@ -60,8 +65,37 @@ def _world() -> Any:
     return World(config, mesh, flags, None, None, None)  # type: ignore[arg-type]
 
 
+def _thrift_call(kind: str, mine: bool, server: Address) -> Callable[[], Any]:
+    """One get() of section 6: mesh framed or THeader, or thriftpy2's framed client (the plain side)."""
+    from thriftpy2.rpc import make_client
+    from thriftpy2.transport import TFramedTransportFactory
+
+    from .thrift import thrift_mesh
+    from .thrift_server import load_users
+
+    users = load_users()
+    if not mine:
+        plain = make_client(
+            users.Users, server.host, server.port, trans_factory=TFramedTransportFactory(), timeout=60_000
+        )
+        return lambda: plain.get(1)
+    mesh = thrift_mesh(server, Path(tempfile.mkdtemp(prefix="mesh-instr-")))
+    client = mesh.thrift_client(users.Users, "th-framed" if kind == "thrift" else "th-header")
+    return lambda: client.get(1)
+
+
 def child(kind: str, side: str, calls: int) -> None:
     """Make WARMUP + ``calls`` calls of one kind on one side, then leave at once."""
+    if kind in ("thrift", "theader"):
+        from .backend import BackendProcess
+
+        server = BackendProcess("benchmarks.thrift_server").start(timeout=60)
+        call = _thrift_call(kind, side == "mesh", server.address)
+        for _ in range(WARMUP + calls):
+            call()
+        server.stop()  # (the same in both runs of a side: it cancels out)
+        sys.stdout.flush()
+        os._exit(0)
     import httpx
     import requests
     from requests.adapters import HTTPAdapter

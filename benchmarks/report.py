@@ -1,4 +1,4 @@
-"""Targets (from issue 8) and plain-text tables. Targets are reported, never asserted."""
+"""Targets (from issues 8 and 19) and plain-text tables. Targets are reported, never asserted."""
 
 from __future__ import annotations
 
@@ -19,6 +19,11 @@ FIXTURE_SPEEDUP = 20.0
 MEMORY_BYTES_PER_CALL = 1.0
 #: ... and the objects the garbage collector tracks grow by less than one per this many calls
 MEMORY_CALLS_PER_OBJECT = 100
+
+#: issue 19 targets: Thrift against thriftpy2's own framed client (section 6)
+THRIFT_WALL_RATIO = 1.15
+THRIFT_CPU_ADDED_US = 15.0
+THEADER_WALL_RATIO = 1.25
 
 
 @dataclass

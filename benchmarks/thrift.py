@@ -1,9 +1,11 @@
 """Section 6: Thrift per call, framed vs THeader vs a plain thriftpy2 client.
 
 All three call the same thriftpy2 server (mesh_client's ``make_server``, which answers framed and
-THeader) directly on loopback, so the figures isolate what the client side costs: mesh_client's
-planning, context headers and sequence-id checks, and THeader framing, against thriftpy2's own
-framed client. Through Envoy or HAProxy each call also pays the proxy hop (see docs/thrift.md).
+THeader, in its own process: :mod:`benchmarks.thrift_server`) directly on loopback, so the figures
+isolate what the client side costs: mesh_client's planning, context headers and sequence-id checks,
+and THeader framing, against thriftpy2's own framed client. Through Envoy or HAProxy each call also
+pays the proxy hop (see docs/thrift.md). The route is the flag's (a flag file routing both services
+to the "HAProxy" address, which is the server itself), as an application's calls are.
 """
 
 from __future__ import annotations
@@ -13,55 +15,59 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import thriftpy2
 from thriftpy2.rpc import make_client
 from thriftpy2.transport import TFramedTransportFactory
 
-from mesh_client import Mesh, call_options
+from mesh_client import Mesh
+from mesh_client.registry import Address
+from mesh_client.routing import route_flag, write_flag_file
 from mesh_client.sidecar import free_port
-from mesh_client.thrift.server import make_server
 
 from . import report
+from .backend import BackendProcess
 from .measure import Variant, alternate, compare
+from .thrift_server import load_users
 
-IDL = "struct User {1: i64 id, 2: string name}\nservice Users { User get(1: i64 id) }\n"
+SERVICES = ("th-framed", "th-header")
 
 
-class Handler:
-    def __init__(self, users: Any) -> None:
-        self.users = users
-
-    def get(self, id: int) -> Any:
-        return self.users.User(id=id, name="bench")
+def thrift_mesh(server: Address, folder: Path) -> Mesh:
+    """A mesh whose two Thrift services (framed, THeader) go to ``server`` by their flags."""
+    flags = folder / "flags.json"
+    write_flag_file(flags, [route_flag(f"mesh-route-{name}", "haproxy") for name in SERVICES])
+    address = f"{server.host}:{server.port}"
+    data = {
+        "mesh": {
+            "caller": "bench",
+            "envoy_http": f"127.0.0.1:{free_port()}",
+            "envoy_thrift": f"127.0.0.1:{free_port()}",
+        },
+        "flags": {"source": "file", "path": str(flags), "poll_interval": 60},
+        "services": {
+            # the "HAProxy" address is the server itself: no proxy in the way
+            "th-framed": {"protocol": "thrift", "transport": "framed", "haproxy": address},
+            "th-header": {"protocol": "thrift", "transport": "header", "haproxy": address},
+        },
+    }
+    mesh = Mesh.from_dict(data)
+    for name in SERVICES:
+        if mesh.route_for(name).route.value != "haproxy":
+            mesh.close()
+            raise RuntimeError(f"benchmarks.thrift: the flag file did not route {name} to the server")
+    return mesh
 
 
 def run(*, rounds: int, calls: int, warmup: int) -> dict[str, Any]:
     with ExitStack() as stack:
+        users = load_users()
+        server = stack.enter_context(BackendProcess("benchmarks.thrift_server")).address
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mesh-bench-thrift-")))
-        (folder / "bench_users.thrift").write_text(IDL)
-        users = thriftpy2.load(str(folder / "bench_users.thrift"), module_name="bench_users_thrift")
-        port = free_port()
-        data = {
-            "mesh": {
-                "caller": "bench",
-                "envoy_http": f"127.0.0.1:{free_port()}",
-                "envoy_thrift": f"127.0.0.1:{free_port()}",
-            },
-            "services": {
-                # the "HAProxy" address is the server itself: no proxy in the way
-                "th-framed": {"protocol": "thrift", "transport": "framed", "haproxy": f"127.0.0.1:{port}"},
-                "th-header": {"protocol": "thrift", "transport": "header", "haproxy": f"127.0.0.1:{port}"},
-            },
-        }
-        mesh = stack.enter_context(Mesh.from_dict(data))
-        server = make_server(users.Users, Handler(users), "127.0.0.1", port, mesh=mesh, transport="header")
-        thread = server.start()  # listening before it returns: the first call cannot be refused
-        stack.callback(thread.join, 5)
-        stack.callback(server.close)
-        stack.enter_context(call_options(route="haproxy"))
+        mesh = stack.enter_context(thrift_mesh(server, folder))
         framed = stack.enter_context(mesh.thrift_client(users.Users, "th-framed"))
         header = stack.enter_context(mesh.thrift_client(users.Users, "th-header"))
-        plain = make_client(users.Users, "127.0.0.1", port, trans_factory=TFramedTransportFactory(), timeout=5000)
+        plain = make_client(
+            users.Users, server.host, server.port, trans_factory=TFramedTransportFactory(), timeout=5000
+        )
         stack.callback(plain.close)
         variants = [
             Variant("thriftpy2 framed", call=lambda: plain.get(1)),
@@ -76,10 +82,32 @@ def run(*, rounds: int, calls: int, warmup: int) -> dict[str, Any]:
             vs = compare(v, base) if v is not base else {"wall_ratio": 1.0, "cpu_added_us": 0.0}
             rows.append({"client": v.name, **summary, **vs})
         header_vs_framed = compare(variants[2], variants[1])
+        framed_row, header_row = rows[1], rows[2]
         return {
             "rows": rows,
             "theader_vs_framed": header_vs_framed,
-            "targets": [],
+            "targets": [
+                report.at_most(
+                    "6",
+                    "Thrift wall ratio, mesh framed / thriftpy2",
+                    framed_row["wall_ratio"],
+                    report.THRIFT_WALL_RATIO,
+                    "x",
+                ),
+                report.at_most(
+                    "6",
+                    "Thrift client CPU added, mesh framed (µs)",
+                    framed_row["cpu_added_us"],
+                    report.THRIFT_CPU_ADDED_US,
+                ),
+                report.at_most(
+                    "6",
+                    "Thrift wall ratio, mesh THeader / thriftpy2",
+                    header_row["wall_ratio"],
+                    report.THEADER_WALL_RATIO,
+                    "x",
+                ),
+            ],
         }
 
 
@@ -89,7 +117,7 @@ def render(result: dict[str, Any]) -> str:
         for r in result["rows"]
     ]
     text = report.table(
-        "6. Thrift get() per call, direct to the server (µs)",
+        "6. Thrift get() per call, direct to the server (its own process; client CPU, µs)",
         ["client", "wall median", "wall p99", "ratio", "CPU/call", "CPU added"],
         rows,
     )

@@ -109,6 +109,8 @@ def check_header_value(name: str, value: str) -> str:
     """Return ``value`` if it can go out as a header; raise ValueError (naming the header) if not."""
     if not isinstance(value, str):
         raise ValueError(f"header {name!r}: value must be a string, got {type(value).__name__}")
+    if value.isascii() and value.isprintable() and (not value or (value[0] != " " and value[-1] != " ")):
+        return value  # (the usual value: printable ASCII has no CR, LF, NUL or tab and is latin-1)
     if _BAD_VALUE.search(value):
         raise ValueError(f"header {name!r}: value contains CR, LF or NUL, or starts or ends with a blank: {value!r}")
     try:
@@ -267,7 +269,7 @@ def _nothing_to_inject() -> bool:
     propagators, no span context and no baggage (no SDK and no inbound trace). Saves the
     ``propagate.inject`` walk on every call of an application without OpenTelemetry."""
     global _default_textmap
-    textmap = _propagate().get_global_textmap()
+    textmap = (_propagate_module or _propagate()).get_global_textmap()
     checked, is_default = _default_textmap
     if textmap is not checked:
         from opentelemetry.baggage.propagation import W3CBaggagePropagator

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Final
 
 from . import clock
 from .policy import check_seconds
@@ -20,9 +21,9 @@ __all__ = ["current_deadline", "deadline", "time_left"]
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("mesh_client.deadline", default=None)
 
 
-def current_deadline() -> float | None:
-    """The current deadline as a :func:`mesh_client.clock.monotonic` value, or None when there is none."""
-    return _deadline.get()
+#: ``current_deadline()``: the current deadline as a :func:`mesh_client.clock.monotonic` value, or
+#: None when there is none. The context variable's own ``get`` (asked on every call).
+current_deadline: Final[Callable[[], float | None]] = _deadline.get
 
 
 def time_left(now: float | None = None) -> float | None:

@@ -14,7 +14,7 @@ import contextvars
 import dataclasses
 import enum
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -262,9 +262,9 @@ NO_OPTIONS: Final = CallOptions()
 _current: contextvars.ContextVar[CallOptions] = contextvars.ContextVar("mesh_client.call_options", default=NO_OPTIONS)
 
 
-def current_options() -> CallOptions:
-    """The options of the innermost :func:`call_options` block (empty outside any)."""
-    return _current.get()
+#: ``current_options()``: the options of the innermost :func:`call_options` block (empty outside
+#: any). The context variable's own ``get`` (asked on every call: no Python frame of its own).
+current_options: Final[Callable[[], CallOptions]] = _current.get
 
 
 @contextlib.contextmanager

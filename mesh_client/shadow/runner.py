@@ -61,9 +61,9 @@ _runners: weakref.WeakSet[ShadowRunner] = weakref.WeakSet()
 AnswerOf = Callable[[Any, tuple[str, ...]], Answer | None]
 
 
-def copy_order() -> CopyOrder | None:
-    """The copy being sent in this context, if any (read by ``Mesh.start_call``)."""
-    return _order.get()
+#: ``copy_order()``: the copy being sent in this context, if any (read by ``Mesh.start_call`` on
+#: every call: the context variable's own ``get``, no Python frame of its own)
+copy_order: Final[Callable[[], CopyOrder | None]] = _order.get
 
 
 class _Service:

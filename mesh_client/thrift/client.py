@@ -19,20 +19,13 @@ server sees it) and header calls by the ``x-mesh-service`` header; see
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import select
-import socket
 import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Final
 
-import thriftpy2.protocol
-import thriftpy2.protocol.binary
-import thriftpy2.transport
-import thriftpy2.transport.memory
 from thriftpy2.thrift import TApplicationException, TMessageType, args_to_kwargs
 from thriftpy2.transport import TTransportException
 
@@ -46,18 +39,13 @@ from ..shadow.answers import shadow_thrift
 from ..variants import framed_service_name
 from ..wire import ThriftCall, Wire, WireFailure, WireRequest, current_wire
 from . import errors as _errors  # noqa: F401 - registers the combined exceptions raised here
-from .theader import FrameError, decode_header_frame, encode_framed, encode_header_frame, read_frame
+from .pool import Connection, Pool, PoolExhausted
+from .reading import binary_reader
+from .theader import FrameError, decode_header_frame, encode_framed, encode_header_frame
 
 __all__ = ["ThriftClient"]
 
-# thriftpy2's Cython classes are untyped: use them through Any
-_protocol: Any = thriftpy2.protocol
-_transport: Any = thriftpy2.transport
-_binary: Any = thriftpy2.protocol.binary
-_memory: Any = thriftpy2.transport.memory
-
 DEFAULT_MAX_CONNECTIONS: Final = 32
-_MAX_IDLE: Final = 8
 
 #: Envoy thrift_proxy's own error replies: (TApplicationException type, message start, kind,
 #: status-like code). The codes only feed the shared retry rules; callers see exceptions.
@@ -74,120 +62,25 @@ _ENVOY_REPLIES: Final = (
 _NOT_DELIVERED: Final = {"no_healthy_upstream": True, "no_route": True, "no_cluster": True, "overloaded": True}
 
 
-class _Connection:
-    """One socket to a proxy, used by one call at a time."""
+class _Method:
+    """What every call of one service method shares, worked out on its first call (kept per
+    client: the IDL bounds the methods)."""
 
-    def __init__(self, sock: socket.socket, address: Address) -> None:
-        self.sock = sock
-        self.address = address
-        self.seqid = 0
+    __slots__ = ("api", "args_cls", "envoy_name", "oneway", "result_cls", "spec")
 
-    def next_seqid(self) -> int:
-        self.seqid = self.seqid % 0x7FFFFFFF + 1
-        return self.seqid
-
-    def dropped(self) -> bool:
-        """Whether the peer closed (or sent something unasked) while the connection was idle."""
-        try:
-            readable, _, _ = select.select([self.sock], [], [], 0)
-        except (OSError, ValueError):
-            return True
-        return bool(readable)
-
-    def exchange(self, frame: bytes, until: float, oneway: bool) -> bytes | None:
-        """Send ``frame``; return the reply frame's body (None for oneway), all before ``until``."""
-        self._settimeout(until)
-        self.sock.sendall(frame)
-        if oneway:
-            return None
-
-        def recv_exactly(n: int) -> bytes:
-            chunks = bytearray()
-            while len(chunks) < n:
-                self._settimeout(until)
-                chunk = self.sock.recv(n - len(chunks))
-                if not chunk:
-                    raise ConnectionResetError("the proxy closed the connection before the whole reply")
-                chunks += chunk
-            return bytes(chunks)
-
-        body: bytes = read_frame(recv_exactly)
-        return body
-
-    def _settimeout(self, until: float) -> None:
-        left = until - time.monotonic()
-        if left <= 0:
-            raise TimeoutError("timed out")
-        self.sock.settimeout(left)
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):  # closing must not raise
-            self.sock.close()
+    def __init__(self, service: Any, api: str, service_name: str) -> None:
+        self.api = api
+        self.args_cls = getattr(service, api + "_args")
+        self.spec = self.args_cls.thrift_spec
+        self.result_cls = getattr(service, api + "_result")
+        self.oneway = bool(getattr(self.result_cls, "oneway", False))
+        #: the name framed calls send through Envoy: the service as a multiplex prefix, which
+        #: Envoy strips
+        self.envoy_name = f"{service_name}:{api}"
 
 
-class _Pool:
-    """Connections to one address: at most ``limit`` in use, a few idle ones kept (thread-safe)."""
-
-    def __init__(self, address: Address, limit: int) -> None:
-        self.address = address
-        self._idle: list[_Connection] = []
-        self._lock = threading.Lock()
-        self._slots = threading.BoundedSemaphore(limit)
-        self._limit = limit
-        self.closed = False
-
-    def acquire(self, until: float) -> _Connection:
-        if not self._slots.acquire(timeout=max(0.0, until - time.monotonic())):
-            raise _PoolExhausted(f"all {self._limit} connections to {self.address} are busy")
-        try:
-            while True:
-                with self._lock:
-                    conn = self._idle.pop() if self._idle else None
-                if conn is None:
-                    break
-                if not conn.dropped():
-                    return conn
-                conn.close()
-            left = until - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("timed out before connecting")
-            sock = socket.create_connection((self.address.host, self.address.port), timeout=left)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            return _Connection(sock, self.address)
-        except BaseException:
-            self._slots.release()
-            raise
-
-    def release(self, conn: _Connection, reusable: bool) -> None:
-        keep = False
-        if reusable and not self.closed:
-            with self._lock:
-                if len(self._idle) < _MAX_IDLE:
-                    self._idle.append(conn)
-                    keep = True
-        if not keep:
-            conn.close()
-        self._slots.release()
-
-    def close(self) -> None:
-        self.closed = True
-        with self._lock:
-            idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.close()
-
-    def forget(self) -> None:
-        """In a forked child: never use these connections again (the parent goes on using them).
-        Their sockets are closed here, which sends nothing and leaves the parent's copies open.
-        Takes no lock: another thread of the parent may have held it at the fork."""
-        self.closed = True
-        idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.close()
-
-
-class _PoolExhausted(TimeoutError):
-    pass
+def _keep(reply: Any) -> None:
+    """A Thrift reply holds nothing to release when it is retried."""
 
 
 class _Reply:
@@ -229,9 +122,11 @@ class ThriftClient:
         self._config = config
         self._header = config.transport == "header"
         self._max_connections = max_connections
-        self._pools: dict[Address, _Pool] = {}
+        self._pools: dict[Address, Pool] = {}
+        #: (address, its pool) of the last attempt: the usual next one goes to the same address
+        self._last_pool: tuple[Address, Pool] | None = None
         self._pools_lock = threading.Lock()
-        self._proto: Any = _protocol.TBinaryProtocolFactory()  # Cython-accelerated when available
+        self._methods: dict[str, _Method] = {}
         reset_in_child(self, ThriftClient._after_fork)
 
     # -- the thriftpy2 client surface --------------------------------------------------------------
@@ -257,6 +152,7 @@ class ThriftClient:
         """In a forked child (see :mod:`mesh_client.fork`): new pools and lock; the parent's
         connections are never used here."""
         pools, self._pools = self._pools, {}
+        self._last_pool = None
         self._pools_lock = threading.Lock()
         for pool in pools.values():
             pool.forget()
@@ -273,26 +169,28 @@ class ThriftClient:
 
     def _call(self, api: str, *args: Any, **kwargs: Any) -> Any:
         service = self._service
+        method = self._methods.get(api)
+        if method is None:
+            method = self._methods.setdefault(api, _Method(service, api, self._config.name))
         try:
-            fields = args_to_kwargs(getattr(service, api + "_args").thrift_spec, *args, **kwargs)
+            fields = args_to_kwargs(method.spec, *args, **kwargs)
         except ValueError as exc:  # as thriftpy2's TClient does
             raise TApplicationException(
                 TApplicationException.UNKNOWN_METHOD,
                 f"{exc.args[0]} is required argument for {service.__name__}.{api}",
             ) from None
-        call_args = getattr(service, api + "_args")(**fields)
-        result_cls = getattr(service, api + "_result")
-        oneway = bool(getattr(result_cls, "oneway", False))
+        call_args = method.args_cls(**fields)
+        oneway = method.oneway
         run = self._mesh.start_call(self._config, api, source=service)
         wire = current_wire()
 
         def send(attempt: Attempt) -> Responded[_Reply] | Broken:
-            target = self._wire_name(attempt, api, run.variant)
+            target = self._wire_name(attempt, method, run.variant)
             if wire is not None:
                 return self._over_wire(wire, attempt, api, call_args, oneway, target=target)
-            return self._attempt(attempt, target, call_args, result_cls, oneway)
+            return self._attempt(attempt, method, target, call_args)
 
-        result = drive(run, send, lambda reply: None)
+        result = drive(run, send, _keep)
         if run.shadow is not None:  # a copy down the other route, compared off this thread
             again = None if oneway else functools.partial(self._call, api, *args, **kwargs)
             return shadow_thrift(run.shadow, result, lambda: self._outcome_of(result, api, oneway), again, api)
@@ -349,21 +247,23 @@ class ThriftClient:
             raise TApplicationException(TApplicationException.MISSING_RESULT)
         return None
 
-    def _pool(self, address: Address) -> _Pool:
+    def _pool(self, address: Address) -> Pool:
+        last = self._last_pool
+        if last is not None and last[0] is address:
+            return last[1]
         pool = self._pools.get(address)
         if pool is None:
             with self._pools_lock:
-                pool = self._pools.setdefault(address, _Pool(address, self._max_connections))
+                pool = self._pools.setdefault(address, Pool(address, self._max_connections))
+        self._last_pool = (address, pool)
         return pool
 
-    def _attempt(
-        self, attempt: Attempt, target: str, call_args: Any, result_cls: Any, oneway: bool
-    ) -> Responded[_Reply] | Broken:
+    def _attempt(self, attempt: Attempt, method: _Method, target: str, call_args: Any) -> Responded[_Reply] | Broken:
         until = time.monotonic() + attempt.timeout
         pool = self._pool(attempt.address)
         try:
             conn = pool.acquire(until)
-        except _PoolExhausted as exc:
+        except PoolExhausted as exc:
             return Broken(Failure.TIMEOUT, exc, str(exc))
         except TimeoutError as exc:
             return Broken(Failure.CONNECT, exc, "connect timeout")
@@ -373,7 +273,8 @@ class ThriftClient:
         try:
             seqid = conn.next_seqid()
             envoy_route = attempt.route is Route.ENVOY
-            payload = self._encode_call(target, call_args, seqid, oneway)
+            oneway = method.oneway
+            payload = self._encode_call(conn, target, call_args, seqid, oneway)
             if self._header:
                 frame = encode_header_frame(payload, seqid=seqid, headers=self._theader_headers(attempt))
             else:
@@ -390,7 +291,7 @@ class ThriftClient:
                 reusable = True
                 return Responded(_Reply(), 200, {})
             try:
-                reply = self._decode_reply(body, seqid, result_cls)
+                reply = self._decode_reply(body, seqid, method.result_cls)
             except (FrameError, _StaleReply) as exc:
                 return Broken(Failure.RESET, exc, str(exc))
             reusable = reply.error is None
@@ -398,13 +299,14 @@ class ThriftClient:
         finally:
             pool.release(conn, reusable)
 
-    def _wire_name(self, attempt: Attempt, api: str, variant: str | None) -> str:
+    def _wire_name(self, attempt: Attempt, method: _Method, variant: str | None) -> str:
         """The method name as sent: framed calls through Envoy carry the service as a multiplex
         prefix, which Envoy strips (``users~canary:get`` for a variant a routing override chose)."""
         if attempt.route is not Route.ENVOY or self._header:
-            return api
-        name = self._config.name
-        return f"{framed_service_name(name, variant) if variant else name}:{api}"
+            return method.api
+        if variant is None:
+            return method.envoy_name
+        return f"{framed_service_name(self._config.name, variant)}:{method.api}"
 
     def _theader_headers(self, attempt: Attempt) -> list[tuple[str, str]]:
         headers = [(k.lower(), v) for k, v in attempt.set_headers if k.lower() != "host"]
@@ -444,9 +346,9 @@ class ThriftClient:
             return self._outcome(_Reply(error=result), attempt.route is Route.ENVOY)
         return self._outcome(_Reply(result=result), attempt.route is Route.ENVOY)
 
-    def _encode_call(self, name: str, call_args: Any, seqid: int, oneway: bool) -> bytes:
-        buf: Any = _transport.TMemoryBuffer()
-        proto = self._proto.get_protocol(buf)
+    @staticmethod
+    def _encode_call(conn: Connection, name: str, call_args: Any, seqid: int, oneway: bool) -> bytes:
+        buf, proto = conn.writer()
         proto.write_message_begin(name, TMessageType.ONEWAY if oneway else TMessageType.CALL, seqid)
         call_args.write(proto)
         proto.write_message_end()
@@ -458,9 +360,8 @@ class ThriftClient:
             if frame.seqid != seqid:
                 raise _StaleReply(f"THeader frame for call {frame.seqid}, expected {seqid}")
             body = frame.payload
-        # the pure-Python protocol: thriftpy2's Cython one reads past the end of a short buffer
-        # and returns made-up values instead of failing
-        proto = _binary.TBinaryProtocol(_memory.TMemoryBuffer(body))
+        # the whole frame is in ``body``: a reader that fails at any read past its end
+        proto = binary_reader(body)
         try:
             _name, mtype, rseqid = proto.read_message_begin()
         except Exception as exc:

@@ -14,8 +14,9 @@ from __future__ import annotations
 from typing import Any, Final, Literal, TypeVar
 
 import thriftpy2.protocol
-import thriftpy2.protocol.binary
 import thriftpy2.utils
+
+from .reading import binary_reader
 
 __all__ = ["CONTENT_TYPE", "deserialize", "serialize"]
 
@@ -25,15 +26,12 @@ CONTENT_TYPE: Final = "application/x-thrift"
 Protocol = Literal["binary", "compact"]
 T = TypeVar("T")
 _protocol: Any = thriftpy2.protocol
-_binary: Any = thriftpy2.protocol.binary
 _utils: Any = thriftpy2.utils
 
 
-def _factory(protocol: str, *, reading: bool = False) -> Any:
+def _factory(protocol: str) -> Any:
     if protocol == "binary":
-        # reading: the pure-Python protocol, which fails on short input where thriftpy2's Cython
-        # one returns made-up values
-        return _binary.TBinaryProtocolFactory() if reading else _protocol.TBinaryProtocolFactory()
+        return _protocol.TBinaryProtocolFactory()
     if protocol == "compact":
         return _protocol.TCompactProtocolFactory()
     raise ValueError(f"protocol must be 'binary' or 'compact', got {protocol!r}")
@@ -51,11 +49,15 @@ def deserialize(struct: type[T] | T, data: bytes, protocol: Protocol = "binary")
 
     Raises ``ValueError`` naming the struct when ``data`` is not a valid encoding of it.
     """
-    target = struct() if isinstance(struct, type) else struct
+    target: Any = struct() if isinstance(struct, type) else struct
     if not hasattr(target, "thrift_spec"):
         raise TypeError(f"{struct!r} is not a thriftpy2 struct")
     try:
-        result: T = _utils.deserialize(target, bytes(data), _factory(protocol, reading=True))
+        if protocol == "binary":  # a reader that fails on short input (see mesh_client.thrift.reading)
+            target.read(binary_reader(bytes(data)))
+            result: T = target
+        else:
+            result = _utils.deserialize(target, bytes(data), _factory(protocol))
     except Exception as exc:
         raise ValueError(f"not a valid {protocol} {type(target).__name__}: {exc}") from None
     return result

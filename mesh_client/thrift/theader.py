@@ -108,7 +108,13 @@ class HeaderFrame:
     payload: bytes
 
 
+#: the one-byte varints (0 to 127): every count, info type and short string length
+_SMALL_VARINTS: Final = tuple(bytes((i,)) for i in range(0x80))
+
+
 def _varint(value: int) -> bytes:
+    if value < 0x80:
+        return _SMALL_VARINTS[value]
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
@@ -117,11 +123,31 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
-def _string(text: str, what: str) -> bytes:
+def _string(text: str, key: str | None = None) -> bytes:
+    """``text`` as a THeader string; ``key``: the header whose value it is (None: it is a key)."""
     data = text.encode("utf-8")
     if len(data) > MAX_HEADER_STRING:
+        what = f"header key {text[:40]!r}" if key is None else f"header {key!r}'s value"
         raise FrameError(f"THeader {what} takes {len(data)} bytes, more than the {MAX_HEADER_STRING} Envoy accepts")
     return _varint(len(data)) + data
+
+
+#: header keys already checked and encoded: key -> (key ignoring case, the key as a THeader
+#: string). Keys come from the core and the registry: a few, so the cache rarely starts over.
+_KEYS: dict[str, tuple[str, bytes]] = {}
+
+
+def _key(key: str) -> tuple[str, bytes]:
+    found = _KEYS.get(key) if isinstance(key, str) else None
+    if found is None:
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"THeader header key must be a non-empty string, got {key!r}")
+        check_header_value("THeader header key", key)
+        found = (key.lower(), _string(key))
+        if len(_KEYS) >= 256:
+            _KEYS.clear()
+        _KEYS[key] = found
+    return found
 
 
 def encode_framed(payload: bytes) -> bytes:
@@ -157,16 +183,13 @@ def encode_header_frame(
         area += _varint(INFO_KEYVALUE) + _varint(len(headers))
         seen: set[str] = set()
         for key, value in headers:
-            if not isinstance(key, str) or not key:
-                raise ValueError(f"THeader header key must be a non-empty string, got {key!r}")
-            check_header_value("THeader header key", key)
+            folded, encoded_key = _key(key)
             check_header_value(key, value)
-            folded = key.lower()
             if folded in seen:
                 raise ValueError(f"THeader header {key!r} given twice (keys are compared ignoring case)")
             seen.add(folded)
-            area += _string(key, f"header key {key[:40]!r}")
-            area += _string(value, f"header {key!r}'s value")
+            area += encoded_key
+            area += _string(value, key)
     area += bytes(-len(area) % 4)
     if len(area) > MAX_HEADER_AREA:
         raise FrameError(f"THeader headers take {len(area)} bytes, more than the {MAX_HEADER_AREA} Envoy accepts")
@@ -188,6 +211,15 @@ class _Reader:
         self.end = end
 
     def varint(self, what: str) -> int:
+        pos = self.pos
+        if pos < self.end:
+            byte = self.data[pos]
+            if byte < 0x80:  # (the usual case: one byte)
+                self.pos = pos + 1
+                return byte
+        return self._long_varint(what)
+
+    def _long_varint(self, what: str) -> int:
         value = 0
         for shift in range(0, 35, 7):
             if self.pos >= self.end:
@@ -201,18 +233,30 @@ class _Reader:
                 return value
         raise FrameError(f"THeader {what} is a varint longer than 5 bytes")
 
-    def string(self, what: str) -> str:
-        size = self.varint(f"{what} length")
-        if size > self.end - self.pos:
+    def string(self, key: str | None = None) -> str:
+        """A header key (``key`` None) or the value of header ``key``."""
+        pos = self.pos
+        if pos < self.end and self.data[pos] < 0x80:
+            size = self.data[pos]
+            pos += 1
+        else:
+            size = self.varint(f"{self._what(key)} length")
+            pos = self.pos
+        if size > self.end - pos:
             raise FrameError(
-                f"THeader {what} declares {size} bytes, but only {self.end - self.pos} are left in the header area"
+                f"THeader {self._what(key)} declares {size} bytes, but only {self.end - pos} are left in the "
+                "header area"
             )
-        raw = self.data[self.pos : self.pos + size]
-        self.pos += size
+        raw = self.data[pos : pos + size]
+        self.pos = pos + size
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError:
-            raise FrameError(f"THeader {what} is not UTF-8: {raw[:60]!r}") from None
+            raise FrameError(f"THeader {self._what(key)} is not UTF-8: {raw[:60]!r}") from None
+
+    @staticmethod
+    def _what(key: str | None) -> str:
+        return "header key" if key is None else f"header {key[:40]!r}'s value"
 
 
 def decode_header_frame(body: bytes) -> HeaderFrame:
@@ -266,10 +310,10 @@ def decode_header_frame(body: bytes) -> HeaderFrame:
                 "header area"
             )
         for _ in range(count):
-            key = reader.string("header key")
+            key = reader.string()
             if not key:
                 raise FrameError("THeader header with an empty key")
-            value = reader.string(f"header {key[:40]!r}'s value")
+            value = reader.string(key)
             if key in headers:
                 raise FrameError(f"THeader header {key[:40]!r} appears twice")
             headers[key] = value

@@ -1,0 +1,110 @@
+"""Reading a binary Thrift message from a complete frame, with the fastest reader that stays strict.
+
+A reply is first read whole, by its frame length (:func:`~mesh_client.thrift.theader.read_frame`);
+only then is it decoded, from memory. Which thriftpy2 reader decodes it matters:
+
+- thriftpy2's Cython binary protocol over its Cython *memory* buffer (what
+  ``thriftpy2.utils.deserialize`` uses) does not notice a short buffer: a read past the end
+  returns what is left, and the protocol makes values out of whatever is on the stack. A
+  truncated reply would come back as a made-up struct.
+- The same Cython protocol over thriftpy2's Cython *buffered* transport wrapping an
+  :class:`io.BytesIO` of the frame raises ``TTransportException(END_OF_FILE)`` at the first read
+  past the end: that transport checks every read of the stream it wraps. Only public thriftpy2
+  names are used (``thriftpy2.protocol.TBinaryProtocol``, ``thriftpy2.transport.TBufferedTransport``,
+  the Cython classes when thriftpy2 was built with them), but the end-of-data check is a behaviour
+  thriftpy2 does not document, so it is *probed* at import (:func:`strict_fast_reader`): a sample
+  message must decode whole and fail at every truncation. Where the probe fails (another thriftpy2,
+  a build without Cython, a change of behaviour), :func:`binary_reader` uses thriftpy2's
+  pure-Python binary protocol, which fails on short input by itself (about ten times slower).
+Setting ``MESH_CLIENT_THRIFT_PURE_READER=1`` forces that fallback.
+
+A declared string or container length larger than what is left of the frame fails at the first
+read past its end, as with the pure-Python reader (the Cython reader may reserve, not touch,
+address space of the declared size for a moment; the frame itself is bounded by ``max_frame``).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+import thriftpy2.protocol
+import thriftpy2.protocol.binary
+import thriftpy2.transport
+import thriftpy2.transport.memory
+from thriftpy2.thrift import TApplicationException, TMessageType
+
+__all__ = ["PURE_READER_ENV", "binary_reader", "choose_reader", "pure_reader", "strict_fast_reader"]
+
+# thriftpy2's Cython classes are untyped: use them through Any
+_protocol: Any = thriftpy2.protocol
+_transport: Any = thriftpy2.transport
+_binary: Any = thriftpy2.protocol.binary
+_memory: Any = thriftpy2.transport.memory
+
+Reader = Callable[[bytes], Any]
+
+
+def fast_reader(body: bytes) -> Any:
+    """thriftpy2's default binary protocol (Cython when built) over its buffered transport over
+    ``body``: strict only where :func:`strict_fast_reader` says so."""
+    return _protocol.TBinaryProtocol(_transport.TBufferedTransport(io.BytesIO(body)))
+
+
+def pure_reader(body: bytes) -> Any:
+    """thriftpy2's pure-Python binary protocol over ``body``: fails on any read past the end."""
+    return _binary.TBinaryProtocol(_memory.TMemoryBuffer(body))
+
+
+def _probe_message(write: Callable[[bytes], Any]) -> bytes:
+    """A reply message holding a TApplicationException (a string and an i32 field)."""
+    buf: Any = _transport.TMemoryBuffer()
+    proto = write(buf)
+    proto.write_message_begin("probe", TMessageType.EXCEPTION, 0x01020304)
+    TApplicationException(TApplicationException.INTERNAL_ERROR, "probe message").write(proto)
+    proto.write_message_end()
+    return bytes(buf.getvalue())
+
+
+def _decodes(reader: Reader, body: bytes) -> tuple[Any, ...]:
+    proto = reader(body)
+    name, mtype, seqid = proto.read_message_begin()
+    error = TApplicationException()
+    error.read(proto)
+    proto.read_message_end()
+    return name, mtype, seqid, error.type, error.message
+
+
+def strict_fast_reader(reader: Reader = fast_reader) -> bool:
+    """Whether ``reader`` decodes a sample reply exactly and refuses every truncation of it."""
+    try:
+        body = _probe_message(_protocol.TBinaryProtocolFactory().get_protocol)
+        expected = ("probe", TMessageType.EXCEPTION, 0x01020304, TApplicationException.INTERNAL_ERROR, "probe message")
+        if _decodes(reader, body) != expected:
+            return False
+    except Exception:
+        return False
+    for cut in range(len(body)):
+        try:
+            _decodes(reader, body[:cut])
+        except Exception:
+            continue
+        return False  # made something of a truncated message
+    return True
+
+
+#: set to ``1`` to force the pure-Python reader (to rule the Cython one out, or to test the fallback)
+PURE_READER_ENV: Final = "MESH_CLIENT_THRIFT_PURE_READER"
+
+
+def choose_reader(environ: Mapping[str, str], probe: Callable[[], bool] = strict_fast_reader) -> Reader:
+    """The pure-Python reader when ``environ`` forces it or the probe fails, else the fast one."""
+    if environ.get(PURE_READER_ENV, "") not in ("", "0") or not probe():
+        return pure_reader
+    return fast_reader
+
+
+#: the reader :mod:`mesh_client.thrift.client` uses for replies, chosen once at import
+binary_reader: Final[Reader] = choose_reader(os.environ)
