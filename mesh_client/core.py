@@ -19,8 +19,8 @@ Route semantics:
   stuck sidecar cannot hang the caller. If the sidecar refuses the connection (nothing was sent)
   and ``failover`` is on, the call continues on the HAProxy route.
 - **HAProxy**: no ``x-envoy-*`` header; the client enforces the total and per-try timeouts and
-  retries with the same retry-on meaning and Envoy's back-off (full jitter, 25 ms base, 250 ms
-  cap), all inside the total timeout.
+  retries with the same retry-on meaning and Envoy's back-off (full jitter below an interval of
+  25 ms doubling per retry, 250 ms cap), all inside the total timeout.
 - **Thrift** (``envoy_enforces=False``): Envoy's thrift_proxy has no timeouts or retries, so the
   client enforces them as on the HAProxy route on both routes; only the address differs.
 """
@@ -62,8 +62,11 @@ __all__ = [
     "drive_async",
 ]
 
+#: Envoy's retry back-off (its router's ``JitteredExponentialBackOffStrategy`` with the default
+#: ``retry_back_off``): the interval starts at the base and doubles each retry up to the cap (10 x the
+#: base); each wait is drawn uniformly below the interval ("full jitter").
 BACKOFF_BASE_MS: Final = 25
-BACKOFF_CAP_MS: Final = 250
+BACKOFF_CAP_MS: Final = 10 * BACKOFF_BASE_MS
 #: The client's socket timeout on the Envoy route is Envoy's timeout plus this share of it...
 ENVOY_MARGIN_SHARE: Final = 0.1
 #: ... but at least / at most these many seconds.
@@ -242,8 +245,11 @@ def _drop_names(context_headers: tuple[tuple[str, str], ...]) -> frozenset[str]:
 
 
 def backoff_upper_bound(retry_number: int) -> float:
-    """Envoy's back-off ceiling before retry ``retry_number`` (1-based): (2^n - 1) x 25 ms, max 250 ms."""
-    return min(BACKOFF_CAP_MS, ((1 << retry_number) - 1) * BACKOFF_BASE_MS) / 1000
+    """Envoy's back-off ceiling before retry ``retry_number`` (1-based), in seconds:
+    25 ms x 2^(n-1), at most 250 ms, that is 25, 50, 100, 200, then 250 ms (measured through
+    Envoy 1.40: ``tests/integration/test_conformance.py::test_backoff_timing``)."""
+    doublings = min(max(retry_number, 1) - 1, 16)  # (past the cap long before 16: no huge shift)
+    return min(BACKOFF_CAP_MS, BACKOFF_BASE_MS << doublings) / 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -455,6 +461,10 @@ class CallRun(Generic[R]):
                     plan.budget.spend(reported - 1)
                 elif self.envoy_retries and self._envoy_may_have_retried(outcome, envoy_error):
                     plan.budget.spend(self.envoy_retries)  # no count: charge all it was allowed
+                if self.envoy_retries < self.policy.retries and self.tokens and not self.budget_exhausted:
+                    # the budget cut Envoy's retries short: exhausted if Envoy used them all up
+                    used_up = reported is None or reported > self.envoy_retries
+                    self.budget_exhausted = used_up and self._envoy_may_have_retried(outcome, envoy_error)
             info = self._info(
                 attempts=reported or self.attempts,
                 upstream_service_time=envoy.upstream_service_time(headers, prefix),
@@ -495,6 +505,13 @@ class CallRun(Generic[R]):
                     f"{self._envoy_timeout_text(attempt)} and passes no more of the body on after that",
                     outcome.error,
                 )
+            if outcome.kind is Failure.TIMEOUT and (spent := self.plan.clock() - self.started) < attempt.timeout:
+                return self._fail(  # the library gave up before the time did (a mock, a pool timeout)
+                    MeshTimeoutError,
+                    f"the request to the Envoy sidecar at {attempt.address} timed out after {spent:.3f} s{detail}, "
+                    f"before the attempt's {attempt.timeout:.3f} s",
+                    outcome.error,
+                )
             if outcome.kind is Failure.TIMEOUT:
                 return self._fail(
                     MeshTimeoutError,
@@ -512,7 +529,8 @@ class CallRun(Generic[R]):
             elapsed = self.plan.clock() - self.started
             what = f"the response via {where} was not complete{detail}"
             if not outcome.response_started:
-                what = f"no answer via {where}"
+                # (the library's own words when it gave up before the time did: a mock's, say)
+                what = f"no answer via {where}{detail if elapsed < attempt.timeout else ''}"
             return self._fail(
                 MeshTimeoutError,
                 f"{what} after {elapsed:.3f} s and {tries} (timeout {self._timeout_text()}){self._deadline_text()}",

@@ -288,13 +288,13 @@ class Mesh:
     def httpx_client(self, **kwargs: Any) -> httpx.Client:
         """An ``httpx.Client`` built with ``kwargs`` whose calls to registered services go through
         the mesh (also when proxy environment variables are set)."""
-        from .http.httpx import build_client
+        from .http._httpx_client import build_client
 
         return self._track(build_client(self, kwargs))
 
     def httpx_async_client(self, **kwargs: Any) -> httpx.AsyncClient:
         """An ``httpx.AsyncClient``, as :meth:`httpx_client`."""
-        from .http.httpx import build_async_client
+        from .http._httpx_client import build_async_client
 
         client = build_async_client(self, kwargs)
         self._async_clients.add(client)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +15,19 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+INTEGRATION = Path(__file__).parent / "integration"
+#: fixtures that start real Envoy or HAProxy processes
+REAL_FIXTURES = frozenset({"envoy_bin", "haproxy_bin", "envoy_sidecar", "haproxy_sidecar", "world"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark ``real`` every test that starts real Envoy / HAProxy: all of tests/integration, and
+    any other test using their fixtures, so ``-m "not real"`` leaves them out. (A ``pytestmark``
+    in a conftest.py marks nothing: markers come from test modules, classes and functions.)"""
+    for item in items:
+        if item.path.is_relative_to(INTEGRATION) or REAL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.real)
 
 
 @dataclass

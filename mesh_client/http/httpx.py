@@ -22,7 +22,6 @@ import contextvars
 import functools
 import http.client
 import sys
-import urllib.request
 from typing import Any, Final
 
 import httpcore
@@ -41,6 +40,7 @@ from ..wire import Wire, WireFailure, WireRequest, current_wire
 from . import httpx_errors  # noqa: F401 - registers the combined exceptions raised here
 from ._body import BodyTimer
 from ._fork import forget_transport_connections
+from ._forwarding import ForwardsAsyncContext, ForwardsContext
 from ._headers import kept_names, learn
 
 try:  # which async library runs the task (httpx's own test); without it, anyio decides
@@ -48,12 +48,14 @@ try:  # which async library runs the task (httpx's own test); without it, anyio 
 except ImportError:  # pragma: no cover - sniffio comes with httpx's dependencies nearly always
     _sniffio = None  # type: ignore[assignment]
 
-__all__ = ["EXTENSION_KEY", "AsyncMeshTransport", "MeshTransport", "build_async_client", "build_client"]
+__all__ = ["EXTENSION_KEY", "SENT_KEY", "AsyncMeshTransport", "MeshTransport"]
 
 #: ``request.extensions[EXTENSION_KEY]`` may hold a :class:`~mesh_client.CallOptions`.
 EXTENSION_KEY = "mesh"
-#: Client keyword arguments that configure the default transport rather than the client.
-_TRANSPORT_KWARGS = ("verify", "cert", "trust_env", "http1", "http2", "limits")
+#: ``response.extensions[SENT_KEY]``: the request the answering attempt sent (to the proxy, with the
+#: headers as sent), until a client from the mesh shows it as ``response.request`` (see
+#: :mod:`mesh_client.http._httpx_client`)
+SENT_KEY: Final = "mesh_client.sent"
 #: True while a client made by mesh_client sends a request without ``stream=True``: the caller
 #: reads the whole body at once, so the transport reads it within the attempt's time instead
 _WHOLE_BODY: contextvars.ContextVar[bool] = contextvars.ContextVar("mesh_client.httpx.whole_body", default=False)
@@ -64,7 +66,8 @@ def _failure(exc: httpx.TransportError) -> Broken | None:
     if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
         return Broken(Failure.CONNECT, exc, str(exc) or type(exc).__name__)
     if isinstance(exc, httpx.TimeoutException):  # read, write and pool timeouts
-        return Broken(Failure.TIMEOUT, exc, type(exc).__name__)
+        # (its message too: a mocking library's "no response" is a timeout exception)
+        return Broken(Failure.TIMEOUT, exc, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
     if isinstance(exc, (httpx.NetworkError, httpx.RemoteProtocolError)):
         return Broken(Failure.RESET, exc, str(exc) or type(exc).__name__)
     return None
@@ -132,13 +135,21 @@ class _MeshTransportMixin:
             headers=list(reply.headers),
             content=reply.body,
             request=request,
-            extensions={"reason_phrase": reason.encode("ascii", "replace"), "http_version": b"HTTP/1.1"},
+            extensions={
+                "reason_phrase": reason.encode("ascii", "replace"),
+                "http_version": b"HTTP/1.1",
+                SENT_KEY: request,
+            },
         )
         return Responded(response, response.status_code, response.headers, response.content)
 
     @staticmethod
-    def _responded(run: CallRun[httpx.Response], response: httpx.Response) -> Responded[httpx.Response] | None:
-        """The outcome, or None when the (small) body must be read first to classify it."""
+    def _responded(
+        run: CallRun[httpx.Response], response: httpx.Response, sent: httpx.Request
+    ) -> Responded[httpx.Response] | None:
+        """The outcome, or None when the (small) body must be read first to classify it; ``sent``
+        is the attempt's request."""
+        response.extensions[SENT_KEY] = sent
         if run.wants_body(response.status_code, response.headers):
             return None
         return Responded(response, response.status_code, _header_dict(response.headers))
@@ -196,7 +207,7 @@ class _MeshTransportMixin:
         return result.response
 
 
-class MeshTransport(_MeshTransportMixin, httpx.BaseTransport):
+class MeshTransport(_MeshTransportMixin, ForwardsContext, httpx.BaseTransport):
     """An ``httpx.BaseTransport`` routing registered services through the mesh."""
 
     def __init__(self, mesh: Mesh, transport: httpx.BaseTransport | None = None, **kwargs: Any) -> None:
@@ -226,7 +237,7 @@ class MeshTransport(_MeshTransportMixin, httpx.BaseTransport):
                 if isinstance(read, Broken):
                     return read
                 response = read
-            outcome = self._responded(run, response)
+            outcome = self._responded(run, response, attempt_request)
             if outcome is None:
                 outcome = Responded(response, response.status_code, response.headers, response.read())
             return outcome
@@ -262,11 +273,11 @@ class MeshTransport(_MeshTransportMixin, httpx.BaseTransport):
         stream.close()
         return self._body_read(response, chunks)
 
-    def close(self) -> None:
-        self.transport.close()
+    def _forward_to(self) -> httpx.BaseTransport:
+        return self.transport  # (entered, exited and closed with this one)
 
 
-class AsyncMeshTransport(_MeshTransportMixin, httpx.AsyncBaseTransport):
+class AsyncMeshTransport(_MeshTransportMixin, ForwardsAsyncContext, httpx.AsyncBaseTransport):
     """An ``httpx.AsyncBaseTransport`` routing registered services through the mesh."""
 
     def __init__(self, mesh: Mesh, transport: httpx.AsyncBaseTransport | None = None, **kwargs: Any) -> None:
@@ -307,7 +318,7 @@ class AsyncMeshTransport(_MeshTransportMixin, httpx.AsyncBaseTransport):
                     return self._body_broken(None, timer, attempt_request)
                 message = f"no response within {attempt.timeout:.3f} s"
                 return Broken(Failure.TIMEOUT, httpx.ReadTimeout(message, request=attempt_request), message)
-            outcome = self._responded(run, response)
+            outcome = self._responded(run, response, attempt_request)
             if outcome is None:
                 outcome = Responded(response, response.status_code, response.headers, await response.aread())
             return outcome
@@ -341,8 +352,8 @@ class AsyncMeshTransport(_MeshTransportMixin, httpx.AsyncBaseTransport):
             return self._body_broken(exc, timer, request)
         return self._body_read(response, chunks)
 
-    async def aclose(self) -> None:
-        await self.transport.aclose()
+    def _forward_to(self) -> httpx.AsyncBaseTransport:
+        return self.transport  # (entered, exited and closed with this one)
 
 
 def _whole(handle: Any, request: httpx.Request) -> httpx.Response:
@@ -544,58 +555,3 @@ def _bound_each_read(response: httpx.Response, timer: BodyTimer) -> Any | None:
 
     stream.read = bounded_read
     return stream
-
-
-class _Client(httpx.Client):
-    """An ``httpx.Client`` that lets the mesh transport know when the caller reads a response's
-    whole body right away (``stream=False``), so it reads it within the call's time."""
-
-    def send(self, request: httpx.Request, *, stream: bool = False, **kwargs: Any) -> httpx.Response:
-        token = _WHOLE_BODY.set(not stream)
-        try:
-            return super().send(request, stream=stream, **kwargs)
-        finally:
-            _WHOLE_BODY.reset(token)
-
-
-class _AsyncClient(httpx.AsyncClient):
-    """The asyncio twin of :class:`_Client`."""
-
-    async def send(self, request: httpx.Request, *, stream: bool = False, **kwargs: Any) -> httpx.Response:
-        token = _WHOLE_BODY.set(not stream)
-        try:
-            return await super().send(request, stream=stream, **kwargs)
-        finally:
-            _WHOLE_BODY.reset(token)
-
-
-def build_client(mesh: Mesh, kwargs: dict[str, Any]) -> httpx.Client:
-    """``httpx.Client(**kwargs)`` with a :class:`MeshTransport` as its transport and mounted for
-    each registered service (so proxy mounts from the environment cannot capture mesh calls)."""
-    client = _build(mesh, kwargs, _Client, httpx.HTTPTransport, MeshTransport)
-    assert isinstance(client, httpx.Client)
-    return client
-
-
-def build_async_client(mesh: Mesh, kwargs: dict[str, Any]) -> httpx.AsyncClient:
-    """The asyncio twin of :func:`build_client`."""
-    client = _build(mesh, kwargs, _AsyncClient, httpx.AsyncHTTPTransport, AsyncMeshTransport)
-    assert isinstance(client, httpx.AsyncClient)
-    return client
-
-
-def _build(mesh: Mesh, kwargs: dict[str, Any], client_cls: Any, inner_cls: Any, mesh_cls: Any) -> Any:
-    kwargs = dict(kwargs)
-    inner = kwargs.pop("transport", None)
-    if inner is None:
-        inner = inner_cls(**{k: kwargs[k] for k in _TRANSPORT_KWARGS if k in kwargs})
-    transport = mesh_cls(mesh, inner)
-    mounts: dict[str, Any] = {}
-    if kwargs.get("trust_env", True) and urllib.request.getproxies():
-        # httpx mounts proxy transports from the environment, and mounts win over `transport`:
-        # mount the mesh transport for each service so no proxy captures mesh calls (only then:
-        # every mount is matched on every request)
-        names = [name for name, svc in mesh.config.services.items() if svc.protocol == "http"]
-        mounts = {f"all://{name}": transport for name in names}
-    mounts.update(kwargs.pop("mounts", None) or {})
-    return client_cls(transport=transport, mounts=mounts, **kwargs)

@@ -13,6 +13,8 @@ streams (``stream=True``), the adapter reads the body within the attempt's time,
 
 from __future__ import annotations
 
+import copy
+import datetime
 import functools
 import http.client
 import io
@@ -27,6 +29,7 @@ from requests.structures import CaseInsensitiveDict
 from urllib3.exceptions import DecodeError, NewConnectionError, ProtocolError, ReadTimeoutError
 from urllib3.util import parse_url
 
+from .. import clock as _clock
 from ..core import Attempt, Broken, Fail, Failure, Responded, drive
 from ..errors import MeshTimeoutError, as_mesh_error
 from ..fork import reset_in_child
@@ -40,6 +43,7 @@ from . import requests_errors  # noqa: F401 - registers the combined exceptions 
 from ._body import CHUNK, BodyTimer
 from ._fork import forget_adapter_pools
 from ._headers import kept_names, learn
+from ._session_adapter import MeshFirstGetAdapter
 
 __all__ = ["MeshAdapter", "MeshSession"]
 
@@ -79,6 +83,17 @@ def _attempt_request(request: requests.PreparedRequest, attempt: Attempt, path: 
     return prepared
 
 
+#: a mesh response's ``elapsed`` as requests defines it, kept here by the adapter (Session.send sets
+#: ``elapsed`` to the adapter's whole time, retries and the body read within the attempt included)
+_ELAPSED: Final = "_mesh_client_elapsed"
+
+
+def _time_to_headers(response: requests.Response, started: float) -> None:
+    """Note the time from sending the attempt to its response's headers (``Response.elapsed``:
+    "between sending the first byte of the request and finishing parsing the headers")."""
+    response.__dict__[_ELAPSED] = _clock.monotonic() - started
+
+
 def _failure(exc: requests.RequestException) -> Broken | None:
     """Classify a requests transport error; None for errors that are not transport failures."""
     if isinstance(exc, requests.ConnectTimeout):
@@ -90,7 +105,10 @@ def _failure(exc: requests.RequestException) -> Broken | None:
         reason = getattr(reason, "reason", reason)
         if isinstance(reason, NewConnectionError):
             return Broken(Failure.CONNECT, exc, "connection refused")
-        return Broken(Failure.RESET, exc, type(reason).__name__ if reason is not None else "connection error")
+        if isinstance(reason, BaseException):  # urllib3's: its type says what happened
+            return Broken(Failure.RESET, exc, type(reason).__name__)
+        # raised with a message of its own (a mocking library's): the message, as it is
+        return Broken(Failure.RESET, exc, str(exc) or "connection error")
     if isinstance(exc, requests.exceptions.ChunkedEncodingError):
         return Broken(Failure.RESET, exc, "response cut short")
     return None
@@ -183,11 +201,13 @@ class MeshAdapter(HTTPAdapter):
 
         def send_attempt(attempt: Attempt) -> Responded[requests.Response] | Broken:
             prepared = _attempt_request(request, attempt, path)
+            started = _clock.monotonic()
             if wire is not None:
                 sent = self._over_wire(wire, prepared, attempt, service.name, path)
                 if isinstance(sent, Broken):
                     return sent
                 response = sent
+                _time_to_headers(response, started)
             else:
                 timer = BodyTimer(attempt)
                 try:
@@ -199,11 +219,13 @@ class MeshAdapter(HTTPAdapter):
                     if broken is None:
                         raise
                     return broken
+                _time_to_headers(response, started)
                 # Session.send would read the body after this returns, bounded per socket read only
                 cut = None if stream else _read_body(response, timer)
                 if cut is not None:
                     response.close()
                     return cut
+            response.request = prepared  # (the headers as sent; the caller's URL once answered)
             # (the core looks up lower-case names: a dictionary answers them at once)
             status, headers = response.status_code, dict(response.headers.lower_items())
             body = response.content if run.wants_body(status, headers) else None
@@ -222,9 +244,13 @@ class MeshAdapter(HTTPAdapter):
                 native = native_cls(result.message, request=request)
             raise as_mesh_error(result.error, native, result.message, result.info) from result.cause
         response: requests.Response = result.response
-        # the caller sees its own URL and request (redirects resolve against them, not the proxy)
+        # the caller sees its own URL (redirects resolve against it, not the proxy's), and as
+        # response.request the request as it went out to that URL: the answering attempt's
+        # headers (Session.send follows redirects from the caller's request, not this one)
         response.url = request.url or response.url
-        response.request = request
+        shown = copy.copy(response.request)  # (shallow: the attempt's own headers, body and hooks)
+        shown.url = response.url
+        response.request = shown
         setattr(response, INFO_KEY, result.info)
         return response
 
@@ -333,10 +359,9 @@ class MeshSession(requests.Session):
             }
         return super().merge_environment_settings(url, proxies, stream, verify, cert)
 
-    def get_adapter(self, url: str) -> requests.adapters.BaseAdapter:
-        if self._is_mesh_url(url):
-            return self.mesh_adapter
-        return super().get_adapter(url)
+    #: mesh URLs to the mesh adapter, also when a mocking library sets ``get_adapter`` on the
+    #: session (see mesh_client.http._session_adapter)
+    get_adapter = MeshFirstGetAdapter()
 
     def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
         if request.url and self._is_mesh_url(request.url):
@@ -344,7 +369,11 @@ class MeshSession(requests.Session):
             # (which wraps Session.send) from adding a second one
             with no_http_instrumentation():
                 response: requests.Response = super().send(request, **kwargs)
-                return response
+            for each in (*response.history, response):  # r.elapsed as requests defines it
+                headers_after = each.__dict__.pop(_ELAPSED, None)
+                if headers_after is not None:
+                    each.elapsed = datetime.timedelta(seconds=headers_after)
+            return response
         plain: requests.Response = super().send(request, **kwargs)
         return plain
 

@@ -35,14 +35,15 @@ from email.utils import formatdate
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlsplit
 
-from .. import clock, envoy
-from ..core import Failure, backoff_upper_bound
+from .. import clock
+from ..core import Failure
 from ..mesh import Mesh
 from ..policy import Route
 from ..registry import MeshConfig
 from ..shadow import SHADOW_HEADER
 from ..shadow.stats import ShadowEvent, ShadowStats
 from ..wire import WireFailure, WireReply, WireRequest, use_wire
+from .envoy_model import BackOff, RetryCircuit, Upset, retried
 from .replies import Reply
 from .shadowing import ShadowRecorder
 from .variants import reached_variant
@@ -61,6 +62,9 @@ HAPROXY_SERVER_TIMEOUT: Final = 30.0
 #: Envoy's default route timeout, when the client sends none and the fake knows no registry (the
 #: rendered route uses the service's own timeout)
 ENVOY_ROUTE_TIMEOUT: Final = 15.0
+#: a fake instance's fault as Envoy's router sees it (a timeout that reaches the retry rules is a
+#: per-try timeout: the total one ends the call first)
+_UPSETS: Final[dict[str, Upset]] = {"refuse": "connect", "reset": "reset", "timeout": "per_try_timeout"}
 
 
 class Headers(Mapping[str, str]):
@@ -107,6 +111,8 @@ class UpstreamRequest:
     attempt: int
     #: Thrift: the decoded arguments, by name
     args: dict[str, Any] = field(default_factory=dict)
+    #: when the instance received it (``mesh_client.clock`` seconds: virtual time under the fake)
+    received_at: float = 0.0
     #: the variant of the service that received it (None: its main deployment)
     variant: str | None = None
 
@@ -246,6 +252,8 @@ class FakeMesh:
         self._envoy_down = False
         self._haproxy_down: set[str] = set()
         self._envoy_unknown: set[str] = set()
+        #: Envoy's retry circuit breaker per cluster (one per service)
+        self._breakers: dict[str, RetryCircuit] = {}
         self._meshes: list[Mesh] = []
         self._stack: contextlib.ExitStack | None = None
         self._shadow = ShadowRecorder()
@@ -474,7 +482,7 @@ class FakeMesh:
                     return h
         return None
 
-    def _serve(self, request: WireRequest, call: Call, headers: Headers, attempt: int) -> Reply | None:
+    def _serve(self, request: WireRequest, call: Call, headers: Headers, attempt: int, at: float) -> Reply | None:
         """Hand the request to the service's handler: its reply, or None when there is none."""
         split = urlsplit(request.target)
         path = split.path if request.thrift is None else request.method
@@ -491,6 +499,7 @@ class FakeMesh:
             body=request.body,
             attempt=attempt,
             args=args,
+            received_at=at,
             variant=variant,
         )
         if handler is None:
@@ -535,6 +544,11 @@ class FakeMesh:
         if "x-request-id" not in sent:
             forwarded.append(("x-request-id", str(uuid.uuid4())))
         limit, per_try, retries_left = rules.limit, rules.per_try, rules.retries
+        with self._lock:
+            breaker = self._breakers.setdefault(request.service, RetryCircuit())
+        backoff = BackOff(self._random)
+        start = clock.monotonic()
+        slot: list[float] | None = None  # the breaker's slot of the retry being made
         t, n = 0.0, 0
         while True:
             n += 1
@@ -543,24 +557,34 @@ class FakeMesh:
             extra = [(f"{p}-attempt-count", str(n))]
             if not math.isinf(expected):
                 extra.insert(0, (f"{p}-expected-rq-timeout-ms", str(max(1, math.floor(expected * 1000)))))
-            answer = self._try(request, call, Headers([*forwarded, *extra]), n, window=window)
+            answer = self._try(request, call, Headers([*forwarded, *extra]), n, window=window, at=start + t)
+            t += answer.elapsed if answer is not None else 0.0
+            if slot is not None:  # the retried try's outcome is in: its breaker slot is free again
+                breaker.give_back(slot, start + t)
+                slot = None
             if answer is None:
                 return _local_reply(503, "no healthy upstream", n - 1 or 1, p), t
-            t += answer.elapsed
             if answer.fault == "timeout" and t >= limit:
                 return _local_reply(504, "upstream request timeout", n, p), t
             if retries_left > 0 and rules.retries_after(answer, p):
-                backoff = self._random.uniform(0.0, backoff_upper_bound(n))
-                if t + backoff >= limit:
-                    return _local_reply(504, "upstream request timeout", n, p), limit
-                t += backoff
                 retries_left -= 1
+                slot = breaker.take(start + t)
+                if slot is None:  # retry overflow: the caller gets what asked for the retry
+                    return _envoy_answer(answer, n, p), t
+                wait = backoff.next_wait()
+                if t + wait >= limit:
+                    breaker.give_back(slot, start + limit)
+                    return _local_reply(504, "upstream request timeout", n, p), limit
+                t += wait
                 continue
             return _envoy_answer(answer, n, p), t
 
-    def _try(self, request: WireRequest, call: Call, headers: Headers, n: int, *, window: float) -> _Answer | None:
-        """One upstream request (None: the service has no handler), bounded by ``window``."""
-        spec = self._serve(request, call, headers, n)
+    def _try(
+        self, request: WireRequest, call: Call, headers: Headers, n: int, *, window: float, at: float | None = None
+    ) -> _Answer | None:
+        """One upstream request (None: the service has no handler), bounded by ``window``; it
+        reaches the instance at ``at`` (now, unless Envoy's earlier tries and back-off came first)."""
+        spec = self._serve(request, call, headers, n, clock.monotonic() if at is None else at)
         if spec is None:
             return None
         if spec.fault == "refuse":
@@ -628,13 +652,11 @@ class _RouterRules:
         return cls(total if total else math.inf, per_try, retries, tokens, codes)
 
     def retries_after(self, answer: _Answer, p: str) -> bool:
-        """Whether retry-on covers what this try produced."""
-        if answer.fault == "refuse":
-            return bool(self.tokens & envoy.CONNECT_FAILURE_RETRY_ON)
-        if answer.fault in ("reset", "timeout"):
-            return bool(self.tokens & envoy.RESET_RETRY_ON)
-        # (an upstream's x-envoy-overloaded does not stop Envoy retrying: measured)
-        return envoy.retry_on_covers_status(answer.status, Headers(answer.headers), self.tokens, self.codes, p)
+        """Whether retry-on covers what this try produced (:func:`.envoy_model.retried`: the
+        fake's own reading of Envoy's rules, not the client's)."""
+        if answer.fault is not None:
+            return retried(self.tokens, upset=_UPSETS[answer.fault])
+        return retried(self.tokens, status=answer.status, headers=Headers(answer.headers), codes=self.codes, prefix=p)
 
 
 def _envoy_answer(answer: _Answer, attempts: int, p: str) -> WireReply:

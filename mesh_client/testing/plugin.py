@@ -11,7 +11,7 @@
   path relative to the rootdir); override the fixture to build one in code.
 - ``envoy_sidecar`` / ``haproxy_sidecar`` (per session): the real processes for that registry.
   Without the binary they skip with the install command, or fail when the ``CI`` environment
-  variable is set.
+  variable is ``true`` or ``1`` (:func:`in_ci`).
 
 Disable it all with ``-p no:mesh_client``.
 """
@@ -132,10 +132,17 @@ def fake_mesh(request: pytest.FixtureRequest) -> Iterator[FakeMesh]:
             pytest.fail("fake_mesh: " + "\n\n".join(problems), pytrace=False)
 
 
+def in_ci() -> bool:
+    """Whether the run is a CI run, where a missing real component fails instead of skipping:
+    the ``CI`` environment variable is ``true`` or ``1`` (as CI services set it), in any case.
+    ``CI=false``, ``CI=0`` or an empty value is a local run."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1")
+
+
 def _require(binary: str | None, what: str, hint: str) -> str:
     if binary is None:
         message = f"mesh_client: {what} is not installed ({hint})"
-        if os.environ.get("CI"):
+        if in_ci():
             pytest.fail(message + "; CI is set, so this fails instead of skipping", pytrace=False)
         pytest.skip(message)
     return binary

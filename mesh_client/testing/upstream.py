@@ -2,7 +2,8 @@
 ``fake_mesh`` handlers, for running one scenario against the real Envoy and HAProxy.
 
 It binds 127.0.0.1 on a free port, answers request *n* with ``replies[n]`` (the last one
-repeating), really waits ``delay`` seconds, closes the connection for :func:`reset`, and records
+repeating; a callable computes the reply from the request), really waits ``delay`` seconds,
+closes the connection for :func:`reset`, and records
 what each request looked like when it arrived. :func:`refuse` cannot be scripted here (it would
 need nothing to listen): point a service's endpoint at a closed port instead.
 """
@@ -12,6 +13,8 @@ from __future__ import annotations
 import math
 import socket
 import threading
+import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from urllib.parse import parse_qsl, urlsplit
@@ -58,6 +61,7 @@ class _Handler(BaseHTTPRequestHandler):
                 headers=Headers(self.headers.items()),
                 body=body,
                 attempt=int(self.headers.get("x-envoy-attempt-count") or 1),
+                received_at=time.monotonic(),
             )
         )
         if spec.fault == "refuse":
@@ -89,10 +93,13 @@ class ScriptedUpstream:
     def __init__(self, name: str = "upstream") -> None:
         self.name = name
         self.requests: list[UpstreamRequest] = []
-        self._replies: tuple[Reply, ...] = (reply(200),)
+        self._replies: tuple[Reply | Callable[[UpstreamRequest], Reply], ...] = (reply(200),)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._server = _Server(("127.0.0.1", 0), _Handler)
+        self._server = _Server(("127.0.0.1", 0), _Handler, bind_and_activate=False)
+        self._server.request_queue_size = 128  # concurrent calls must not find the backlog full
+        self._server.server_bind()
+        self._server.server_activate()
         self._server.upstream = self
         self._thread: threading.Thread | None = None
 
@@ -101,8 +108,9 @@ class ScriptedUpstream:
         host, port = self._server.server_address[:2]
         return Address(str(host), int(port))
 
-    def script(self, *replies: Reply) -> None:
-        """Answer the next requests with ``replies`` (the last repeats) and forget past requests."""
+    def script(self, *replies: Reply | Callable[[UpstreamRequest], Reply]) -> None:
+        """Answer the next requests with ``replies`` (the last repeats) and forget past requests.
+        A reply may be a callable ``(UpstreamRequest) -> Reply``, as a ``fake_mesh`` handler."""
         if not replies:
             raise ValueError("script() needs at least one reply")
         with self._lock:
@@ -112,7 +120,8 @@ class ScriptedUpstream:
     def _next(self, request: UpstreamRequest) -> Reply:
         with self._lock:
             self.requests.append(request)
-            return self._replies[min(len(self.requests), len(self._replies)) - 1]
+            spec = self._replies[min(len(self.requests), len(self._replies)) - 1]
+        return spec if isinstance(spec, Reply) else spec(request)
 
     def start(self) -> ScriptedUpstream:
         self._thread = threading.Thread(target=self._server.serve_forever, name=f"upstream-{self.name}", daemon=True)

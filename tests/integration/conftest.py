@@ -1,13 +1,16 @@
 """Real components for the integration tests: a recording backend, Envoy and HAProxy.
 
 Everything binds 127.0.0.1 on ports picked at run time and is stopped by its own handle. When a
-binary is missing the tests skip with the install hint, or fail when ``CI`` is set.
+binary is missing the tests skip with the install hint, or fail when ``CI`` is ``true``/``1``.
+Every test of this folder is marked ``real`` (tests/conftest.py), so ``-m "not real"`` leaves
+them all out.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
+import contextvars
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,19 +21,18 @@ import httpx
 import pytest
 import requests
 
-from mesh_client import Mesh, Route
+from mesh_client import Mesh, MeshError, Route
 from mesh_client.registry import MeshConfig, load_mapping
 from mesh_client.routing import route_flag, write_flag_file
 from mesh_client.sidecar import SidecarProcess, envoy_binary, free_port, haproxy_binary, start_envoy, start_haproxy
 from mesh_client.testing import Backend
-
-pytestmark = pytest.mark.real
+from mesh_client.testing.plugin import in_ci
 
 
 def require(binary: str | None, what: str, hint: str) -> str:
     if binary is None:
         message = f"{what} is not installed: {hint}"
-        if os.environ.get("CI"):
+        if in_ci():
             pytest.fail(message + " (CI is set, so this fails instead of skipping)")
         pytest.skip(message)
     return binary
@@ -127,6 +129,7 @@ class Caller:
 
     def __init__(self, kind: str, mesh: Mesh) -> None:
         self.kind = kind
+        self.mesh = mesh
         self._loop: asyncio.AbstractEventLoop | None = None
         if kind == "requests":
             self._session: Any = mesh.requests_session()
@@ -147,6 +150,63 @@ class Caller:
         if self._loop is not None:
             return self._loop.run_until_complete(self._session.request(method, url, **kwargs))
         return self._session.request(method, url, **kwargs)
+
+    def request_in_turn(self, calls: int, method: str, url: str, **kwargs: Any) -> list[Any]:
+        """``calls`` requests one after the other (with asyncio: in one task, as an application
+        awaits them; on fake_mesh's virtual clock separate tasks would each start at the same
+        moment): the responses, or the MeshErrors raised."""
+        if self._loop is None:
+            return [self._or_error(lambda: self.request(method, url, **kwargs)) for _ in range(calls)]
+
+        async def in_turn() -> list[Any]:
+            results = []
+            for _ in range(calls):
+                try:
+                    results.append(await self._session.request(method, url, **kwargs))
+                except MeshError as exc:
+                    results.append(exc)
+            return results
+
+        return self._loop.run_until_complete(in_turn())
+
+    @staticmethod
+    def _or_error(call: Callable[[], Any]) -> Any:
+        try:
+            return call()
+        except MeshError as exc:
+            return exc
+
+    def request_at_once(self, calls: int, method: str, url: str, **kwargs: Any) -> list[Any]:
+        """``calls`` requests at the same time (asyncio tasks on one client; threads with one
+        httpx client, or a requests session each), each with the caller's context (its
+        ``call_options``): the responses, or the exceptions raised."""
+        if self._loop is not None:
+
+            async def together() -> list[Any]:
+                jobs = [self._session.request(method, url, **kwargs) for _ in range(calls)]
+                return await asyncio.gather(*jobs, return_exceptions=True)
+
+            return self._loop.run_until_complete(together())
+        results: list[Any] = [None] * calls
+        start = threading.Barrier(calls)
+
+        def one(i: int) -> None:
+            caller = self if self.kind != "requests" else Caller(self.kind, self.mesh)
+            try:
+                start.wait(5)
+                results[i] = caller.request(method, url, **kwargs)
+            except Exception as exc:
+                results[i] = exc
+            finally:
+                if caller is not self:
+                    caller.close()
+
+        threads = [threading.Thread(target=contextvars.copy_context().run, args=(one, i)) for i in range(calls)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        return results
 
     def close(self) -> None:
         if self._loop is not None:

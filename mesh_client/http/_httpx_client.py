@@ -1,0 +1,108 @@
+"""The clients ``mesh.httpx_client()`` / ``mesh.httpx_async_client()`` return.
+
+An ``httpx.Client`` (``AsyncClient``) with a :class:`~mesh_client.http.httpx.MeshTransport`
+(:class:`~mesh_client.http.httpx.AsyncMeshTransport`) as its transport and the mounts of
+:mod:`mesh_client.http._mounts`, whose ``send``:
+
+- lets the transport know when the caller reads the whole body at once (``stream=False``), so it
+  reads it within the call's time;
+- shows, as ``response.request`` of a mesh call (and of each response in its ``history``), the
+  request as it went out: the caller's URL, with the headers the answering attempt sent
+  (``x-request-id``, trace context, the policy's ``x-envoy-*`` on the Envoy route; without the
+  caller's headers that were dropped). httpx itself follows redirects from the caller's request,
+  so nothing the mesh added reaches a redirect's target. Event hooks see the caller's request.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import httpx
+
+from ..mesh import Mesh
+from ._mounts import AsyncMeshFirst, MeshFirst, client_mounts
+from .httpx import _REQUEST_STATE, _WHOLE_BODY, SENT_KEY, AsyncMeshTransport, MeshTransport
+
+__all__ = ["build_async_client", "build_client", "client_kwargs"]
+
+#: Client keyword arguments that configure the default transport rather than the client.
+_TRANSPORT_KWARGS: Final = ("verify", "cert", "trust_env", "http1", "http2", "limits")
+
+
+def _as_sent(sent: httpx.Request, caller: httpx.Request) -> httpx.Request:
+    """The caller's request (URL, body, extensions) with the headers ``sent`` went out with."""
+    if _REQUEST_STATE and type(caller) is httpx.Request:
+        shown = httpx.Request.__new__(httpx.Request)
+        shown.__dict__ = {**caller.__dict__, "headers": sent.headers}
+        return shown
+    try:  # (an httpx that keeps a request's state otherwise, or a subclass of Request)
+        content: dict[str, Any] = {"content": caller.content}
+    except httpx.RequestNotRead:
+        content = {"stream": caller.stream}
+    return httpx.Request(caller.method, caller.url, headers=sent.headers, extensions=caller.extensions, **content)
+
+
+def _show_sent(response: httpx.Response) -> None:
+    for each in (*response.history, response):
+        sent = each.extensions.pop(SENT_KEY, None)
+        if isinstance(sent, httpx.Request):
+            each.request = _as_sent(sent, each.request)
+
+
+class _Client(httpx.Client):
+    """The client of ``mesh.httpx_client()`` (see the module docs)."""
+
+    def send(self, request: httpx.Request, *, stream: bool = False, **kwargs: Any) -> httpx.Response:
+        token = _WHOLE_BODY.set(not stream)
+        try:
+            response = super().send(request, stream=stream, **kwargs)
+        finally:
+            _WHOLE_BODY.reset(token)
+        _show_sent(response)
+        return response
+
+
+class _AsyncClient(httpx.AsyncClient):
+    """The asyncio twin of :class:`_Client`."""
+
+    async def send(self, request: httpx.Request, *, stream: bool = False, **kwargs: Any) -> httpx.Response:
+        token = _WHOLE_BODY.set(not stream)
+        try:
+            response = await super().send(request, stream=stream, **kwargs)
+        finally:
+            _WHOLE_BODY.reset(token)
+        _show_sent(response)
+        return response
+
+
+def build_client(mesh: Mesh, kwargs: dict[str, Any]) -> httpx.Client:
+    """``httpx.Client(**kwargs)`` with a :class:`MeshTransport` as its transport (see
+    :func:`client_kwargs`)."""
+    return _Client(**client_kwargs(mesh, kwargs))
+
+
+def build_async_client(mesh: Mesh, kwargs: dict[str, Any]) -> httpx.AsyncClient:
+    """The asyncio twin of :func:`build_client`."""
+    return _AsyncClient(**client_kwargs(mesh, kwargs, asynchronous=True))
+
+
+def client_kwargs(mesh: Mesh, kwargs: dict[str, Any], *, asynchronous: bool = False) -> dict[str, Any]:
+    """The arguments of an ``httpx.Client`` (``AsyncClient``) made with ``kwargs`` whose mesh
+    calls go through the mesh: a (:class:`AsyncMeshTransport`) :class:`MeshTransport` wrapping the
+    caller's ``transport`` or the default one, and the mounts of :mod:`mesh_client.http._mounts`
+    (the environment's proxies as httpx would mount them, the caller's mounts, the services')."""
+    kwargs = dict(kwargs)
+    inner = kwargs.pop("transport", None)
+    inner_cls: Any = httpx.AsyncHTTPTransport if asynchronous else httpx.HTTPTransport
+    settings = {k: kwargs[k] for k in _TRANSPORT_KWARGS if k in kwargs}
+    mesh_cls: Any = AsyncMeshTransport if asynchronous else MeshTransport
+    transport = mesh_cls(mesh, inner if inner is not None else inner_cls(**settings))
+    mounts = client_mounts(
+        mesh,
+        transport,
+        kwargs,
+        given_transport=inner is not None,
+        proxy_transport=lambda url: inner_cls(proxy=url, **settings),
+        first_cls=AsyncMeshFirst if asynchronous else MeshFirst,
+    )
+    return {**kwargs, "transport": transport, "mounts": mounts}
