@@ -36,7 +36,7 @@ from ..registry import MeshConfig, load_file
 from ..routing import RouteDecision
 from ..shadow.report import log as mismatch_log
 from ..shadow.stages import STAGES, copy_route
-from ..shadow.stats import ShadowEvent, observe
+from ..shadow.stats import Counters, ShadowEvent, observe
 from ._args import Subparsers, add_registry, command_parser, count_arg
 from .call.arguments import ArgumentProblem, check_path, check_service, parse_header
 
@@ -61,14 +61,12 @@ DRAIN_TIMEOUT: Final = 30.0
 
 @dataclass
 class PathTally:
-    """The outcomes for one path: the calls made, and what their copies gave."""
+    """The outcomes for one path: the calls made, and what their copies gave (counted as
+    :meth:`Mesh.shadow_stats <mesh_client.Mesh.shadow_stats>` counts them)."""
 
     calls: int = 0
     call_errors: int = 0
-    matched: int = 0
-    mismatched: int = 0
-    errors: int = 0
-    skipped: int = 0
+    copies: Counters = field(default_factory=Counters)
     #: the first mismatch's differing parts (where, the caller's side, the copy's side)
     first_difference: tuple[str, str, str] | None = None
 
@@ -92,36 +90,27 @@ class Tally:
     def copied(self, event: ShadowEvent) -> None:
         with self._lock:
             row = self.paths.setdefault(event.target, PathTally())
-            if event.result == "match":
-                row.matched += 1
-            elif event.result == "mismatch":
-                row.mismatched += 1
+            row.copies.count(event)
+            if event.result == "mismatch":
                 self.mismatches.append(event)
                 if row.first_difference is None and event.comparison and event.comparison.differences:
                     d = event.comparison.differences[0]
                     row.first_difference = (d.where, d.primary, d.copy)
-            elif event.result == "error":
-                row.errors += 1
-            else:
-                row.skipped += 1
 
     def total(self) -> PathTally:
         with self._lock:
             rows = list(self.paths.values())
-        return PathTally(
-            calls=sum(r.calls for r in rows),
-            call_errors=sum(r.call_errors for r in rows),
-            matched=sum(r.matched for r in rows),
-            mismatched=sum(r.mismatched for r in rows),
-            errors=sum(r.errors for r in rows),
-            skipped=sum(r.skipped for r in rows),
-        )
+        copies = Counters()
+        for name in ("compared", "matched", "mismatched", "errors", "skipped"):
+            setattr(copies, name, sum(getattr(r.copies, name) for r in rows))
+        return PathTally(sum(r.calls for r in rows), sum(r.call_errors for r in rows), copies)
 
     @property
     def clean(self) -> bool:
         """Every call answered and every copy matched."""
         t = self.total()
-        return t.call_errors == t.errors == t.mismatched == t.skipped == 0 and t.matched == t.calls
+        c = t.copies
+        return t.call_errors == c.errors == c.mismatched == c.skipped == 0 and c.matched == t.calls
 
 
 def _cut(text: str, width: int) -> str:
@@ -146,8 +135,8 @@ def render(tally: Tally, *, service: str, details: int) -> list[str]:
             where, primary, copy = row.first_difference
             diff = _cut(f"{where}: {primary} / {copy}", 60)
         lines.append(
-            f"{_cut(path, width):{width}} {row.calls:>6} {row.call_errors:>6} {row.matched:>8} "
-            f"{row.mismatched:>8} {row.errors:>7} {row.skipped:>8}  {diff}".rstrip()
+            f"{_cut(path, width):{width}} {row.calls:>6} {row.call_errors:>6} {row.copies.matched:>8} "
+            f"{row.copies.mismatched:>8} {row.copies.errors:>7} {row.copies.skipped:>8}  {diff}".rstrip()
         )
     with tally._lock:
         shown = tally.mismatches[:details]
@@ -264,8 +253,8 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
         print(f"mesh-client shadow: some copies were still running after {DRAIN_TIMEOUT:g} s", file=err)
     total = tally.total()
     print(
-        f"{total.calls} call(s): {total.matched} matched, {total.mismatched} mismatched, "
-        f"{total.errors} copy error(s), {total.skipped} skipped, {total.call_errors} failed call(s)",
+        f"{total.calls} call(s): {total.copies.matched} matched, {total.copies.mismatched} mismatched, "
+        f"{total.copies.errors} copy error(s), {total.copies.skipped} skipped, {total.call_errors} failed call(s)",
         file=out,
     )
     return 0 if tally.clean and drained else 1
