@@ -38,7 +38,7 @@ from ..shadow.report import log as mismatch_log
 from ..shadow.stages import STAGES, copy_route
 from ..shadow.stats import Counters, ShadowEvent, observe
 from ._args import Subparsers, add_registry, command_parser, count_arg
-from .call.arguments import ArgumentProblem, check_path, check_service, parse_header
+from .call.arguments import ArgumentProblem, check_path, check_service, merge_headers, parse_header
 
 __all__ = [
     "PathTally",
@@ -212,7 +212,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
     err = err or sys.stderr
     try:
         paths = [check_path(p) for p in args.path or ["/"]]
-        headers = dict(parse_header(h) for h in args.header or [])
+        headers = merge_headers([parse_header(h) for h in args.header or []])
         if args.count < 1 or args.concurrency < 1:
             raise ArgumentProblem("--count and --concurrency must be 1 or more")
         config = load_file(args.registry)

@@ -43,6 +43,7 @@ from .arguments import (
     check_service,
     header_notes,
     max_body_arg,
+    merge_headers,
     parse_header,
     parse_overrides,
     read_data,
@@ -91,10 +92,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
     options = call_options(route=route, timeout=timeout)
     with quiet_flag_logs() if problem else nullcontext(), mesh, options, route_overrides(overrides):
         session = mesh.requests_session()
-        merged: dict[str, str] = {}
-        for name, value in headers:  # repeated -H of one name: joined, as HTTP allows
-            key = next((k for k in merged if k.lower() == name.lower()), name)
-            merged[key] = f"{merged[key]}, {value}" if key in merged else value
+        merged = merge_headers(headers)
         try:
             call.response = session.request(method, f"http://{args.service}{path}", headers=merged, data=data)
             call.info = call_info(call.response)

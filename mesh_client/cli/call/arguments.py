@@ -20,6 +20,7 @@ __all__ = [
     "check_service",
     "header_notes",
     "max_body_arg",
+    "merge_headers",
     "parse_header",
     "parse_overrides",
     "read_data",
@@ -47,6 +48,16 @@ def parse_header(text: str) -> tuple[str, str]:
     if any(c in value for c in "\r\n\0"):
         raise ArgumentProblem(f"-H {text!r}: the value contains a line break or NUL")
     return name, value
+
+
+def merge_headers(headers: list[tuple[str, str]]) -> dict[str, str]:
+    """Parsed ``-H`` values as one mapping: repeated names (any case) joined with ``, ``, as HTTP
+    allows."""
+    merged: dict[str, str] = {}
+    for name, value in headers:
+        key = next((k for k in merged if k.lower() == name.lower()), name)
+        merged[key] = f"{merged[key]}, {value}" if key in merged else value
+    return merged
 
 
 def parse_overrides(values: list[str]) -> dict[str, str]:

@@ -311,3 +311,12 @@ def test_call_help_documents_exit_codes(capsys: pytest.CaptureFixture[str]) -> N
     out = capsys.readouterr().out
     assert "exit codes:" in out
     assert "--route {envoy,haproxy}" in out
+
+
+def test_repeated_headers_are_joined_for_every_command_that_takes_h() -> None:
+    from mesh_client.cli.call.arguments import merge_headers
+
+    assert merge_headers([("X-Tenant", "a"), ("x-tenant", "b"), ("Accept", "*/*")]) == {
+        "X-Tenant": "a, b",
+        "Accept": "*/*",
+    }
