@@ -37,6 +37,7 @@ from typing import Any, Final, Generic, NamedTuple, TypeVar
 
 from . import clock as _clock
 from . import envoy, haproxy
+from ._cache import BoundedCache
 from .budget import RetryBudget
 from .circuit import SidecarCircuit
 from .context import MESH_TIMEOUT_HEADER, REQUEST_ID_HEADER
@@ -213,7 +214,8 @@ def parse_retry_after(value: str) -> float | None:
 
 
 _DROP_PREFIXES: dict[str, tuple[str, ...]] = {}
-_DROP_NAMES: dict[tuple[str, ...], frozenset[str]] = {}
+#: the names come from propagators and the registry: a few sets
+_DROP_NAMES: BoundedCache[tuple[str, ...], frozenset[str]] = BoundedCache(256)
 _DROP_WITH_REQUEST_ID: Final = DROPPED_HEADERS | {REQUEST_ID_HEADER}
 
 
@@ -237,10 +239,7 @@ def _drop_names(context_headers: tuple[tuple[str, str], ...]) -> frozenset[str]:
     key = tuple([name for name, _ in context_headers])
     names = _DROP_NAMES.get(key)
     if names is None:
-        names = DROPPED_HEADERS | {name.lower() for name in key}
-        if len(_DROP_NAMES) >= 256:  # the names come from propagators and the registry: a few sets
-            _DROP_NAMES.clear()
-        _DROP_NAMES[key] = names
+        names = _DROP_NAMES.put(key, DROPPED_HEADERS | {name.lower() for name in key})
     return names
 
 

@@ -13,34 +13,30 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Final
 
+from .._cache import BoundedCache
 from ..core import Attempt
 
 __all__ = ["kept_names", "learn"]
 
 #: (drop prefixes, drop names) -> {header name: whether it goes out}
-_RULES: dict[tuple[tuple[str, ...], frozenset[str]], dict[str | bytes, bool]] = {}
-_MAX_RULES: Final = 64
+_RULES: BoundedCache[tuple[tuple[str, ...], frozenset[str]], BoundedCache[str | bytes, bool]] = BoundedCache(64)
 _MAX_NAMES: Final = 1024
 
 
-def kept_names(attempt: Attempt) -> dict[str | bytes, bool]:
+def kept_names(attempt: Attempt) -> BoundedCache[str | bytes, bool]:
     """{header name: whether a caller's header of that name goes out on ``attempt``}, for the
     names learnt so far under ``attempt``'s rules."""
     key = (attempt.drop_prefixes, attempt.drop_names)
     known = _RULES.get(key)
     if known is None:
-        if len(_RULES) >= _MAX_RULES:
-            _RULES.clear()
-        known = _RULES[key] = {}
+        known = _RULES.put(key, BoundedCache(_MAX_NAMES))
     return known
 
 
-def learn(known: dict[str | bytes, bool], attempt: Attempt, names: Iterable[str | bytes]) -> None:
+def learn(known: BoundedCache[str | bytes, bool], attempt: Attempt, names: Iterable[str | bytes]) -> None:
     """Add ``names`` to ``known`` (from :func:`kept_names`); ``bytes`` are httpx's lower-case names,
     decoded as latin-1 to be checked."""
-    if len(known) >= _MAX_NAMES:
-        known.clear()
     for name in names:
         if name not in known:
             text = name.decode("latin-1") if isinstance(name, bytes) else name
-            known[name] = not attempt.drops(text)
+            known.put(name, not attempt.drops(text))

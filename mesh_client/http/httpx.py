@@ -27,6 +27,7 @@ from typing import Any, Final
 import httpcore
 import httpx
 
+from .._cache import BoundedCache
 from ..core import Attempt, Broken, CallRun, Done, Fail, Failure, Responded, drive, drive_async
 from ..errors import MeshTimeoutError, as_mesh_error
 from ..fork import reset_in_child
@@ -415,18 +416,14 @@ def _header_dict(headers: httpx.Headers) -> dict[str, str]:
 
 #: (the caller's URL, a proxy address) -> the URL the attempt goes to: ``URL.copy_with`` parses
 #: the whole URL again (tens of µs), and a service is usually called with the same URLs again
-_PROXY_URLS: dict[tuple[str, Address], httpx.URL] = {}
-_PROXY_URLS_MAX: Final = 1024
+_PROXY_URLS: BoundedCache[tuple[str, Address], httpx.URL] = BoundedCache(1024)
 
 
 def _proxy_url(url: httpx.URL, address: Address) -> httpx.URL:
     key = (str(url), address)
     proxied = _PROXY_URLS.get(key)
     if proxied is None:
-        proxied = url.copy_with(scheme="http", host=address.host, port=address.port)
-        if len(_PROXY_URLS) >= _PROXY_URLS_MAX:
-            _PROXY_URLS.clear()
-        _PROXY_URLS[key] = proxied
+        proxied = _PROXY_URLS.put(key, url.copy_with(scheme="http", host=address.host, port=address.port))
     return proxied
 
 
@@ -443,7 +440,7 @@ _REQUEST_STATE: Final = set(vars(httpx.Request("GET", "http://a/"))) <= {
     "_content",
 }
 #: header name -> (name, lower-case name) as bytes, for the names the core sets (a few)
-_ENCODED_NAMES: dict[str, tuple[bytes, bytes]] = {}
+_ENCODED_NAMES: BoundedCache[str, tuple[bytes, bytes]] = BoundedCache(256)
 
 
 def _attempt_header_items(
@@ -460,11 +457,9 @@ def _attempt_header_items(
     try:
         items += [encoded[name] + (value.encode("ascii"),) for name, value in attempt.set_headers]
     except KeyError:  # a name the core sets, not encoded before (a few in all)
-        if len(encoded) >= 256:
-            encoded.clear()
         for name, _ in attempt.set_headers:
             raw = name.encode("ascii")
-            encoded[name] = (raw, raw.lower())
+            encoded.put(name, (raw, raw.lower()))
         items += [encoded[name] + (value.encode("ascii"),) for name, value in attempt.set_headers]
     return items
 

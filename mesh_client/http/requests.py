@@ -30,6 +30,7 @@ from urllib3.exceptions import DecodeError, NewConnectionError, ProtocolError, R
 from urllib3.util import parse_url
 
 from .. import clock as _clock
+from .._cache import BoundedCache
 from ..core import Attempt, Broken, Fail, Failure, Responded, drive
 from ..errors import MeshTimeoutError, as_mesh_error
 from ..fork import reset_in_child
@@ -158,11 +159,11 @@ class MeshAdapter(HTTPAdapter):
     def __init__(self, mesh: Mesh, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.mesh = mesh
-        self._targets: dict[str, tuple[ServiceConfig | None, str]] = {}
+        self._targets: BoundedCache[str, tuple[ServiceConfig | None, str]] = BoundedCache(_CACHED_URLS)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)  # type: ignore[misc]  # (not in requests' type stubs)
-        self._targets = {}
+        self._targets = BoundedCache(_CACHED_URLS)
 
     def _target(self, url: str) -> tuple[ServiceConfig | None, str]:
         """The registered service a prepared URL addresses (None: another host) and its path and
@@ -172,10 +173,7 @@ class MeshAdapter(HTTPAdapter):
         if target is None:
             parts = parse_url(url)
             service = self.mesh.http_service(parts.scheme or "http", parts.host or "", parts.port, bool(parts.auth))
-            target = (service, parts.request_uri)
-            if len(self._targets) >= _CACHED_URLS:
-                self._targets.clear()
-            self._targets[url] = target
+            target = self._targets.put(url, (service, parts.request_uri))
         return target
 
     def send(  # noqa: PLR0917 - the signature of HTTPAdapter.send
@@ -320,12 +318,12 @@ class MeshSession(requests.Session):
         super().__init__()
         self.mesh = mesh
         self.mesh_adapter = MeshAdapter(mesh)
-        self._mesh_urls: dict[str, bool] = {}
+        self._mesh_urls: BoundedCache[str, bool] = BoundedCache(_CACHED_URLS)
         reset_in_child(self, MeshSession._after_fork)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)  # type: ignore[misc]  # (not in requests' type stubs)
-        self._mesh_urls = {}
+        self._mesh_urls = BoundedCache(_CACHED_URLS)
         self.mesh._track(self)
         reset_in_child(self, MeshSession._after_fork)
 
@@ -339,10 +337,7 @@ class MeshSession(requests.Session):
                 host = urlsplit(url).hostname
             except ValueError:
                 host = None
-            known = host is not None and host.rstrip(".") in self.mesh.config.services
-            if len(self._mesh_urls) >= _CACHED_URLS:
-                self._mesh_urls.clear()
-            self._mesh_urls[url] = known
+            known = self._mesh_urls.put(url, host is not None and host.rstrip(".") in self.mesh.config.services)
         return known
 
     def merge_environment_settings(

@@ -54,6 +54,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from .._cache import BoundedCache
 from ..context import check_header_value
 
 __all__ = [
@@ -134,7 +135,7 @@ def _string(text: str, key: str | None = None) -> bytes:
 
 #: header keys already checked and encoded: key -> (key ignoring case, the key as a THeader
 #: string). Keys come from the core and the registry: a few, so the cache rarely starts over.
-_KEYS: dict[str, tuple[str, bytes]] = {}
+_KEYS: BoundedCache[str, tuple[str, bytes]] = BoundedCache(256)
 
 
 def _key(key: str) -> tuple[str, bytes]:
@@ -143,10 +144,7 @@ def _key(key: str) -> tuple[str, bytes]:
         if not isinstance(key, str) or not key:
             raise ValueError(f"THeader header key must be a non-empty string, got {key!r}")
         check_header_value("THeader header key", key)
-        found = (key.lower(), _string(key))
-        if len(_KEYS) >= 256:
-            _KEYS.clear()
-        _KEYS[key] = found
+        found = _KEYS.put(key, (key.lower(), _string(key)))
     return found
 
 
