@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .budget import RetryBudget
 from .circuit import SidecarCircuit
 from .context import outbound_headers
-from .core import CallRun, ServicePlan
+from .core import CallRun
 from .errors import InvalidServiceURL, MeshError
 from .fork import reset_in_child
 from .overrides import in_force as overrides_in_force
+from .plan import ServicePlan
 from .policy import NO_OPTIONS, UNSET, CallOptions, current_options
 from .registry import Address, MeshConfig, ServiceConfig, load_file, load_mapping
 from .routing import FlagRouter, RouteDecision, Router, make_router

@@ -28,7 +28,6 @@ import dataclasses
 from typing import TYPE_CHECKING, NamedTuple
 
 from . import clock as _clock
-from .core import ServicePlan
 from .overrides import (
     DEFAULT_SIGNATURE_TTL,
     OVERRIDE_HEADER,
@@ -40,6 +39,7 @@ from .overrides import (
     read_key,
     signature,
 )
+from .plan import ServicePlan
 from .policy import Route
 
 if TYPE_CHECKING:

@@ -17,9 +17,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .core import Attempt, Failure
 from .policy import Route
 from .registry import Address
+from .steps import Attempt, Failure
 
 __all__ = ["ThriftCall", "Wire", "WireFailure", "WireReply", "WireRequest", "current_wire", "use_wire"]
 

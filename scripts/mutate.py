@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Mutation check: hand-chosen mutants of the modules that decide (core, envoy, haproxy, policy,
+"""Mutation check: hand-chosen mutants of the modules that decide (core, retrying, envoy, haproxy, policy,
 budget, routing), each a bug someone could plausibly write, run against the tests that should
 catch it. A mutant the tests still pass is a hole in the suite.
 
@@ -59,14 +59,14 @@ class Mutant:
 MUTANTS = [
     Mutant(
         "backoff-doubling",
-        "mesh_client/core.py",
+        "mesh_client/retrying.py",
         "BACKOFF_BASE_MS << doublings",
         "BACKOFF_BASE_MS * ((2 << doublings) - 1)",
         "Envoy's documented (2^n - 1) x 25 ms instead of the doubling interval it uses",
     ),
     Mutant(
         "backoff-cap",
-        "mesh_client/core.py",
+        "mesh_client/retrying.py",
         "BACKOFF_CAP_MS: Final = 10 * BACKOFF_BASE_MS",
         "BACKOFF_CAP_MS: Final = 20 * BACKOFF_BASE_MS",
         "a back-off cap twice Envoy's",
@@ -80,29 +80,29 @@ MUTANTS = [
     ),
     Mutant(
         "retry-total-timeout",
-        "mesh_client/core.py",
-        "return attempt.per_try_limited and bool(tokens & envoy.RESET_RETRY_ON)",
-        "return bool(tokens & envoy.RESET_RETRY_ON)",
+        "mesh_client/retrying.py",
+        "return attempt.per_try_limited and bool(tokens_set & envoy.RESET_RETRY_ON)",
+        "return bool(tokens_set & envoy.RESET_RETRY_ON)",
         "the total timeout retried like a per-try timeout",
     ),
     Mutant(
         "replay-a-sent-body",
-        "mesh_client/core.py",
-        "        if not self.replayable:  # the body went to HAProxy already and cannot be sent again\n"
-        "            return False",
-        "        pass",
+        "mesh_client/retrying.py",
+        "    if not replayable:  # the body went to HAProxy already and cannot be sent again\n"
+        "        return False",
+        "    pass",
         "a streamed body sent twice",
     ),
     Mutant(
         "retry-shed-load",
-        "mesh_client/core.py",
-        '        if f"{self.plan.mesh.header_prefix}-overloaded" in outcome.headers:',
-        "        if False:",
+        "mesh_client/retrying.py",
+        '    if f"{prefix}-overloaded" in outcome.headers:',
+        "    if False:",
         "the client retries a response that says the upstream is overloaded",
     ),
     Mutant(
         "retry-after-date-reversed",
-        "mesh_client/core.py",
+        "mesh_client/retrying.py",
         "return max(0.0, when.timestamp() - _clock.wall())",
         "return max(0.0, _clock.wall() - when.timestamp())",
         "a Retry-After date read backwards (a date in the past asks for a long pause)",

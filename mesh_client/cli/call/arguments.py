@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 from typing import Any, Final
 
-from ...core import DROPPED_HEADERS
 from ...envoy import DEFAULT_PREFIX
 from ...overrides import parse_override_header
+from ...plan import DROPPED_HEADERS
 from ...registry import MeshConfig
 from .._args import whole_number_arg
 
