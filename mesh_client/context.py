@@ -32,6 +32,7 @@ from opentelemetry.propagators.textmap import Setter
 from opentelemetry.trace import INVALID_SPAN_CONTEXT as _INVALID_SPAN_CONTEXT
 from opentelemetry.trace import get_current_span as _get_current_span
 
+from ._compat.otel import propagators_of
 from .overrides import Overrides, admit_inbound, enter_request, leave_request
 from .shadow import SHADOW_HEADER
 from .telemetry import trace_state
@@ -273,11 +274,10 @@ def _nothing_to_inject() -> bool:
     checked, is_default = _default_textmap
     if textmap is not checked:
         from opentelemetry.baggage.propagation import W3CBaggagePropagator
-        from opentelemetry.propagators.composite import CompositePropagator
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
         known = (TraceContextTextMapPropagator, W3CBaggagePropagator)
-        parts = getattr(textmap, "_propagators", None) if type(textmap) is CompositePropagator else [textmap]
+        parts = propagators_of(textmap)
         is_default = parts is not None and all(type(p) in known for p in parts)
         _default_textmap = (textmap, is_default)
     if not is_default:

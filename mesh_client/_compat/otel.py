@@ -1,7 +1,7 @@
 """OpenTelemetry API internals: the global providers' "nothing installed" tests, the context key
-that suppresses the official HTTP instrumentations, and a ``TraceState`` built with exactly the
-members the W3C grammar allows. Each probed at import, each with a public fallback (see
-:mod:`mesh_client._compat`)."""
+that suppresses the official HTTP instrumentations, a ``TraceState`` built with exactly the
+members the W3C grammar allows, and the propagators a ``CompositePropagator`` combines. Each
+probed at import, each with a public fallback (see :mod:`mesh_client._compat`)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from opentelemetry import trace
 
 from . import forced_fallback
 
-__all__ = ["metrics_are_noop", "trace_state", "tracing_is_noop"]
+__all__ = ["metrics_are_noop", "propagators_of", "trace_state", "tracing_is_noop"]
 
 _FORCED = forced_fallback()
 
@@ -87,3 +87,36 @@ def trace_state(members: Sequence[tuple[str, str]]) -> trace.TraceState:
     state = trace.TraceState()
     state._dict = dict(members)
     return state
+
+
+def _probe_composite_parts() -> bool:
+    """Whether a ``CompositePropagator`` keeps the propagators it was given, in order, in its
+    ``_propagators`` list (then :func:`propagators_of` can tell OpenTelemetry's default set)."""
+    if forced_fallback():
+        return False
+    try:
+        from opentelemetry.propagators.composite import CompositePropagator
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+        inner = TraceContextTextMapPropagator()
+        return list(getattr(CompositePropagator([inner]), "_propagators", ())) == [inner]
+    except Exception:  # an API that builds composites otherwise
+        return False
+
+
+_COMPOSITE_PARTS: bool = _probe_composite_parts()
+
+
+def propagators_of(textmap: object) -> list[object] | None:
+    """The propagators the global textmap ``textmap`` combines (``[textmap]`` when it is not a
+    ``CompositePropagator``), or None when that cannot be known. Fallback when the probe fails:
+    None, so :func:`mesh_client.context.outbound_headers` runs ``propagate.inject`` on every call
+    (always correct, a few µs slower)."""
+    from opentelemetry.propagators.composite import CompositePropagator
+
+    if type(textmap) is not CompositePropagator:
+        return [textmap]
+    if not _COMPOSITE_PARTS:
+        return None
+    parts = getattr(textmap, "_propagators", None)
+    return list(parts) if isinstance(parts, (list, tuple)) else None

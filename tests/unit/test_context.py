@@ -1056,3 +1056,46 @@ def test_the_custom_prefix_control_headers_are_dropped_too() -> None:
 def test_property_every_caller_set_proxy_header_is_dropped(name: str) -> None:
     for attempt in ATTEMPTS:
         assert attempt.drops(name), (attempt.route, name)
+
+
+# -- the CompositePropagator seam (mesh_client._compat.otel.propagators_of) ------------------------
+
+
+@pytest.mark.parametrize("seam", ["private", "fallback"])
+def test_outbound_headers_are_the_same_whether_or_not_the_propagator_seam_is_used(
+    seam: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from opentelemetry import trace
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+    import mesh_client.context as context_module
+    from mesh_client._compat import otel as otel_compat
+
+    if seam == "fallback":
+        monkeypatch.setattr(otel_compat, "_COMPOSITE_PARTS", False)
+    monkeypatch.setattr(context_module, "_default_textmap", (None, False))  # the textmap is checked again
+    names = [name for name, _ in context_module.outbound_headers()]
+    assert names == ["x-request-id"]
+    span = NonRecordingSpan(SpanContext(0x1234, 0x5678, is_remote=False, trace_flags=TraceFlags(1)))
+    with trace.use_span(span):
+        sent = dict(context_module.outbound_headers())
+    assert sent["traceparent"] == f"00-{0x1234:032x}-{0x5678:016x}-01"
+
+
+def test_the_propagator_seam_names_the_default_propagators_or_says_it_cannot(monkeypatch: pytest.MonkeyPatch) -> None:
+    from opentelemetry.baggage.propagation import W3CBaggagePropagator
+    from opentelemetry.propagators.composite import CompositePropagator
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    from mesh_client._compat import otel as otel_compat
+
+    parts = [TraceContextTextMapPropagator(), W3CBaggagePropagator()]
+    composite = CompositePropagator(parts)
+    if not otel_compat._COMPOSITE_PARTS:  # (the compat-fallback job)
+        assert otel_compat.propagators_of(composite) is None
+        return
+    assert otel_compat.propagators_of(composite) == parts
+    assert otel_compat.propagators_of(parts[0]) == [parts[0]]
+    monkeypatch.setattr(otel_compat, "_COMPOSITE_PARTS", False)
+    assert otel_compat.propagators_of(composite) is None
+    assert otel_compat.propagators_of(parts[0]) == [parts[0]]
