@@ -59,6 +59,8 @@ class RetryBudget:
 
     def __init__(self, config: RetryBudgetConfig = DEFAULT_BUDGET, clock: Callable[[], float] = _clock.monotonic):
         self.config = config
+        #: the clock the budget's buckets are read on
+        self.clock = clock
         self._clock = clock
         self._width = config.ttl / _BUCKETS
         self._calls = [0] * _BUCKETS
@@ -107,10 +109,12 @@ class RetryBudget:
     def _balance(self) -> float:
         return self._floor + self._calls_total * self._share - self._retries_total
 
-    def deposit(self) -> int:
+    def deposit(self, now: float | None = None) -> int:
         """Count one call; return the whole retries the budget allows now (what
-        :meth:`available` would say right after)."""
-        now = self._clock()
+        :meth:`available` would say right after). ``now``: a reading of :attr:`clock` the caller
+        has just made (one clock read fewer per call)."""
+        if now is None:
+            now = self._clock()
         with self._lock:
             if now >= self._roll_at or self._era != _clock.era():
                 self._roll()

@@ -136,11 +136,11 @@ class CallRun(Generic[R]):
         self.context_headers = context_headers
         self.telemetry = telemetry
         self.replayable = replayable
+        now = plan.clock()
         budget = plan.budget
         #: whole retries the budget allowed when the call started (-1: no budget)
-        self._budget_left = budget.deposit() if budget is not None else -1
+        self._budget_left = -1 if budget is None else budget.deposit(now if budget.clock is plan.clock else None)
         self.tokens = plan.tokens_for(policy, method, idempotent)
-        now = plan.clock()
         self.started = now
         at = current_deadline()
         if at is None:
@@ -325,40 +325,41 @@ class CallRun(Generic[R]):
             timeout_header, policy_rest = plan.envoy_template(policy, per_try_applies, retries, self.tokens)
             margin = remaining * ENVOY_MARGIN_SHARE  # within [ENVOY_MARGIN_MIN, ENVOY_MARGIN_MAX]
             margin = ENVOY_MARGIN_MIN if margin < ENVOY_MARGIN_MIN else min(margin, ENVOY_MARGIN_MAX)
-            attempt = Attempt(
-                number=self.attempts,
-                route=_ENVOY,
-                address=plan.envoy_address,
-                host=plan.host_header[1],
-                set_headers=(
+            attempt = Attempt(  # (positional, in Attempt's field order: keywords cost twice as much)
+                self.attempts,  # number
+                _ENVOY,  # route
+                plan.envoy_address,  # address
+                plan.host_header[1],  # host
+                (  # set_headers
                     plan.host_header,
                     *context_headers,
                     # envoy.timeout_ms(remaining), inline: remaining >= MIN_ATTEMPT, so never below 1 ms
                     (timeout_header, str(int(remaining * 1000 + 1e-6))),
                     *policy_rest,
                 ),
-                drop_prefixes=plan.drop_prefixes,
-                drop_names=dropped,
-                timeout=remaining + margin,
-                delay=delay,
-                call=self.serial,
+                plan.drop_prefixes,  # drop_prefixes
+                dropped,  # drop_names
+                remaining + margin,  # timeout
+                delay,  # delay
+                False,  # per_try_limited (Envoy times each try itself)
+                self.serial,  # call
             )
         else:
             timeout = min(per_try, remaining) if per_try is not None else remaining
             # no proxy adds x-envoy-expected-rq-timeout-ms here: tell the upstream its budget ourselves
             budget = (MESH_TIMEOUT_HEADER, str(envoy.timeout_ms(timeout)))
             attempt = Attempt(
-                number=self.attempts,
-                route=self.route,
-                address=plan.service.haproxy if self.route is Route.HAPROXY else plan.envoy_address,
-                host=plan.host_header[1],
-                set_headers=(plan.host_header, *context_headers, budget),
-                drop_prefixes=plan.drop_prefixes,
-                drop_names=dropped,
-                timeout=timeout,
-                delay=delay,
-                per_try_limited=per_try is not None and per_try < remaining,
-                call=self.serial,
+                self.attempts,  # number
+                self.route,  # route
+                plan.service.haproxy if self.route is Route.HAPROXY else plan.envoy_address,  # address
+                plan.host_header[1],  # host
+                (plan.host_header, *context_headers, budget),  # set_headers
+                plan.drop_prefixes,  # drop_prefixes
+                dropped,  # drop_names
+                timeout,  # timeout
+                delay,  # delay
+                per_try is not None and per_try < remaining,  # per_try_limited
+                self.serial,  # call
             )
         self._last_attempt = attempt
         return attempt

@@ -124,8 +124,8 @@ MUTANTS = [
     Mutant(
         "no-envoy-margin",
         "mesh_client/core.py",
-        "timeout=remaining + margin,",
-        "timeout=remaining,",
+        "remaining + margin,  # timeout",
+        "remaining,  # timeout",
         "the client's timer races Envoy's on the Envoy route",
     ),
     Mutant(

@@ -1099,3 +1099,18 @@ def test_the_propagator_seam_names_the_default_propagators_or_says_it_cannot(mon
     monkeypatch.setattr(otel_compat, "_COMPOSITE_PARTS", False)
     assert otel_compat.propagators_of(composite) is None
     assert otel_compat.propagators_of(parts[0]) == [parts[0]]
+
+
+def test_request_ids_spread_over_every_variant_digit_and_keep_122_random_bits() -> None:
+    from collections import Counter
+
+    from mesh_client.context import new_request_id
+
+    ids = [new_request_id() for _ in range(8000)]
+    variants = Counter(value[19] for value in ids)
+    assert set(variants) == set("89ab")
+    assert all(1700 <= count <= 2300 for count in variants.values()), variants  # 2000 each, ±7 sigma
+    # every one of the other 30 hex digits takes all 16 values (no digit is fixed or narrowed)
+    digits = [value.replace("-", "") for value in ids]
+    for position in set(range(32)) - {12, 16}:
+        assert len({text[position] for text in digits}) == 16, position
