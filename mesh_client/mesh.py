@@ -100,7 +100,8 @@ class Mesh:
         return self._router.decide(service)
 
     def http_service(self, scheme: str, host: str, port: int | None, has_userinfo: bool) -> ServiceConfig | None:
-        """The registered HTTP service a URL addresses, or None for any other host.
+        """The registered HTTP service a URL addresses, or None for any other host. For wrappers
+        (:class:`~mesh_client.wrapping.CallStarter`), not application code.
 
         Raises :class:`InvalidServiceURL` for a registered name addressed with a port, user info,
         a scheme other than ``http``, or a Thrift service.
@@ -130,7 +131,9 @@ class Mesh:
         replayable: bool = True,
         source: object = None,
     ) -> CallRun[Any]:
-        """The I/O-free run of one call: policy merged with the current :func:`call_options` and
+        """For wrappers (:class:`~mesh_client.wrapping.CallStarter`), not application code.
+
+        The I/O-free run of one call: policy merged with the current :func:`call_options` and
         ``extra``, route decided by the flag (or forced by the options). ``method`` is the HTTP
         method, or the Thrift method name for Thrift services. ``source``, read by telemetry only
         (when an SDK is installed): the library's request (URL, ``User-Agent``), or for Thrift the
@@ -255,7 +258,7 @@ class Mesh:
         """A ``requests.Session`` subclass that routes registered services through the mesh."""
         from .http.requests import MeshSession
 
-        return self._track(MeshSession(self))
+        return self.track_client(MeshSession(self))
 
     def thrift_client(self, service: Any, name: str, *, max_connections: int = 32) -> ThriftClient:
         """A Thrift client for the registered Thrift service ``name``, with the methods of the
@@ -269,14 +272,14 @@ class Mesh:
             )
         if not hasattr(service, "thrift_services"):
             raise TypeError(f"{service!r} is not a thriftpy2 service (load the IDL with thriftpy2.load)")
-        return self._track(ThriftClient(self, service, config, max_connections=max_connections))
+        return self.track_client(ThriftClient(self, service, config, max_connections=max_connections))
 
     def httpx_transport(self, transport: httpx.BaseTransport | None = None, **kwargs: Any) -> MeshTransport:
         """An ``httpx.BaseTransport`` routing registered services through the mesh and passing
         every other request to ``transport`` (default: ``httpx.HTTPTransport(**kwargs)``)."""
         from .http.httpx import MeshTransport
 
-        return self._track(MeshTransport(self, transport, **kwargs))
+        return self.track_client(MeshTransport(self, transport, **kwargs))
 
     def httpx_async_transport(
         self, transport: httpx.AsyncBaseTransport | None = None, **kwargs: Any
@@ -291,7 +294,7 @@ class Mesh:
         the mesh (also when proxy environment variables are set)."""
         from .http._httpx_client import build_client
 
-        return self._track(build_client(self, kwargs))
+        return self.track_client(build_client(self, kwargs))
 
     def httpx_async_client(self, **kwargs: Any) -> httpx.AsyncClient:
         """An ``httpx.AsyncClient``, as :meth:`httpx_client`."""
@@ -303,9 +306,13 @@ class Mesh:
 
     # -- lifecycle --------------------------------------------------------------------------------
 
-    def _track(self, client: _C) -> _C:
+    def track_client(self, client: _C) -> _C:
+        """Close ``client`` when this mesh closes (for wrappers:
+        :class:`~mesh_client.wrapping.CallStarter`); returns it."""
         self._clients.add(client)
         return client
+
+    _track = track_client  # (the name the wrappers used before mesh_client.wrapping)
 
     def close(self) -> None:
         """Stop the flag watcher, release the flag client, stop the shadow copies' thread pool

@@ -76,7 +76,7 @@ def drop_names(context_headers: tuple[tuple[str, str], ...]) -> frozenset[str]:
 class ServicePlan:
     """What every call to one service through one mesh shares, worked out once: where the Envoy
     route goes, who enforces the policy, the service's retry budget and sidecar circuit, and the
-    header rules. :meth:`Mesh.start_call <mesh_client.Mesh.start_call>` keeps one per service;
+    header rules. ``Mesh.start_call`` keeps one per service;
     the caches at the end fill as calls are made (per method, per retry count)."""
 
     mesh: MeshConfig

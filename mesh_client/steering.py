@@ -1,5 +1,5 @@
-"""How the routing overrides in force steer one call (the hook :meth:`Mesh.start_call
-<mesh_client.Mesh.start_call>` calls while there are any).
+"""How the routing overrides in force steer one call (the hook ``Mesh.start_call`` calls while
+there are any).
 
 Every mesh call made under overrides carries them on (``x-mesh-override``, and its signature when
 there is one to send). A call to a service an override names, with that variant declared in the

@@ -1,6 +1,6 @@
 """Making the copies: which calls get one, where it runs, and what is done with its answer.
 
-:meth:`ShadowRunner.for_call` (from :meth:`Mesh.start_call <mesh_client.Mesh.start_call>`, at the
+:meth:`ShadowRunner.for_call` (from ``Mesh.start_call``, at the
 ``shadow`` and ``live`` stages) picks the calls to copy: idempotent ones (the service's
 ``idempotent_methods`` or ``call_options(idempotent=True)``), a ``sample`` of them, none while the
 request being served is itself a copy (it arrived with ``x-mesh-shadow``). Once such a call is
