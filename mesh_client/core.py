@@ -222,7 +222,7 @@ class CallRun(Generic[R]):
                 envoy_error=envoy_error,
             )
             return self._done(outcome, info)
-        pause = self._retry_after(outcome)
+        pause = self._retry_after(outcome) if "retry-after" in outcome.headers else 0.0
         if (
             response_retryable(
                 outcome,
