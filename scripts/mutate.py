@@ -88,8 +88,7 @@ MUTANTS = [
     Mutant(
         "replay-a-sent-body",
         "mesh_client/retrying.py",
-        "    if not replayable:  # the body went to HAProxy already and cannot be sent again\n"
-        "        return False",
+        "    if not replayable:  # the body went to HAProxy already and cannot be sent again\n        return False",
         "    pass",
         "a streamed body sent twice",
     ),

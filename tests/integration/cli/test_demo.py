@@ -96,7 +96,7 @@ def test_demo_walks_the_flag_with_no_failed_call_and_the_split_the_flag_gave() -
 def test_without_haproxy_the_demo_says_so_and_shows_the_envoy_side(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(startup, "haproxy_binary", lambda: None)
+    monkeypatch.setattr(startup.sidecars, "haproxy_binary", lambda: None)
     assert main(["demo", "--duration", "3", "--services", "users,orders"]) == 0
     out = capsys.readouterr().out
     assert "HAProxy is not installed (apt-get install -y haproxy)" in out
