@@ -43,10 +43,12 @@ file, a hook that is a lambda) arrives as None. As for any exception, the cause 
 from __future__ import annotations
 
 import pickle
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 if TYPE_CHECKING:
     from .info import CallInfo
+    from .steps import Fail
 
 __all__ = [
     "ConfigError",
@@ -239,3 +241,22 @@ def as_mesh_error(
     assert isinstance(err, MeshTransportError)
     err.info = info
     return err
+
+
+def raise_failure(
+    failure: Fail,
+    native: Callable[[type[MeshTransportError], str], BaseException],
+    *,
+    keep_cause: bool = True,
+) -> NoReturn:
+    """Raise the failed call ``failure`` the way its wrapper's library would, combined with the
+    mesh class (the one failure-to-exception step of every wrapper).
+
+    The library's exception is the one the attempt caught (``failure.cause``) when there is one and
+    ``keep_cause`` holds; otherwise ``native(mesh_class, message)`` makes it (a deadline that
+    passed before anything was sent, a timeout the core decided, a wrapper whose library raises
+    its own classes). The cause stays visible in tracebacks.
+    """
+    cause = failure.cause
+    base = cause if keep_cause and cause is not None else native(failure.error, failure.message)
+    raise as_mesh_error(failure.error, base, failure.message, failure.info) from cause

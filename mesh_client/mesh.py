@@ -312,8 +312,6 @@ class Mesh:
         self._clients.add(client)
         return client
 
-    _track = track_client  # (the name the wrappers used before mesh_client.wrapping)
-
     def close(self) -> None:
         """Stop the flag watcher, release the flag client, stop the shadow copies' thread pool
         (copies not started are skipped) and close the synchronous sessions, clients and

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Final
 
 from .. import clock as _clock
-from ..core import Attempt, Broken, Failure
+from ..steps import Attempt, Broken, Failure
 
 __all__ = ["CHUNK", "BodyTimer"]
 

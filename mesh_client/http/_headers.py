@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from typing import Final
 
 from .._cache import BoundedCache
-from ..core import Attempt
+from ..steps import Attempt
 
 __all__ = ["kept_names", "learn"]
 

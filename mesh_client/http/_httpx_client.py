@@ -19,7 +19,7 @@ from typing import Any, Final
 
 import httpx
 
-from ..mesh import Mesh
+from ..wrapping import CallStarter
 from ._mounts import AsyncMeshFirst, MeshFirst, client_mounts
 from .httpx import _REQUEST_STATE, _WHOLE_BODY, SENT_KEY, AsyncMeshTransport, MeshTransport
 
@@ -75,18 +75,18 @@ class _AsyncClient(httpx.AsyncClient):
         return response
 
 
-def build_client(mesh: Mesh, kwargs: dict[str, Any]) -> httpx.Client:
+def build_client(mesh: CallStarter, kwargs: dict[str, Any]) -> httpx.Client:
     """``httpx.Client(**kwargs)`` with a :class:`MeshTransport` as its transport (see
     :func:`client_kwargs`)."""
     return _Client(**client_kwargs(mesh, kwargs))
 
 
-def build_async_client(mesh: Mesh, kwargs: dict[str, Any]) -> httpx.AsyncClient:
+def build_async_client(mesh: CallStarter, kwargs: dict[str, Any]) -> httpx.AsyncClient:
     """The asyncio twin of :func:`build_client`."""
     return _AsyncClient(**client_kwargs(mesh, kwargs, asynchronous=True))
 
 
-def client_kwargs(mesh: Mesh, kwargs: dict[str, Any], *, asynchronous: bool = False) -> dict[str, Any]:
+def client_kwargs(mesh: CallStarter, kwargs: dict[str, Any], *, asynchronous: bool = False) -> dict[str, Any]:
     """The arguments of an ``httpx.Client`` (``AsyncClient``) made with ``kwargs`` whose mesh
     calls go through the mesh: a (:class:`AsyncMeshTransport`) :class:`MeshTransport` wrapping the
     caller's ``transport`` or the default one, and the mounts of :mod:`mesh_client.http._mounts`

@@ -16,14 +16,14 @@ from typing import Any
 
 import httpx
 
-from ..mesh import Mesh
+from ..wrapping import CallStarter
 from ._env_proxies import environment_proxies
 from ._forwarding import ForwardsAsyncContext, ForwardsContext
 
 __all__ = ["AsyncMeshFirst", "MeshFirst", "client_mounts"]
 
 
-def _is_mesh(mesh: Mesh, request: httpx.Request) -> bool:
+def _is_mesh(mesh: CallStarter, request: httpx.Request) -> bool:
     url = request.url
     return mesh.http_service(url.scheme, url.host, url.port, bool(url.userinfo)) is not None
 
@@ -33,7 +33,9 @@ class MeshFirst(ForwardsContext, httpx.BaseTransport):
     mount of a service's host, which takes mesh calls only). The mesh transport is the client's
     own ``transport``, entered and closed by the client as such: only ``other`` is, here."""
 
-    def __init__(self, mesh: Mesh, mesh_transport: httpx.BaseTransport, other: httpx.BaseTransport | None) -> None:
+    def __init__(
+        self, mesh: CallStarter, mesh_transport: httpx.BaseTransport, other: httpx.BaseTransport | None
+    ) -> None:
         self.mesh, self.mesh_transport, self.other = mesh, mesh_transport, other
 
     def _forward_to(self) -> httpx.BaseTransport | None:
@@ -49,7 +51,7 @@ class AsyncMeshFirst(ForwardsAsyncContext, httpx.AsyncBaseTransport):
     """The asyncio twin of :class:`MeshFirst`."""
 
     def __init__(
-        self, mesh: Mesh, mesh_transport: httpx.AsyncBaseTransport, other: httpx.AsyncBaseTransport | None
+        self, mesh: CallStarter, mesh_transport: httpx.AsyncBaseTransport, other: httpx.AsyncBaseTransport | None
     ) -> None:
         self.mesh, self.mesh_transport, self.other = mesh, mesh_transport, other
 
@@ -63,7 +65,7 @@ class AsyncMeshFirst(ForwardsAsyncContext, httpx.AsyncBaseTransport):
 
 
 def client_mounts(
-    mesh: Mesh,
+    mesh: CallStarter,
     mesh_transport: Any,
     kwargs: dict[str, Any],
     *,

@@ -28,16 +28,18 @@ import httpcore
 import httpx
 
 from .._cache import BoundedCache
-from ..core import Attempt, Broken, CallRun, Done, Fail, Failure, Responded, drive, drive_async
-from ..errors import MeshTimeoutError, as_mesh_error
+from ..core import CallRun
+from ..driving import drive, drive_async
+from ..errors import MeshTimeoutError, MeshTransportError, raise_failure
 from ..fork import reset_in_child
 from ..info import INFO_KEY
-from ..mesh import Mesh
 from ..policy import CallOptions
 from ..registry import Address
 from ..shadow.answers import httpx_answer
+from ..steps import Attempt, Broken, Done, Fail, Failure, Responded
 from ..telemetry import no_http_instrumentation
 from ..wire import Wire, WireFailure, WireRequest, current_wire
+from ..wrapping import CallStarter
 from . import httpx_errors  # noqa: F401 - registers the combined exceptions raised here
 from ._body import BodyTimer
 from ._fork import forget_transport_connections
@@ -62,6 +64,12 @@ SENT_KEY: Final = "mesh_client.sent"
 _WHOLE_BODY: contextvars.ContextVar[bool] = contextvars.ContextVar("mesh_client.httpx.whole_body", default=False)
 
 
+def _native_error(error: type[MeshTransportError], message: str, *, request: httpx.Request) -> httpx.TransportError:
+    """The httpx exception for a failure the core decided (no exception was caught)."""
+    native = httpx.TimeoutException if issubclass(error, MeshTimeoutError) else httpx.ConnectError
+    return native(message, request=request)
+
+
 def _failure(exc: httpx.TransportError) -> Broken | None:
     """Classify an httpx transport error; None for errors that are not network failures."""
     if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
@@ -77,7 +85,7 @@ def _failure(exc: httpx.TransportError) -> Broken | None:
 class _MeshTransportMixin:
     """What both transports share: planning, per-attempt requests, results."""
 
-    mesh: Mesh
+    mesh: CallStarter
 
     def _start(self, request: httpx.Request) -> CallRun[httpx.Response] | None:
         url = request.url
@@ -197,13 +205,7 @@ class _MeshTransportMixin:
     @staticmethod
     def _finish(result: Done[httpx.Response] | Fail, request: httpx.Request) -> httpx.Response:
         if isinstance(result, Fail):
-            native = result.cause
-            if native is None:
-                native_cls = (
-                    httpx.TimeoutException if issubclass(result.error, MeshTimeoutError) else httpx.ConnectError
-                )
-                native = native_cls(result.message, request=request)
-            raise as_mesh_error(result.error, native, result.message, result.info) from result.cause
+            raise_failure(result, functools.partial(_native_error, request=request))
         result.response.extensions[INFO_KEY] = result.info
         return result.response
 
@@ -211,7 +213,7 @@ class _MeshTransportMixin:
 class MeshTransport(_MeshTransportMixin, ForwardsContext, httpx.BaseTransport):
     """An ``httpx.BaseTransport`` routing registered services through the mesh."""
 
-    def __init__(self, mesh: Mesh, transport: httpx.BaseTransport | None = None, **kwargs: Any) -> None:
+    def __init__(self, mesh: CallStarter, transport: httpx.BaseTransport | None = None, **kwargs: Any) -> None:
         self.mesh = mesh
         self.transport = transport if transport is not None else httpx.HTTPTransport(**kwargs)
         reset_in_child(self, _after_fork)
@@ -281,7 +283,7 @@ class MeshTransport(_MeshTransportMixin, ForwardsContext, httpx.BaseTransport):
 class AsyncMeshTransport(_MeshTransportMixin, ForwardsAsyncContext, httpx.AsyncBaseTransport):
     """An ``httpx.AsyncBaseTransport`` routing registered services through the mesh."""
 
-    def __init__(self, mesh: Mesh, transport: httpx.AsyncBaseTransport | None = None, **kwargs: Any) -> None:
+    def __init__(self, mesh: CallStarter, transport: httpx.AsyncBaseTransport | None = None, **kwargs: Any) -> None:
         self.mesh = mesh
         self.transport = transport if transport is not None else httpx.AsyncHTTPTransport(**kwargs)
         reset_in_child(self, _after_fork)

@@ -31,15 +31,16 @@ from urllib3.util import parse_url
 
 from .. import clock as _clock
 from .._cache import BoundedCache
-from ..core import Attempt, Broken, Fail, Failure, Responded, drive
-from ..errors import MeshTimeoutError, as_mesh_error
+from ..driving import drive
+from ..errors import MeshTimeoutError, MeshTransportError, raise_failure
 from ..fork import reset_in_child
 from ..info import INFO_KEY
-from ..mesh import Mesh
 from ..registry import ServiceConfig
 from ..shadow.answers import requests_answer
+from ..steps import Attempt, Broken, Fail, Failure, Responded
 from ..telemetry import no_http_instrumentation
 from ..wire import Wire, WireFailure, WireRequest, current_wire
+from ..wrapping import CallStarter
 from . import requests_errors  # noqa: F401 - registers the combined exceptions raised here
 from ._body import CHUNK, BodyTimer
 from ._fork import forget_adapter_pools
@@ -93,6 +94,14 @@ def _time_to_headers(response: requests.Response, started: float) -> None:
     """Note the time from sending the attempt to its response's headers (``Response.elapsed``:
     "between sending the first byte of the request and finishing parsing the headers")."""
     response.__dict__[_ELAPSED] = _clock.monotonic() - started
+
+
+def _native_error(
+    error: type[MeshTransportError], message: str, *, request: requests.PreparedRequest
+) -> requests.RequestException:
+    """The requests exception for a failure the core decided (no exception was caught)."""
+    native = requests.Timeout if issubclass(error, MeshTimeoutError) else requests.ConnectionError
+    return native(message, request=request)
 
 
 def _failure(exc: requests.RequestException) -> Broken | None:
@@ -156,7 +165,7 @@ class MeshAdapter(HTTPAdapter):
 
     __attrs__ = [*HTTPAdapter.__attrs__, "mesh"]  # noqa: RUF012 - requests' name for what pickles
 
-    def __init__(self, mesh: Mesh, **kwargs: Any) -> None:
+    def __init__(self, mesh: CallStarter, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.mesh = mesh
         self._targets: BoundedCache[str, tuple[ServiceConfig | None, str]] = BoundedCache(_CACHED_URLS)
@@ -234,13 +243,7 @@ class MeshAdapter(HTTPAdapter):
             send = functools.partial(self.send, request, verify=verify, cert=cert)
             run.shadow.submit(result, None if stream else requests_answer, send, path)
         if isinstance(result, Fail):
-            native = result.cause
-            if native is None:
-                native_cls = (
-                    requests.Timeout if issubclass(result.error, MeshTimeoutError) else requests.ConnectionError
-                )
-                native = native_cls(result.message, request=request)
-            raise as_mesh_error(result.error, native, result.message, result.info) from result.cause
+            raise_failure(result, functools.partial(_native_error, request=request))
         response: requests.Response = result.response
         # the caller sees its own URL (redirects resolve against it, not the proxy's), and as
         # response.request the request as it went out to that URL: the answering attempt's
@@ -314,7 +317,7 @@ class MeshSession(requests.Session):
 
     __attrs__ = [*requests.Session.__attrs__, "mesh", "mesh_adapter"]  # noqa: RUF012 - (as above)
 
-    def __init__(self, mesh: Mesh) -> None:
+    def __init__(self, mesh: CallStarter) -> None:
         super().__init__()
         self.mesh = mesh
         self.mesh_adapter = MeshAdapter(mesh)
@@ -324,7 +327,7 @@ class MeshSession(requests.Session):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)  # type: ignore[misc]  # (not in requests' type stubs)
         self._mesh_urls = BoundedCache(_CACHED_URLS)
-        self.mesh._track(self)
+        self.mesh.track_client(self)
         reset_in_child(self, MeshSession._after_fork)
 
     def _after_fork(self) -> None:

@@ -32,10 +32,11 @@ from typing import TYPE_CHECKING, Any, Final
 
 from .. import clock
 from ..context import REQUEST_ID_HEADER, current_inbound
-from ..core import CallRun, Done, Fail
+from ..core import CallRun
 from ..fork import reset_in_child
 from ..plan import ServicePlan
 from ..retrying import MIN_ATTEMPT
+from ..steps import Done, Fail
 from . import SHADOW_HEADER
 from .answers import decoded, failed
 from .compare import Answer, compare

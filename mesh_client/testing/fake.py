@@ -36,12 +36,12 @@ from typing import Any, Final
 from urllib.parse import parse_qsl, urlsplit
 
 from .. import clock
-from ..core import Failure
 from ..mesh import Mesh
 from ..policy import Route
 from ..registry import MeshConfig
 from ..shadow import SHADOW_HEADER
 from ..shadow.stats import ShadowEvent, ShadowStats
+from ..steps import Failure
 from ..wire import WireFailure, WireReply, WireRequest, use_wire
 from .envoy_model import BackOff, RetryCircuit, Upset, retried
 from .replies import Reply

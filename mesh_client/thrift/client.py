@@ -30,14 +30,23 @@ from thriftpy2.thrift import TApplicationException, TMessageType, args_to_kwargs
 from thriftpy2.transport import TTransportException
 
 from ..context import MESH_SERVICE_HEADER
-from ..core import Attempt, Broken, Done, Fail, Failure, Responded, drive
-from ..errors import MeshConnectError, MeshTimeoutError, ThriftRoutingError, as_mesh_error
+from ..driving import drive
+from ..errors import (
+    MeshConnectError,
+    MeshTimeoutError,
+    MeshTransportError,
+    ThriftRoutingError,
+    as_mesh_error,
+    raise_failure,
+)
 from ..fork import reset_in_child
 from ..policy import Route
 from ..registry import Address, ServiceConfig
 from ..shadow.answers import shadow_thrift
+from ..steps import Attempt, Broken, Done, Fail, Failure, Responded
 from ..variants import framed_service_name
 from ..wire import ThriftCall, Wire, WireFailure, WireRequest, current_wire
+from ..wrapping import CallStarter
 from . import errors as _errors  # noqa: F401 - registers the combined exceptions raised here
 from .pool import Connection, Pool, PoolExhausted
 from .reading import binary_reader
@@ -102,6 +111,16 @@ def _classify_envoy_reply(error: TApplicationException) -> tuple[str, int] | Non
     return None
 
 
+def _native_error(error: type[MeshTransportError], message: str) -> BaseException:
+    """The class a thriftpy2 client raises: the builtin TimeoutError for timeouts, else a
+    TTransportException (the socket error stays visible as the cause)."""
+    if issubclass(error, MeshTimeoutError):
+        return TimeoutError("timed out")
+    if issubclass(error, MeshConnectError):
+        return TTransportException(TTransportException.NOT_OPEN, message)
+    return TTransportException(TTransportException.END_OF_FILE, message)
+
+
 class ThriftClient:
     """A thriftpy2-style client for one Thrift service of the mesh. Thread-safe.
 
@@ -111,7 +130,7 @@ class ThriftClient:
 
     def __init__(
         self,
-        mesh: Any,
+        mesh: CallStarter,
         service: Any,
         config: ServiceConfig,
         *,
@@ -199,16 +218,7 @@ class ThriftClient:
     def _outcome_of(self, result: Done[_Reply] | Fail, api: str, oneway: bool) -> Any:
         """What the call returns (or raises): its result, or the error."""
         if not isinstance(result, Done):
-            # the classes a thriftpy2 client raises: builtin TimeoutError for timeouts, else
-            # TTransportException (the socket error stays visible as the cause)
-            native: BaseException
-            if issubclass(result.error, MeshTimeoutError):
-                native = TimeoutError("timed out")
-            elif issubclass(result.error, MeshConnectError):
-                native = TTransportException(TTransportException.NOT_OPEN, result.message)
-            else:
-                native = TTransportException(TTransportException.END_OF_FILE, result.message)
-            raise as_mesh_error(result.error, native, result.message, result.info) from result.cause
+            raise_failure(result, _native_error, keep_cause=False)
         reply: _Reply = result.response
         if reply.error is not None:
             self._raise_error_reply(reply.error, result.info, api)
