@@ -116,7 +116,8 @@ class RetryBudget:
         if now is None:
             now = self._clock()
         with self._lock:
-            if now >= self._roll_at or self._era != _clock.era():
+            # (_clock._era is what _clock.era() returns: read here without the call, on every call)
+            if now >= self._roll_at or self._era != _clock._era:
                 self._roll()
             self._calls[self._epoch % _BUCKETS] += 1
             calls = self._calls_total = self._calls_total + 1

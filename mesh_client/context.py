@@ -237,7 +237,7 @@ def new_request_id() -> str:
     """A fresh random UUID4, as text (without :func:`uuid.uuid4`'s system call per id: a request
     id must be unique, not secret). 32 random hex digits, of which the version digit becomes ``4``
     and the variant digit one of ``89ab``: 122 random bits, as in :func:`uuid.uuid4`."""
-    h = _ids.randbytes(16).hex()
+    h = _ids.getrandbits(128).to_bytes(16, "little").hex()  # (randbytes(16), without its frame)
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT_DIGIT[h[16]]}{h[17:20]}-{h[20:]}"
 
 

@@ -140,7 +140,9 @@ class CallRun(Generic[R]):
         budget = plan.budget
         #: whole retries the budget allowed when the call started (-1: no budget)
         self._budget_left = -1 if budget is None else budget.deposit(now if budget.clock is plan.clock else None)
-        self.tokens = plan.tokens_for(policy, method, idempotent)
+        # the usual call: the service's own policy, its tokens for this method already worked out
+        tokens = plan.tokens.get(method) if idempotent is None and policy is plan.service.policy else None
+        self.tokens = tokens if tokens is not None else plan.tokens_for(policy, method, idempotent)
         self.started = now
         at = current_deadline()
         if at is None:

@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
 
-from ._compat.otel import _SUPPRESS_HTTP_KEY, metrics_are_noop, trace_state, tracing_is_noop
+from ._compat.otel import _SUPPRESS_HTTP_KEY, metrics_are_noop, no_sdk, trace_state, tracing_is_noop
 
 if TYPE_CHECKING:
     from .info import CallInfo
@@ -157,7 +157,7 @@ def call_telemetry(service: str, method: str, source: object = None, protocol: s
     request (its URL and ``User-Agent``), or for Thrift the thriftpy2 service (its name)."""
     if not _Instruments._ready:
         _Instruments.get()
-    if tracing_is_noop() and metrics_are_noop():
+    if no_sdk():
         return None
     return CallTelemetry(service, method, source, protocol)
 

@@ -13,7 +13,7 @@ from opentelemetry import trace
 
 from . import forced_fallback
 
-__all__ = ["metrics_are_noop", "propagators_of", "trace_state", "tracing_is_noop"]
+__all__ = ["metrics_are_noop", "no_sdk", "propagators_of", "trace_state", "tracing_is_noop"]
 
 _FORCED = forced_fallback()
 
@@ -47,6 +47,14 @@ def metrics_are_noop() -> bool:
     record (the test they make themselves: they have no real instrument until a provider is set;
     one named by OTEL_PYTHON_METER_PROVIDER is set when the instruments are made). See
     :func:`_probe_metrics_api` for the fallback."""
+    api = _METRICS_API
+    return api is not None and getattr(api, "_METER_PROVIDER", True) is None
+
+
+def no_sdk() -> bool:
+    """``tracing_is_noop() and metrics_are_noop()`` in one call (asked on every call)."""
+    if _FORCED or getattr(trace, "_TRACER_PROVIDER", True) is not None:
+        return False
     api = _METRICS_API
     return api is not None and getattr(api, "_METER_PROVIDER", True) is None
 
