@@ -464,7 +464,7 @@ def test_a_call_started_inside_a_request_carries_its_context(mesh: Mesh, otel: O
     assert attempt.drops("traceparent")
 
 
-# -- outbound headers without an OpenTelemetry SDK ---------------------------------------------
+# -- outbound headers without an OpenTelemetry SDK ----------------------------------------------
 
 
 def reference_headers() -> dict[str, str]:
