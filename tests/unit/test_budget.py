@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mesh_client import ConfigError, Route
 from mesh_client.budget import RetryBudget, RetryBudgetConfig
@@ -49,6 +51,68 @@ def test_budget_allows_the_floor_then_a_share_of_calls() -> None:
     assert sum(budget.try_withdraw() for _ in range(40)) == 25
     clock.now += 11  # deposits and withdrawals expire after ttl
     assert budget.available() == 5
+
+
+class NaiveBudget:
+    """The budget as specified: buckets summed on every question."""
+
+    def __init__(self, config: RetryBudgetConfig, clock: Any) -> None:
+        self.config, self.clock, self.width = config, clock, config.ttl / 10
+        self.calls, self.retries = [0] * 10, [0] * 10
+        self.epoch = int(clock() / self.width)
+
+    def roll(self) -> None:
+        epoch = int(self.clock() / self.width)
+        for i in range(1, min(epoch - self.epoch, 10) + 1):
+            self.calls[(self.epoch + i) % 10] = self.retries[(self.epoch + i) % 10] = 0
+        self.epoch = max(epoch, self.epoch)
+
+    def balance(self) -> float:
+        allowed = self.config.min_per_second * self.config.ttl + sum(self.calls) * self.config.percent / 100
+        return allowed - sum(self.retries)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    ops=st.lists(
+        st.tuples(
+            st.sampled_from(["deposit", "withdraw", "spend", "available", "wait"]),
+            st.floats(min_value=0, max_value=4),
+            st.integers(min_value=0, max_value=3),
+        ),
+        max_size=80,
+    ),
+    percent=st.sampled_from([0.0, 10.0, 20.0, 33.3]),
+    floor=st.sampled_from([0.0, 0.2, 1.0]),
+)
+def test_the_running_sums_answer_as_the_buckets_would(
+    ops: list[tuple[str, float, int]], percent: float, floor: float
+) -> None:
+    now = [1000.0]
+    config = RetryBudgetConfig(percent=percent, min_per_second=floor, ttl=10)
+    budget, naive = RetryBudget(config, lambda: now[0]), NaiveBudget(config, lambda: now[0])
+    for op, seconds, count in ops:
+        if op == "wait":
+            now[0] += seconds
+        elif op == "deposit":
+            left = budget.deposit()
+            naive.roll()
+            naive.calls[naive.epoch % 10] += 1
+            assert left == max(0, int(naive.balance()))  # what available() would say next
+        elif op == "withdraw":
+            naive.roll()
+            allowed = naive.balance() >= 1
+            if allowed:
+                naive.retries[naive.epoch % 10] += 1
+            assert budget.try_withdraw() == allowed
+        elif op == "spend":
+            budget.spend(count)
+            if count > 0:
+                naive.roll()
+                naive.retries[naive.epoch % 10] += count
+        else:
+            naive.roll()
+            assert budget.available() == max(0, int(naive.balance()))
 
 
 def test_a_failing_dependency_sees_at_most_the_budget() -> None:

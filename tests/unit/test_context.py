@@ -1,11 +1,13 @@
 """The inbound/outbound context layer: what an inbound request leaves behind for the app (deadline,
-request id, trace, allowlisted context headers), what every mesh call carries out, and the trust
-boundary between the two (nothing an inbound caller sends can steer a sidecar or break a call).
+request id, trace, allowlisted context headers), what every mesh call carries out (its request id,
+with or without an OpenTelemetry SDK), and the trust boundary between the two (nothing an inbound
+caller sends can steer a sidecar or break a call).
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import re
 import uuid
 from collections.abc import Callable, Iterator
@@ -14,15 +16,20 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from opentelemetry import baggage, propagate, trace
+from opentelemetry import context as otel_context
+from opentelemetry.propagators.textmap import Setter, TextMapPropagator
 
 import mesh_client
 from mesh_client import ConfigError, Mesh, Route
+from mesh_client import telemetry as telemetry_module
 from mesh_client.context import (
     NEVER_FORWARDED,
     Inbound,
     begin_request,
     check_header_value,
     current_inbound,
+    new_request_id,
     outbound_headers,
     parse_grpc_timeout,
     read_inbound,
@@ -455,6 +462,105 @@ def test_a_call_started_inside_a_request_carries_its_context(mesh: Mesh, otel: O
     assert attempt.drops("X-Request-Id")
     assert attempt.drops("x-tenant")
     assert attempt.drops("traceparent")
+
+
+# -- outbound headers without an OpenTelemetry SDK ----------------------------------------------
+
+
+def reference_headers() -> dict[str, str]:
+    """What the general path sends without an SDK: the no-op tracer's span set in the current
+    context, injected by the global propagator."""
+    span = trace.NoOpTracer().start_span("GET users", kind=trace.SpanKind.CLIENT)
+    return dict(outbound_headers(trace.set_span_in_context(span)))
+
+
+def shortcut_headers(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    monkeypatch.setattr(telemetry_module, "tracing_is_noop", lambda: True)
+    telemetry = CallTelemetry("users", "GET")
+    assert telemetry.propagation_context() is None  # no span of the call's own
+    assert not telemetry.span.is_recording()
+    return dict(outbound_headers(telemetry.propagation_context()))
+
+
+@pytest.mark.parametrize(
+    "inbound",
+    [
+        {},
+        {"traceparent": TRACEPARENT},
+        {"traceparent": TRACEPARENT, "tracestate": "vendor=value"},
+        {"baggage": "k=v"},
+        {"traceparent": TRACEPARENT, "baggage": "k=v,tenant=t1"},
+    ],
+    ids=["nothing", "trace", "trace-state", "baggage", "trace-baggage"],
+)
+def test_without_an_sdk_the_call_carries_what_the_no_op_tracer_would_give(
+    monkeypatch: pytest.MonkeyPatch, inbound: dict[str, str]
+) -> None:
+    end = begin_request({**inbound, "x-request-id": "req-1"}, header_prefix="x-envoy", context_headers=())
+    try:
+        got = shortcut_headers(monkeypatch)
+        expected = reference_headers()
+    finally:
+        end()
+    assert got == expected
+    assert got["x-request-id"] == "req-1"
+    if "traceparent" in inbound:
+        assert got["traceparent"] == TRACEPARENT  # the inbound trace goes on unchanged
+
+
+def test_baggage_set_by_the_application_goes_out_without_an_sdk(monkeypatch: pytest.MonkeyPatch) -> None:
+    token = otel_context.attach(baggage.set_baggage("tenant", "t1"))
+    try:
+        got = shortcut_headers(monkeypatch)
+    finally:
+        otel_context.detach(token)
+    assert got["baggage"] == "tenant=t1"
+    assert "traceparent" not in got
+
+
+def test_an_empty_context_adds_only_the_request_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert list(shortcut_headers(monkeypatch)) == ["x-request-id"]
+
+
+class AlwaysPropagator(TextMapPropagator):
+    """A propagator that writes a header whatever the context holds."""
+
+    def extract(self, carrier: Any, context: Any = None, getter: Any = None) -> Any:
+        return context
+
+    def inject(self, carrier: Any, context: Any = None, setter: Setter[Any] | None = None) -> None:
+        assert setter is not None
+        setter.set(carrier, "X-Always", "yes")
+
+    @property
+    def fields(self) -> set[str]:
+        return {"x-always"}
+
+
+def test_a_custom_propagator_is_always_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    previous = propagate.get_global_textmap()
+    propagate.set_global_textmap(AlwaysPropagator())
+    try:
+        got = shortcut_headers(monkeypatch)
+    finally:
+        propagate.set_global_textmap(previous)
+    assert got["x-always"] == "yes"
+    assert "x-always" not in shortcut_headers(monkeypatch)  # and the default is recognised again
+
+
+def test_a_propagator_value_that_cannot_go_out_is_still_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Bad(AlwaysPropagator):
+        def inject(self, carrier: Any, context: Any = None, setter: Setter[Any] | None = None) -> None:
+            assert setter is not None
+            setter.set(carrier, "x-bad", "a\r\nb")
+
+    previous = propagate.get_global_textmap()
+    propagate.set_global_textmap(Bad())
+    try:
+        with pytest.raises(ValueError, match="x-bad"):
+            shortcut_headers(monkeypatch)
+    finally:
+        propagate.set_global_textmap(previous)
 
 
 # -- the registry's allowlist -------------------------------------------------------------------
@@ -1099,6 +1205,27 @@ def test_the_propagator_seam_names_the_default_propagators_or_says_it_cannot(mon
     monkeypatch.setattr(otel_compat, "_COMPOSITE_PARTS", False)
     assert otel_compat.propagators_of(composite) is None
     assert otel_compat.propagators_of(parts[0]) == [parts[0]]
+
+
+# -- request ids --------------------------------------------------------------------------------
+
+
+def test_request_ids_are_fresh_uuid4s() -> None:
+    ids = [new_request_id() for _ in range(5000)]
+    assert len(set(ids)) == len(ids)
+    for value in ids[:500]:
+        parsed = uuid.UUID(value)
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
+        assert str(parsed) == value
+
+
+def test_seeding_the_application_random_does_not_repeat_request_ids() -> None:
+    random.seed(1234)
+    first = [new_request_id() for _ in range(3)]
+    random.seed(1234)
+    second = [new_request_id() for _ in range(3)]
+    assert not set(first) & set(second)
 
 
 def test_request_ids_spread_over_every_variant_digit_and_keep_122_random_bits() -> None:

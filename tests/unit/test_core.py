@@ -1,14 +1,17 @@
-"""The I/O-free call state machine: what each attempt carries and when the client retries."""
+"""The I/O-free call state machine: what each attempt carries and when the client retries; and
+the per-service plans a Mesh starts its calls with."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from mesh_client import DeadlineExceeded, MeshConnectError, MeshTimeoutError, Route, deadline
+from mesh_client import DeadlineExceeded, Mesh, MeshConnectError, MeshTimeoutError, Route, call_options, deadline
+from mesh_client.clock import use_virtual_clock
 from mesh_client.core import (
     Attempt,
     Broken,
@@ -21,6 +24,7 @@ from mesh_client.core import (
     backoff_upper_bound,
     drive,
 )
+from mesh_client.envoy import policy_headers
 from mesh_client.registry import MeshConfig, load_mapping
 
 
@@ -418,3 +422,45 @@ def test_an_error_escaping_send_still_ends_the_call_span() -> None:
     with pytest.raises(KeyError):
         drive(r, send, lambda response: None)
     assert ended == ["error"]
+
+
+# -- the per-service plans a Mesh starts its calls with --------------------------------------------
+
+
+def envoy_attempt(mesh: Mesh, service: Any = None) -> Attempt:
+    run = mesh.start_call(service or mesh.config.services["users"], "GET")
+    attempt = run.advance(None)
+    assert isinstance(attempt, Attempt)
+    run.abort(RuntimeError("no request is sent"))
+    return attempt
+
+
+def test_the_plans_policy_headers_are_the_general_ones(plain_mesh: Mesh) -> None:
+    for options in ({}, {"retries": 1}, {"per_try_timeout": 0.2}, {"idempotent": False}, {"retry_on": ["5xx"]}):
+        for _ in range(2):  # the second call takes the plan's cached template
+            with call_options(**options):
+                attempt = envoy_attempt(plain_mesh)
+            sent = dict(attempt.set_headers)
+            policy = plain_mesh.config.services["users"].policy.new(
+                **{k: v for k, v in options.items() if k != "idempotent"}
+            )
+            idempotent = options.get("idempotent")
+            expected = policy_headers(
+                "x-envoy",
+                timeout=int(sent["x-envoy-upstream-rq-timeout-ms"]) / 1000,
+                per_try_timeout=policy.per_try_timeout,
+                retries=policy.retries,
+                retry_on=policy.retry_tokens_for("GET", idempotent if isinstance(idempotent, bool) else None),
+                retriable_status_codes=policy.retriable_status_codes,
+            )
+            assert [(n, v) for n, v in attempt.set_headers if n.startswith("x-envoy-")] == expected
+
+
+def test_a_service_config_not_from_the_registry_gets_a_plan_of_its_own(plain_mesh: Mesh) -> None:
+    registered = plain_mesh.config.services["users"]
+    stranger = dataclasses.replace(registered, policy=registered.policy.new(timeout=0.2))
+    with use_virtual_clock():  # (no time passes between the start of a call and its attempt)
+        assert dict(envoy_attempt(plain_mesh, stranger).set_headers)["x-envoy-upstream-rq-timeout-ms"] == "200"
+        assert dict(envoy_attempt(plain_mesh).set_headers)["x-envoy-upstream-rq-timeout-ms"] == "1000"
+    # both draw on the service's one retry budget
+    assert plain_mesh.start_call(stranger, "GET").plan.budget is plain_mesh.retry_budget("users")

@@ -13,6 +13,7 @@ from mesh_client.envoy import (
     attempt_count,
     classify_reply,
     may_be_local_reply,
+    policy_header_template,
     policy_headers,
     upstream_service_time,
 )
@@ -172,6 +173,26 @@ def test_custom_prefix_without_retries() -> None:
         "x-foo-upstream-rq-timeout-ms": "1000",
         "x-foo-max-retries": "0",
     }
+
+
+def test_policy_headers_reuse_the_policy_part_and_accept_lists() -> None:
+    a = policy_headers(
+        "x-envoy", timeout=0.75, per_try_timeout=0.3, retries=2, retry_on=("5xx",), retriable_status_codes=()
+    )
+    b = policy_headers(
+        "x-envoy", timeout=0.5, per_try_timeout=0.3, retries=2, retry_on=["5xx"], retriable_status_codes=[]
+    )
+    assert a[0] == ("x-envoy-upstream-rq-timeout-ms", "750")
+    assert b[0] == ("x-envoy-upstream-rq-timeout-ms", "500")
+    assert a[1:] == b[1:]
+    assert policy_header_template("x-envoy", 0.3, 2, ("5xx",), ()) is policy_header_template(
+        "x-envoy", 0.3, 2, ("5xx",), ()
+    )
+    # the per-try header only while it is below the call's timeout
+    c = policy_headers(
+        "x-envoy", timeout=0.25, per_try_timeout=0.3, retries=2, retry_on=("5xx",), retriable_status_codes=()
+    )
+    assert [n for n, _ in c] == ["x-envoy-upstream-rq-timeout-ms", "x-envoy-retry-on", "x-envoy-max-retries"]
 
 
 # ---------------------------------------------------------------------------------------------

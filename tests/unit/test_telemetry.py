@@ -1,5 +1,6 @@
 """Mesh spans and metrics beyond the HTTP parity test: Thrift (RPC conventions), methods the
-conventions do not know, URL redaction, abandoned calls, and the probes of OpenTelemetry internals.
+conventions do not know, URL redaction, abandoned calls, the probes of OpenTelemetry internals,
+and what a call skips without an SDK (metrics, its telemetry, the HTTP instrumentation's suppression).
 
 (tests/integration/test_semconv.py compares HTTP calls with the official instrumentation on real
 Envoy and HAProxy.)
@@ -8,9 +9,13 @@ Envoy and HAProxy.)
 from __future__ import annotations
 
 import asyncio
+import sys
+import types
 from typing import Any
 
+import httpx
 import pytest
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
 from thriftpy2.thrift import TApplicationException
@@ -20,7 +25,7 @@ from mesh_client import telemetry as telemetry_module
 from mesh_client._compat import forced_fallback
 from mesh_client._compat import otel as compat_otel
 from mesh_client.core import Attempt, CallRun, Responded, ServicePlan, drive
-from mesh_client.telemetry import DURATION_BUCKETS, CallTelemetry, redact_url
+from mesh_client.telemetry import DURATION_BUCKETS, CallTelemetry, no_http_instrumentation, redact_url
 from mesh_client.testing import FakeMesh, hang, reply, thrift_reply
 
 from ..conftest import Otel, load_idl
@@ -313,3 +318,68 @@ def test_the_probes_say_no_when_the_internals_are_gone(monkeypatch: pytest.Monke
 
     monkeypatch.setattr(trace, "TraceState", Elsewhere)
     assert not compat_otel._probe_trace_state_store()
+
+
+# -- HTTP instrumentation suppressed only where there can be some ----------------------------------------
+
+
+def test_http_instrumentation_is_suppressed_once_an_instrumentation_is_loaded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    key = telemetry_module._SUPPRESS_HTTP_KEY
+    monkeypatch.delitem(sys.modules, "opentelemetry.instrumentation", raising=False)
+    with no_http_instrumentation():
+        assert otel_context.get_value(key) is None  # nothing could read it: nothing set
+    monkeypatch.setitem(sys.modules, "opentelemetry.instrumentation", types.ModuleType("opentelemetry.instrumentation"))
+    with no_http_instrumentation():
+        assert otel_context.get_value(key) is True
+    assert otel_context.get_value(key) is None
+
+
+# -- without an SDK: no metrics, and no telemetry at all when nothing would be recorded ------------------
+
+
+def test_metrics_are_skipped_exactly_when_the_proxy_instruments_would_drop_them() -> None:
+    from mesh_client.telemetry import _Instruments, metrics_are_noop
+
+    instruments = _Instruments.get()
+    for instrument in (instruments.http_duration, instruments.rpc_duration):
+        # the API's proxy instruments hold a real instrument only once a meter provider is set
+        # (instruments made after the SDK was installed are the SDK's own)
+        proxy = type(instrument).__name__.startswith("_Proxy")
+        assert metrics_are_noop() == (proxy and getattr(instrument, "_real_instrument", None) is None)
+
+
+def test_with_an_sdk_every_call_is_counted(plain_mesh: Mesh, otel: Any) -> None:
+    from mesh_client.telemetry import metrics_are_noop
+
+    def counted() -> float:
+        data = otel.metrics.get_metrics_data()
+        return sum(
+            point.count
+            for resource in (data.resource_metrics if data else ())
+            for scope in resource.scope_metrics
+            for metric in scope.metrics
+            if metric.name == "http.client.request.duration"
+            for point in metric.data.data_points
+            if point.attributes.get("mesh.service") == "users"
+            and point.attributes.get("http.response.status_code") == 200
+        )
+
+    assert not metrics_are_noop()
+    before = counted()
+    with plain_mesh.httpx_client(transport=httpx.MockTransport(lambda request: httpx.Response(200))) as client:
+        for _ in range(3):
+            client.get("http://users/x")
+    assert counted() - before == 3
+
+
+@pytest.mark.parametrize(("tracing", "metrics"), [(False, False), (True, False), (False, True), (True, True)])
+def test_a_call_has_telemetry_only_when_something_would_be_recorded(
+    plain_mesh: Mesh, monkeypatch: pytest.MonkeyPatch, tracing: bool, metrics: bool
+) -> None:
+    monkeypatch.setattr(telemetry_module, "tracing_is_noop", lambda: not tracing)
+    monkeypatch.setattr(telemetry_module, "metrics_are_noop", lambda: not metrics)
+    run = plain_mesh.start_call(plain_mesh.config.services["users"], "GET")
+    assert (run.telemetry is not None) == (tracing or metrics)
+    run.abort(RuntimeError("no request is sent"))
