@@ -139,7 +139,8 @@ def targets_table(targets: Sequence[Target]) -> str:
     ]
     issues = sorted({i for t in targets for i in t.issue})
     return table(
-        f"Targets (issues {', '.join(map(str, issues)) or '-'}; measured in this run, reported, not asserted)",
+        f"Targets ({'issue' if len(issues) == 1 else 'issues'} {', '.join(map(str, issues)) or '-'}; "
+        "measured in this run, reported, not asserted)",
         ["issue", "sec", "figure", "value", "target", "verdict"],
         rows,
         left=3,
