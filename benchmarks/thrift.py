@@ -101,7 +101,7 @@ def _plain(users: Any, address: Address, *, envoy: bool) -> Any:
     """thriftpy2's own framed client to ``address`` (through Envoy: with the service prefix)."""
     kwargs: dict[str, Any] = {"trans_factory": TFramedTransportFactory(), "timeout": PLAIN_TIMEOUT_MS}
     if envoy:
-        kwargs["proto_factory"] = TMultiplexedProtocolFactory(TBinaryProtocolFactory(), "th-framed")
+        kwargs["proto_factory"] = TMultiplexedProtocolFactory(TBinaryProtocolFactory(), "th-framed")  # type: ignore[no-untyped-call]
     return make_client(users.Users, address.host, address.port, **kwargs)
 
 
@@ -131,7 +131,7 @@ def _route(
     ]
     alternate(variants, rounds=rounds, calls=calls, warmup=warmup)
     base = variants[0]
-    rows = []
+    rows: list[dict[str, Any]] = []
     for v in variants:
         vs = compare(v, base) if v is not base else {"wall_ratio": 1.0, "cpu_added_us": 0.0}
         rows.append({"route": route, "client": v.name, **v.summary(), **vs})
