@@ -102,11 +102,24 @@ def run(
             ),
         }
         rows.append(row)
-        targets.append(
+        targets += [
             report.at_most(
-                "3", f"batch wall ratio mesh/plain, {n} concurrent, pool {k}", wall_ratio, report.WALL_RATIO, "x"
-            )
-        )
+                "3",
+                f"batch wall ratio mesh/plain, {n} concurrent, pool {k}",
+                wall_ratio,
+                report.WALL_RATIO,
+                "x",
+                issue=8,
+            ),
+            report.at_least(
+                "3",
+                f"throughput ratio mesh/plain, {n} concurrent, pool {k}",
+                row["throughput_ratio"],
+                report.BURST_THROUGHPUT_RATIO,
+                "x",
+                issue=19,
+            ),
+        ]
     return {"rows": rows, "targets": targets}
 
 

@@ -19,6 +19,9 @@ from . import report
 from .measure import percentile
 from .world import World
 
+#: the breakdown's row for one LaunchDarkly evaluation (issue 19's yardstick for the whole path)
+LAUNCHDARKLY = "  of which LaunchDarkly variation_detail()"
+
 
 def _per_call_us(fn: Callable[[], Any], n: int) -> list[float]:
     clock = time.perf_counter_ns
@@ -67,9 +70,7 @@ def _parts(world: World) -> dict[str, Callable[[], Any]]:
     client = mesh.flag_client
     if client is not None:
         ld_ctx = router._context("users")  # type: ignore[attr-defined]
-        parts["  of which LaunchDarkly variation_detail()"] = lambda: client.variation_detail(
-            "mesh-route-users", ld_ctx, None
-        )
+        parts[LAUNCHDARKLY] = lambda: client.variation_detail("mesh-route-users", ld_ctx, None)
     return parts
 
 
@@ -140,7 +141,21 @@ def run(world: World, *, calls: int, profile_calls: int) -> dict[str, Any]:
     for name, part in samples_by_part.items():
         result["parts"].append({"part": name, "median_us": statistics.median(part), "p99_us": percentile(part, 99)})
     result["profile"] = profile(world, profile_calls)
-    result["targets"] = [report.below("2", "decision path median (µs)", result["median_us"], report.DECISION_PATH_US)]
+    ld = next((p["median_us"] for p in result["parts"] if p["part"] == LAUNCHDARKLY and "median_us" in p), None)
+    result["launchdarkly_median_us"] = ld
+    # NaN (reported as "not measured") when the mesh has no LaunchDarkly client to time
+    result["vs_launchdarkly"] = result["median_us"] / ld if ld else float("nan")
+    result["targets"] = [
+        report.below("2", "decision path median (µs)", result["median_us"], report.DECISION_PATH_US, issue=8),
+        report.at_most(
+            "2",
+            "decision path / one LaunchDarkly variation_detail() (medians)",
+            result["vs_launchdarkly"],
+            report.DECISION_VS_LAUNCHDARKLY,
+            "x",
+            issue=19,
+        ),
+    ]
     return result
 
 
@@ -153,12 +168,14 @@ def render(result: dict[str, Any], *, show_profile: bool) -> str:
             rows.append([p["part"], "skipped", p["skipped"][:60], ""])
         else:
             rows.append([p["part"], p["median_us"], p["p99_us"], ""])
+    ratio = result.get("vs_launchdarkly", float("nan"))
     out = report.table(
         f"2. Decision path, no I/O ({result['calls']:,} calls, µs per call)",
         ["step", "median", "p99", "loop mean"],
         rows,
         2,
     )
+    out += f"\n  the whole path / one LaunchDarkly variation_detail(), medians: {report.fmt(ratio, 3)}x"
     if show_profile:
         prof = result["profile"]
         prof_rows = [

@@ -129,3 +129,24 @@ def compare(side: Variant, base: Variant) -> dict[str, float]:
         "wall_ratio": s["wall_median_us"] / b["wall_median_us"],
         "cpu_added_us": paired_cpu_added(side, base),
     }
+
+
+def loop_mean_us(fn: Callable[[], Any], calls: int) -> float:
+    """Wall time per call (µs) of ``calls`` calls of ``fn`` in one loop."""
+    t0 = time.perf_counter_ns()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter_ns() - t0) / calls / 1000
+
+
+def noise_band_us(fn: Callable[[], Any], *, rounds: int, calls: int) -> float:
+    """This run's noise for ``fn`` measured plain-vs-plain: per round, two identical blocks of
+    ``calls`` calls back to back; the median over rounds of their difference, in µs per call
+    (absolute). A cost smaller than this is not measurable by comparing two blocks of the same
+    size in this run: it is what "no measurable cost" is held to."""
+    loop_mean_us(fn, calls)  # warm-up
+    diffs = []
+    for _ in range(rounds):
+        a, b = loop_mean_us(fn, calls), loop_mean_us(fn, calls)
+        diffs.append(abs(a - b))
+    return statistics.median(diffs)

@@ -106,12 +106,14 @@ def run(world: World, *, calls: int, warmup: int, checkpoints: int = 10) -> dict
             f"RSS growth per call, last {second_half_calls:,} of {done:,} calls (bytes)",
             second_half,
             report.MEMORY_BYTES_PER_CALL,
+            issue=8,
         ),
         report.below(
             "4",
             f"gc-tracked objects added over {done:,} calls",
             objects,
             done / report.MEMORY_CALLS_PER_OBJECT,
+            issue=8,
         ),
     ]
     return result

@@ -200,6 +200,7 @@ def run(world: World, loop: asyncio.AbstractEventLoop, *, rounds: int, calls: in
                     f"{kind}: CPU the mesh adds with the SDK vs otel-instr alone (µs)",
                     added["mesh"],
                     added["plain + otel-instr"],
+                    issue=(8, 19),
                 )
             )
         decision = _decision_path_with_sdk(world, max(1000, calls))
