@@ -949,6 +949,7 @@ def test_asgi_a_header_entry_that_is_not_a_pair_is_ignored(mesh: Mesh) -> None:
 
 INTERESTING_NAMES = [
     "x-request-id",
+    "x-mesh-shadow",
     "traceparent",
     "tracestate",
     "baggage",
@@ -1013,14 +1014,20 @@ def inbound_header_dicts(
 
 def assert_outbound_within_the_boundary(out: list[tuple[str, str]], headers: dict[str, str]) -> None:
     """``headers``: the inbound headers as the middleware saw them (lower-case names)."""
+    # a request that is itself a shadow copy passes the marker on (spec: copies carry x-mesh-shadow: 1)
+    shadow_in = bool(headers.get("x-mesh-shadow", "").strip())
     for name, value in out:
+        if name == "x-mesh-shadow":
+            assert shadow_in and value == "1", (name, value)
+            continue
         check_header_value(name, value)
         assert name == "x-request-id" or name not in NEVER_FORWARDED, name
         assert not name.startswith(("x-envoy-", "x-forwarded-")), name
         assert name not in ("authorization", "cookie"), name
     names = [name for name, _ in out]
     assert names.count("x-request-id") == 1
-    assert set(names) <= {"x-request-id", "x-tenant", "traceparent", "tracestate", "baggage"}
+    assert set(names) <= {"x-request-id", "x-tenant", "traceparent", "tracestate", "baggage", "x-mesh-shadow"}
+    assert ("x-mesh-shadow" in names) == shadow_in
     request_id = dict(out)["x-request-id"]
     inbound_id = headers.get("x-request-id")
     if is_valid_request_id(inbound_id):

@@ -378,8 +378,21 @@ def test_with_an_sdk_every_call_is_counted(plain_mesh: Mesh, otel: Any) -> None:
 def test_a_call_has_telemetry_only_when_something_would_be_recorded(
     plain_mesh: Mesh, monkeypatch: pytest.MonkeyPatch, tracing: bool, metrics: bool
 ) -> None:
-    monkeypatch.setattr(telemetry_module, "tracing_is_noop", lambda: not tracing)
-    monkeypatch.setattr(telemetry_module, "metrics_are_noop", lambda: not metrics)
+    monkeypatch.setattr(telemetry_module, "no_sdk", lambda: not (tracing or metrics))
     run = plain_mesh.start_call(plain_mesh.config.services["users"], "GET")
     assert (run.telemetry is not None) == (tracing or metrics)
     run.abort(RuntimeError("no request is sent"))
+
+
+@pytest.mark.parametrize(("tracer_provider", "meter_provider"), [(None, None), (object(), None), (None, object())])
+def test_no_sdk_is_no_tracer_provider_and_no_meter_provider(
+    monkeypatch: pytest.MonkeyPatch, tracer_provider: object, meter_provider: object
+) -> None:
+    """The one test a call makes (``no_sdk()``) says what the two separate ones say together."""
+    monkeypatch.setattr(trace, "_TRACER_PROVIDER", tracer_provider)
+    if compat_otel._METRICS_API is not None:
+        monkeypatch.setattr(compat_otel._METRICS_API, "_METER_PROVIDER", meter_provider)
+    both = compat_otel.tracing_is_noop() and compat_otel.metrics_are_noop()
+    assert compat_otel.no_sdk() is both
+    expected = not forced_fallback() and tracer_provider is None and meter_provider is None
+    assert both is expected
