@@ -27,12 +27,11 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from opentelemetry.baggage import get_all as _get_all_baggage
-from opentelemetry.context import get_current as _otel_current
 from opentelemetry.propagators.textmap import Setter
 from opentelemetry.trace import INVALID_SPAN_CONTEXT as _INVALID_SPAN_CONTEXT
 from opentelemetry.trace import get_current_span as _get_current_span
 
-from ._compat.otel import propagators_of
+from ._compat.otel import current_context, propagators_of
 from .overrides import Overrides, admit_inbound, enter_request, leave_request
 from .shadow import SHADOW_HEADER
 from .telemetry import trace_state
@@ -283,7 +282,7 @@ def _nothing_to_inject() -> bool:
         _default_textmap = (textmap, is_default)
     if not is_default:
         return False
-    current = _otel_current()
+    current = current_context()
     if not current:  # an empty context: no span, no baggage
         return True
     # the exact tests of TraceContextTextMapPropagator.inject and W3CBaggagePropagator.inject

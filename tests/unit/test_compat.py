@@ -17,6 +17,9 @@ assert otel._METRICS_API is None, "metrics probe"
 assert otel._TRACE_STATE_STORE is False, "trace state probe"
 assert otel.tracing_is_noop() is False, "tracing assumed on"
 assert otel.metrics_are_noop() is False, "metrics assumed on"
+assert otel.no_sdk() is False, "an SDK assumed"
+from opentelemetry import context as otel_context
+assert otel.current_context is otel_context.get_current, "context read through the public API"
 state = otel.trace_state([("a", "1"), ("b", "2")])
 assert state.to_header() == "a=1,b=2", state.to_header()
 print("fallbacks in force")
@@ -45,3 +48,21 @@ def test_only_the_value_1_forces_them(value: str) -> None:
 
 def test_this_process_knows_which_mode_it_runs_in() -> None:
     assert forced_fallback() == (os.environ.get(FALLBACK_ENV) == "1")
+
+
+def test_the_current_context_reader_follows_attach_and_detach() -> None:
+    from opentelemetry import context as otel_context
+
+    from mesh_client._compat import otel
+
+    before = otel.current_context()
+    assert before is otel_context.get_current()
+    token = otel_context.attach(otel_context.set_value("mesh_client.test", 1))
+    try:
+        assert otel.current_context() is otel_context.get_current()
+        assert otel.current_context().get("mesh_client.test") == 1
+    finally:
+        otel_context.detach(token)
+    assert otel.current_context() is before
+    # the fast reader where the probe holds, the public one where it is forced off
+    assert (otel.current_context is otel_context.get_current) == forced_fallback()
