@@ -375,18 +375,18 @@ class CallRun(Generic[R]):
         upstream_service_time: float | None = None,
         envoy_error: str | None = None,
     ) -> CallInfo:
-        return CallInfo(
-            service=self.plan.service.name,
-            route=self.route,
-            attempts=self.attempts if attempts is None else attempts,
-            failed_over=self.failed_over,
-            upstream_service_time=upstream_service_time,
-            envoy_error=envoy_error,
-            route_reason=self.route_reason,
-            elapsed=self.plan.clock() - self.started,
-            retry_budget_exhausted=self.budget_exhausted,
-            variant=self.variant and (self.variant if self.route is _ENVOY else self.haproxy_variant),
-            stage=self.stage,
+        return CallInfo(  # (positional, in CallInfo's field order: 0.6 µs less than keywords)
+            self.plan.service.name,  # service
+            self.route,  # route
+            self.attempts if attempts is None else attempts,  # attempts
+            self.failed_over,  # failed_over
+            upstream_service_time,  # upstream_service_time
+            envoy_error,  # envoy_error
+            self.route_reason,  # route_reason
+            self.plan.clock() - self.started,  # elapsed
+            self.budget_exhausted,  # retry_budget_exhausted
+            self.variant and (self.variant if self.route is _ENVOY else self.haproxy_variant),  # variant
+            self.stage,  # stage
         )
 
     def abort(self, error: BaseException) -> None:

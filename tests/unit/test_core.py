@@ -464,3 +464,32 @@ def test_a_service_config_not_from_the_registry_gets_a_plan_of_its_own(plain_mes
         assert dict(envoy_attempt(plain_mesh).set_headers)["x-envoy-upstream-rq-timeout-ms"] == "1000"
     # both draw on the service's one retry budget
     assert plain_mesh.start_call(stranger, "GET").plan.budget is plain_mesh.retry_budget("users")
+
+
+def test_a_calls_info_has_each_field_from_its_run() -> None:
+    """Every CallInfo field carries what the run knows (the core builds it positionally)."""
+    clock = FakeClock()
+    r = run(Route.HAPROXY, clock=clock, retries=2, retry_on="5xx")
+    r.route_reason = "a reason"
+    r.variant, r.haproxy_variant, r.stage = "canary", "canary-haproxy", "live"
+    first(r)
+    clock.now += 0.25
+    step = r.advance(ok(503))
+    assert isinstance(step, Attempt), step
+    r.budget_exhausted = True
+    clock.now += 0.5
+    done = r.advance(ok(200))
+    assert isinstance(done, Done), done
+    assert dataclasses.asdict(done.info) == {
+        "service": "users",
+        "route": Route.HAPROXY,
+        "attempts": 2,
+        "failed_over": False,
+        "upstream_service_time": None,
+        "envoy_error": None,
+        "route_reason": "a reason",
+        "elapsed": pytest.approx(0.75),
+        "retry_budget_exhausted": True,
+        "variant": "canary-haproxy",
+        "stage": "live",
+    }
