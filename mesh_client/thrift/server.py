@@ -46,6 +46,7 @@ from thriftpy2.server import TThreadedServer
 from thriftpy2.thrift import TApplicationException, TProcessor
 from thriftpy2.transport import TBufferedTransport, TTransportException
 
+from .._compat.thriftpy2 import clear_buffered
 from ..context import begin_request
 from .theader import (
     DEFAULT_MAX_FRAME,
@@ -231,13 +232,7 @@ class THeaderServerTransport(TBufferedTransport):
 
     def _drop_buffers(self) -> None:
         self._frames.drop_unread()
-        clean = getattr(self, "clean", None)
-        if clean is not None:  # the Cython buffered transport
-            clean()
-        else:  # pragma: no cover - pure-Python thriftpy2 (PyPy)
-            from io import BytesIO
-
-            self._rbuf, self._wbuf = BytesIO(b""), BytesIO()
+        clear_buffered(self, self._frames)
 
     @property
     def headers(self) -> dict[str, str]:
