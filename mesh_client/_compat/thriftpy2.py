@@ -6,7 +6,7 @@ each with a public fallback (see :mod:`mesh_client._compat`).
 Public thriftpy2 names used elsewhere are not seams: the protocol and transport classes, the
 ``thrift_spec`` of generated structs, the fields of a result struct (read through its
 ``__dict__``), and the methods of ``TProcessor``, ``TThreadedServer`` and ``TSocket`` the server
-module calls (:mod:`mesh_client.thrift.serving`).
+modules call (:mod:`mesh_client.thrift.server`, :mod:`mesh_client.thrift.processing`).
 """
 
 from __future__ import annotations
