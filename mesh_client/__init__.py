@@ -20,11 +20,11 @@ from .errors import (
     MeshTransportError,
     ThriftRoutingError,
 )
+from .flag_router import RouteDecision
 from .info import CallInfo, call_info
 from .mesh import Mesh
 from .overrides import current_overrides, route_overrides
 from .policy import CallOptions, CallPolicy, Route, call_options
-from .routing import RouteDecision
 
 __all__ = [
     "CallInfo",

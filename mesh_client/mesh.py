@@ -16,12 +16,13 @@ from .circuit import SidecarCircuit
 from .context import outbound_headers
 from .core import CallRun
 from .errors import InvalidServiceURL, MeshError
+from .flag_router import FlagRouter, RouteDecision, Router
 from .fork import reset_in_child
 from .overrides import in_force as overrides_in_force
 from .plan import ServicePlan
 from .policy import NO_OPTIONS, UNSET, CallOptions, current_options
 from .registry import Address, MeshConfig, ServiceConfig, load_file, load_mapping
-from .routing import FlagRouter, RouteDecision, Router, make_router
+from .routing import make_router
 from .shadow.runner import ShadowRunner, copy_order
 from .shadow.stages import COPYING
 from .shadow.stats import ShadowStats

@@ -230,7 +230,7 @@ MUTANTS = [
     ),
     Mutant(
         "flags-forget-last-good",
-        "mesh_client/routing.py",
+        "mesh_client/flag_router.py",
         "        route, stage = last or (self._default, None)",
         "        route, stage = (self._default, None)",
         "a broken flag source sends calls to default_route instead of the last good route",

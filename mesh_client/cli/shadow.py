@@ -31,9 +31,9 @@ from typing import Final, TextIO
 import requests
 
 from ..errors import ConfigError, MeshError
+from ..flag_router import RouteDecision
 from ..mesh import Mesh
 from ..registry import MeshConfig, load_file
-from ..routing import RouteDecision
 from ..shadow.report import log as mismatch_log
 from ..shadow.stages import STAGES, copy_route
 from ..shadow.stats import Counters, ShadowEvent, observe

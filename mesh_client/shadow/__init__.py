@@ -8,7 +8,7 @@ answers and the copy goes via HAProxy. The two answers are compared
 and counted (:meth:`mesh_client.Mesh.shadow_stats`). See docs/shadow.md.
 
 This package's ``__init__`` holds constants only: :mod:`mesh_client.context` and
-:mod:`mesh_client.routing` import from it.
+:mod:`mesh_client.flag_router` import from it.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..routing import CONTEXT_KIND
+from ..flag_router import CONTEXT_KIND
 from .stages import STAGE_VALUES
 
 __all__ = ["stage_flag", "stage_rollout_flag"]

@@ -26,9 +26,10 @@ from typing import Any
 from ldclient.config import Config
 from ldclient.interfaces import FeatureStore, UpdateProcessor
 
+from ..flag_files import rollout_flag, route_flag
 from ..policy import Route
 from ..registry import FlagsConfig
-from ..routing import rollout_flag, route_flag, use_flag_client_factory
+from ..routing import use_flag_client_factory
 from ..shadow.flags import stage_flag, stage_rollout_flag
 
 __all__ = ["MeshFlags"]

@@ -26,9 +26,10 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Final
 
-from thriftpy2.thrift import TApplicationException, TMessageType, args_to_kwargs
+from thriftpy2.thrift import TApplicationException, TMessageType
 from thriftpy2.transport import TTransportException
 
+from .._compat.thriftpy2 import call_kwargs
 from ..context import MESH_SERVICE_HEADER
 from ..driving import drive
 from ..errors import (
@@ -192,7 +193,7 @@ class ThriftClient:
         if method is None:
             method = self._methods.setdefault(api, _Method(service, api, self._config.name))
         try:
-            fields = args_to_kwargs(method.spec, *args, **kwargs)
+            fields = call_kwargs(method.spec, *args, **kwargs)
         except ValueError as exc:  # as thriftpy2's TClient does
             raise TApplicationException(
                 TApplicationException.UNKNOWN_METHOD,

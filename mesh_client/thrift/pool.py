@@ -19,6 +19,7 @@ from typing import Any, Final
 import thriftpy2.protocol
 import thriftpy2.transport
 
+from .._compat.thriftpy2 import memory_buffer_reusable
 from ..registry import Address
 from .theader import read_frame
 
@@ -32,7 +33,8 @@ MAX_IDLE: Final = 8
 #: bytes asked of the socket at once while reading a reply (a small reply arrives in one read)
 _RECV_SIZE: Final = 65_536
 #: thriftpy2's (Cython) memory buffer can be emptied and written again; the pure-Python one cannot
-_REUSABLE_BUFFER: Final = hasattr(_transport.TMemoryBuffer, "clean")
+#: (probed in :mod:`mesh_client._compat.thriftpy2`)
+_REUSABLE_BUFFER: Final = memory_buffer_reusable()
 _PROTOCOL_FACTORY: Final[Any] = _protocol.TBinaryProtocolFactory()  # Cython-accelerated when available
 
 

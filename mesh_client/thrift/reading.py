@@ -12,11 +12,13 @@ only then is it decoded, from memory. Which thriftpy2 reader decodes it matters:
   past the end: that transport checks every read of the stream it wraps. Only public thriftpy2
   names are used (``thriftpy2.protocol.TBinaryProtocol``, ``thriftpy2.transport.TBufferedTransport``,
   the Cython classes when thriftpy2 was built with them), but the end-of-data check is a behaviour
-  thriftpy2 does not document, so it is *probed* at import (:func:`strict_fast_reader`): a sample
-  message must decode whole and fail at every truncation. Where the probe fails (another thriftpy2,
-  a build without Cython, a change of behaviour), :func:`binary_reader` uses thriftpy2's
-  pure-Python binary protocol, which fails on short input by itself (about ten times slower).
-Setting ``MESH_CLIENT_THRIFT_PURE_READER=1`` forces that fallback.
+  thriftpy2 does not document, so it is *probed* at import (:func:`strict_fast_reader`, the seam
+  :mod:`mesh_client._compat.thriftpy2`): a sample message must decode whole and fail at every
+  truncation. Where the probe fails (another thriftpy2, a build without Cython, a change of
+  behaviour), :func:`binary_reader` uses thriftpy2's pure-Python binary protocol, which fails on
+  short input by itself (about ten times slower).
+Setting ``MESH_CLIENT_THRIFT_PURE_READER=1`` (or ``MESH_CLIENT_COMPAT_FALLBACK=1``, which fails
+every probe) forces that fallback.
 
 A declared string or container length larger than what is left of the frame fails at the first
 read past its end, as with the pure-Python reader (the Cython reader may reserve, not touch,
@@ -34,7 +36,8 @@ import thriftpy2.protocol
 import thriftpy2.protocol.binary
 import thriftpy2.transport
 import thriftpy2.transport.memory
-from thriftpy2.thrift import TApplicationException, TMessageType
+
+from .._compat.thriftpy2 import strict_reader
 
 __all__ = ["PURE_READER_ENV", "binary_reader", "choose_reader", "pure_reader", "strict_fast_reader"]
 
@@ -58,41 +61,11 @@ def pure_reader(body: bytes) -> Any:
     return _binary.TBinaryProtocol(_memory.TMemoryBuffer(body))
 
 
-def _probe_message(write: Callable[[bytes], Any]) -> bytes:
-    """A reply message holding a TApplicationException (a string and an i32 field)."""
-    buf: Any = _transport.TMemoryBuffer()
-    proto = write(buf)
-    proto.write_message_begin("probe", TMessageType.EXCEPTION, 0x01020304)
-    TApplicationException(TApplicationException.INTERNAL_ERROR, "probe message").write(proto)
-    proto.write_message_end()
-    return bytes(buf.getvalue())
-
-
-def _decodes(reader: Reader, body: bytes) -> tuple[Any, ...]:
-    proto = reader(body)
-    name, mtype, seqid = proto.read_message_begin()
-    error = TApplicationException()
-    error.read(proto)
-    proto.read_message_end()
-    return name, mtype, seqid, error.type, error.message
-
-
 def strict_fast_reader(reader: Reader = fast_reader) -> bool:
-    """Whether ``reader`` decodes a sample reply exactly and refuses every truncation of it."""
-    try:
-        body = _probe_message(_protocol.TBinaryProtocolFactory().get_protocol)
-        expected = ("probe", TMessageType.EXCEPTION, 0x01020304, TApplicationException.INTERNAL_ERROR, "probe message")
-        if _decodes(reader, body) != expected:
-            return False
-    except Exception:
-        return False
-    for cut in range(len(body)):
-        try:
-            _decodes(reader, body[:cut])
-        except Exception:
-            continue
-        return False  # made something of a truncated message
-    return True
+    """Whether the fast ``reader`` may decode replies: it decodes a sample reply exactly and
+    refuses every truncation of it (:func:`mesh_client._compat.thriftpy2.strict_reader`, always
+    False under ``MESH_CLIENT_COMPAT_FALLBACK=1``)."""
+    return strict_reader(reader)
 
 
 #: set to ``1`` to force the pure-Python reader (to rule the Cython one out, or to test the fallback)

@@ -24,6 +24,8 @@ from thriftpy2.transport.memory import TCyMemoryBuffer
 
 import mesh_client.thrift.client as thrift_client
 from mesh_client import Mesh, MeshError, call_options
+from mesh_client._compat import FALLBACK_ENV, forced_fallback
+from mesh_client._compat import thriftpy2 as compat
 from mesh_client.thrift import reading
 from mesh_client.thrift.reading import binary_reader, fast_reader, pure_reader, strict_fast_reader
 
@@ -64,14 +66,20 @@ def lenient_reader(body: bytes) -> Any:
     return TCyBinaryProtocol(TCyMemoryBuffer(body))
 
 
-def test_this_thriftpy2_gets_the_fast_reader() -> None:
-    assert strict_fast_reader(fast_reader)
-    assert binary_reader is fast_reader
+def test_this_thriftpy2_gets_the_fast_reader_unless_the_fallback_is_forced() -> None:
+    assert compat.reads_strictly(fast_reader)  # the behaviour the probe relies on, in both modes
+    if forced_fallback():
+        assert not strict_fast_reader(fast_reader)
+        assert binary_reader is pure_reader
+    else:
+        assert strict_fast_reader(fast_reader)
+        assert binary_reader is fast_reader
 
 
 def test_the_probe_refuses_a_reader_that_invents_values(users: Any) -> None:
     body = reply_body(users, users.User(id=1, name="ada"))
     assert decode(lenient_reader, users, body[:-6])[2] is not None  # (what the probe guards against)
+    assert not compat.reads_strictly(lenient_reader)
     assert not strict_fast_reader(lenient_reader)
 
 
@@ -82,9 +90,17 @@ def test_the_probe_refuses_a_reader_that_fails_or_decodes_wrongly() -> None:
     def wrong(body: bytes) -> Any:
         return pure_reader(body[:9] + b"\x00" + body[10:])  # one byte of the method name changed
 
-    assert not strict_fast_reader(broken)
-    assert not strict_fast_reader(wrong)
-    assert strict_fast_reader(pure_reader)  # the fallback passes its own probe
+    assert not compat.reads_strictly(broken)
+    assert not compat.reads_strictly(wrong)
+    assert compat.reads_strictly(pure_reader)  # the fallback passes the check itself
+
+
+def test_the_forced_fallback_fails_the_probe_even_for_a_strict_reader(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(FALLBACK_ENV, "1")
+    assert not strict_fast_reader(pure_reader)
+    assert reading.choose_reader({}) is pure_reader
+    monkeypatch.setenv(FALLBACK_ENV, "0")
+    assert strict_fast_reader(pure_reader)
 
 
 users_st = st.fixed_dictionaries(
@@ -251,10 +267,10 @@ def test_a_failed_probe_or_the_env_var_chooses_the_pure_reader() -> None:
 
 def test_the_env_var_forces_the_pure_reader_at_import() -> None:
     code = (
+        "from mesh_client._compat import thriftpy2 as compat\n"
         "from mesh_client.thrift import reading\n"
         "assert reading.binary_reader is reading.pure_reader\n"
-        "print(reading._decodes(reading.binary_reader, reading._probe_message("
-        "reading._protocol.TBinaryProtocolFactory().get_protocol))[0])\n"
+        "print(compat._decodes(reading.binary_reader, compat._probe_message())[0])\n"
     )
     env = {**os.environ, reading.PURE_READER_ENV: "1"}
     done = subprocess.run(

@@ -16,7 +16,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from ...routing import write_flag_file
+from ...flag_files import write_flag_file
 from .display import Display
 from .options import DEMO_SERVICES, DemoOptions
 from .overrides_step import steer_one

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from ...flag_files import write_flag_file
 from ...mesh import Mesh
 from ...registry import MeshConfig, load_file
-from ...routing import write_flag_file
 from ...sidecar import process as sidecars
 from .backends import ENVOY_MARK, DemoService
 from .display import Display

@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ...flag_files import rollout_flag, route_flag
+from ...flag_router import FlagRouter
 from ...policy import Route
 from ...registry import MeshConfig
-from ...routing import FlagRouter, rollout_flag, route_flag
 from .options import DEMO_SERVICES, FLAG_LOAD_TIMEOUT, WALK, DemoOptions
 from .traffic import Caller, Step, Tally
 
