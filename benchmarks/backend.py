@@ -23,6 +23,7 @@ import time
 from types import TracebackType
 
 from mesh_client.registry import Address
+from mesh_client.sidecar.process import stop_process
 
 BODY = b"ok"
 
@@ -138,13 +139,7 @@ class BackendProcess:
         process, self.process = self.process, None
         if process is None:
             return
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout)
+        stop_process(process, timeout)
         if process.stdout is not None:
             process.stdout.close()
 

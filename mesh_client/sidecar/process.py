@@ -31,6 +31,7 @@ __all__ = [
     "interrupts_held",
     "start_envoy",
     "start_haproxy",
+    "stop_process",
 ]
 
 
@@ -102,6 +103,19 @@ def _new_spawner_after_fork() -> None:
 os.register_at_fork(after_in_child=_new_spawner_after_fork)
 
 
+def stop_process(process: subprocess.Popen[Any], timeout: float = 5.0) -> None:
+    """Stop ``process`` by its own pid (SIGTERM, then SIGKILL after ``timeout`` seconds) and reap
+    it; nothing to do when it has ended already."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout)
+
+
 class SidecarProcess:
     """One proxy process: started with :meth:`start`, stopped by its own pid with :meth:`stop`."""
 
@@ -139,14 +153,8 @@ class SidecarProcess:
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the process by its own pid (SIGTERM, then SIGKILL) and reap it."""
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout)
+        if process is not None:
+            stop_process(process, timeout)
 
     def log_tail(self, lines: int = 30) -> str:
         try:
