@@ -224,6 +224,14 @@ class CallRun(Generic[R]):
                 envoy_error=envoy_error,
             )
             return self._done(outcome, info)
+        status = outcome.status
+        if (
+            status < 400
+            and outcome.proxy_error is None
+            and status not in self.policy.retriable_status_codes
+            and "envoy-ratelimited" not in self.tokens
+        ):  # the usual answer (a Thrift reply, a 200): no retry rule can apply (see response_retryable)
+            return self._done(outcome, self._info())
         pause = self._retry_after(outcome) if "retry-after" in outcome.headers else 0.0
         if (
             response_retryable(

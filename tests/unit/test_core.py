@@ -9,6 +9,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mesh_client import DeadlineExceeded, Mesh, MeshConnectError, MeshTimeoutError, Route, call_options, deadline
 from mesh_client.clock import use_virtual_clock
@@ -25,7 +27,9 @@ from mesh_client.core import (
     drive,
 )
 from mesh_client.envoy import policy_headers
+from mesh_client.policy import RETRY_ON_TOKENS
 from mesh_client.registry import MeshConfig, load_mapping
+from mesh_client.retrying import response_retryable
 
 
 class FakeClock:
@@ -493,3 +497,24 @@ def test_a_calls_info_has_each_field_from_its_run() -> None:
         "variant": "canary-haproxy",
         "stage": "live",
     }
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    status=st.sampled_from([200, 302, 409, 429, 502, 503]),
+    tokens=st.lists(st.sampled_from(sorted(RETRY_ON_TOKENS)), unique=True, min_size=1, max_size=5),
+    codes=st.lists(st.sampled_from([200, 302, 409, 503]), unique=True, min_size=1, max_size=3),
+    names=st.sets(st.sampled_from(["x-envoy-ratelimited", "x-envoy-overloaded"])),
+    body=st.sampled_from([None, b"", b"<h1>502 Bad Gateway</h1>", b"No server is available to handle this request"]),
+    proxy_error=st.sampled_from([None, "connect_failure", "upstream_reset", "overloaded"]),
+)
+def test_the_core_retries_an_answer_exactly_when_the_retry_rules_say_so(
+    status: int, tokens: list[str], codes: list[int], names: set[str], body: bytes | None, proxy_error: str | None
+) -> None:
+    """On the route where the client retries (HAProxy, Thrift), an answer is retried exactly when
+    ``response_retryable`` says so: the core's shortcut for the usual answer skips no retry."""
+    r = run(Route.HAPROXY, retries=2, retry_on=tokens, retriable_status_codes=codes)
+    first(r)
+    outcome = Responded("answer", status, dict.fromkeys(names, "1"), body, proxy_error=proxy_error)
+    expected = response_retryable(outcome, r.tokens, tuple(codes), "x-envoy", replayable=True, pause_fits=True)
+    assert isinstance(r.advance(outcome), Attempt) == expected
