@@ -21,7 +21,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from ..policy import Route
 from ..registry import Address
-from .fake import Headers, UpstreamRequest
+from .calls import Headers, UpstreamRequest
 from .replies import Reply, reply
 
 __all__ = ["ScriptedUpstream"]
