@@ -19,11 +19,9 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from types import TracebackType
 from urllib.parse import parse_qs, urlsplit
 
-from ..registry import Address
-from .loopback import LoopbackServer, QuietHTTPHandler
+from .loopback import LoopbackServer, LoopbackService, QuietHTTPHandler
 
 __all__ = ["Backend", "Record"]
 
@@ -97,8 +95,10 @@ class _Handler(QuietHTTPHandler):
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _handle
 
 
-class Backend:
+class Backend(LoopbackService):
     """A recording HTTP backend on 127.0.0.1. Use as a context manager or start()/stop()."""
+
+    _server: _Server
 
     def __init__(self, name: str = "backend", host: str = "127.0.0.1", port: int = 0) -> None:
         self.name = name
@@ -107,10 +107,6 @@ class Backend:
         self._records: list[Record] = []
         self._counts: Counter[str] = Counter()
         self._lock = threading.Lock()
-
-    @property
-    def address(self) -> Address:
-        return self._server.address
 
     def _record(self, record: Record) -> int:
         with self._lock:
@@ -123,20 +119,3 @@ class Backend:
         """Requests received so far (only those whose ``key`` query parameter matches, if given)."""
         with self._lock:
             return [r for r in self._records if key is None or r.key == key]
-
-    def start(self) -> Backend:
-        """Serve (once: see :class:`~mesh_client.testing.loopback.LoopbackServer`)."""
-        self._server.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and close the port (again: nothing happens)."""
-        self._server.stop()
-
-    def __enter__(self) -> Backend:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()

@@ -12,6 +12,8 @@ A server's own state goes on a subclass; a handler reaches it as ``self.server``
 waits (a hung upstream, a slow body) waits on ``self.server.stopping``, so that it ends when the
 server stops. :class:`QuietHTTPHandler` is the base for HTTP handlers: keep-alive HTTP/1.1, no
 Nagle delay (otherwise each keep-alive answer costs ~40 ms) and nothing logged to stderr.
+:class:`LoopbackService` gives a test service that owns such a server its address, start, stop
+and ``with`` block.
 """
 
 from __future__ import annotations
@@ -24,12 +26,32 @@ from typing import Any, TypeVar
 
 from ..registry import Address
 
-__all__ = ["LoopbackServer", "QuietHTTPHandler"]
+__all__ = ["LoopbackServer", "LoopbackService", "QuietHTTPHandler"]
 
 _Server = TypeVar("_Server", bound="LoopbackServer")
+_Service = TypeVar("_Service", bound="LoopbackService")
+_Started = TypeVar("_Started", bound="_StartStop")
 
 
-class LoopbackServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
+class _StartStop:
+    """A ``with`` block is ``start()``, then ``stop()`` when it ends."""
+
+    def start(self: _Started) -> _Started:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _Started) -> _Started:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class LoopbackServer(_StartStop, socketserver.ThreadingMixIn, socketserver.TCPServer):
     """A threaded TCP server on 127.0.0.1 serving ``handler`` (see the module docs)."""
 
     daemon_threads = True
@@ -90,14 +112,6 @@ class LoopbackServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass  # a client that hangs up (timeout, reset) is an expected event here, not an error
 
-    def __enter__(self: _Server) -> _Server:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
 
 class QuietHTTPHandler(BaseHTTPRequestHandler):
     """An HTTP/1.1 handler that answers without Nagle's delay and logs nothing."""
@@ -107,3 +121,26 @@ class QuietHTTPHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
+
+
+class LoopbackService(_StartStop):
+    """The base of a test service that serves through the :class:`LoopbackServer` it holds as
+    ``_server`` (its handlers find the service there): the server's address, and its start and
+    stop, also as a ``with`` block."""
+
+    _server: LoopbackServer
+
+    @property
+    def address(self) -> Address:
+        """Where the service listens (known from creation on)."""
+        return self._server.address
+
+    def start(self: _Service) -> _Service:
+        """Serve (once: a second start is an error)."""
+        self._server.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving (handlers waiting on ``stopping`` end) and close the port; again: nothing
+        happens."""
+        self._server.stop()

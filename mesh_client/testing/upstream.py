@@ -16,13 +16,11 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from types import TracebackType
 from urllib.parse import parse_qsl, urlsplit
 
 from ..policy import Route
-from ..registry import Address
 from .calls import Headers, UpstreamRequest
-from .loopback import LoopbackServer, QuietHTTPHandler
+from .loopback import LoopbackServer, LoopbackService, QuietHTTPHandler
 from .replies import Reply, reply
 
 __all__ = ["ScriptedUpstream"]
@@ -79,8 +77,10 @@ class _Handler(QuietHTTPHandler):
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _handle
 
 
-class ScriptedUpstream:
+class ScriptedUpstream(LoopbackService):
     """A real HTTP service instance answering with a script of :class:`Reply` objects."""
+
+    _server: _Server
 
     def __init__(self, name: str = "upstream") -> None:
         self.name = name
@@ -89,10 +89,6 @@ class ScriptedUpstream:
         self._lock = threading.Lock()
         self._server = _Server(_Handler, name=f"upstream-{name}")
         self._server.upstream = self
-
-    @property
-    def address(self) -> Address:
-        return self._server.address
 
     def script(self, *replies: Reply | Callable[[UpstreamRequest], Reply]) -> None:
         """Answer the next requests with ``replies`` (the last repeats) and forget past requests.
@@ -108,20 +104,3 @@ class ScriptedUpstream:
             self.requests.append(request)
             spec = self._replies[min(len(self.requests), len(self._replies)) - 1]
         return spec if isinstance(spec, Reply) else spec(request)
-
-    def start(self) -> ScriptedUpstream:
-        """Serve (once: see :class:`~mesh_client.testing.loopback.LoopbackServer`)."""
-        self._server.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving (a delay in progress ends) and close the port (again: nothing happens)."""
-        self._server.stop()
-
-    def __enter__(self) -> ScriptedUpstream:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()

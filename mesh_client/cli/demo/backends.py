@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import json
 import threading
-from types import TracebackType
 from typing import Any, Final
 
 from ...envoy import DEFAULT_PREFIX, header_names
-from ...registry import Address
-from ...testing.loopback import LoopbackServer, QuietHTTPHandler
+from ...testing.loopback import LoopbackServer, LoopbackService, QuietHTTPHandler
 from .overrides_step import VIA, Forward
 from .shadow_step import planted_answer
 
@@ -60,19 +58,17 @@ class _Handler(QuietHTTPHandler):
 _served_lock: Final = threading.Lock()
 
 
-class DemoService:
+class DemoService(LoopbackService):
     """A tiny HTTP service on 127.0.0.1 that tells each caller whether the request came via Envoy
     (and which deployment of the service answered)."""
+
+    _server: _Server
 
     def __init__(self, name: str, deployment: str = "main") -> None:
         self.name = name
         self._server = _Server(_Handler, name=f"demo-{name}")
         self._server.service = name
         self._server.deployment = deployment
-
-    @property
-    def address(self) -> Address:
-        return self._server.address
 
     @property
     def served(self) -> int:
@@ -82,12 +78,3 @@ class DemoService:
     def forward_with(self, forward: Forward) -> None:
         """Answer ``GET /via/SERVICE`` by calling SERVICE with ``forward`` (the override step)."""
         self._server.forward = forward
-
-    def __enter__(self) -> DemoService:
-        self._server.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._server.stop()
