@@ -23,7 +23,7 @@ from mesh_client.testing.loopback import LoopbackServer, QuietHTTPHandler
 
 
 class _WSGIServer(LoopbackServer, WSGIServer):
-    pass
+    """wsgiref's server (the app, the WSGI environ) on a loopback server's threads and lifecycle."""
 
 
 class _QuietWSGIHandler(QuietHTTPHandler, WSGIRequestHandler):
