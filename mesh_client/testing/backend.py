@@ -8,8 +8,8 @@ Behaviour is chosen per request by query parameters, so one backend serves many 
 - ``status=C``: always answer with status C.
 
 Every answer is JSON: the backend's name, the method, path, the request headers (lower-cased)
-and, on retries, the attempt number seen by this backend for that key. It binds 127.0.0.1 on a
-free port and sets ``disable_nagle_algorithm`` (otherwise each keep-alive answer costs ~40 ms).
+and, on retries, the attempt number seen by this backend for that key. It is a
+:class:`~mesh_client.testing.loopback.LoopbackServer`: 127.0.0.1 on a free port, no Nagle delay.
 """
 
 from __future__ import annotations
@@ -19,11 +19,9 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from urllib.parse import parse_qs, urlsplit
 
-from ..registry import Address
+from .loopback import LoopbackServer, LoopbackService, QuietHTTPHandler
 
 __all__ = ["Backend", "Record"]
 
@@ -45,22 +43,12 @@ class Record:
         return self.query.get("key")
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
+class _Server(LoopbackServer):
     backend: Backend
 
-    def handle_error(self, request: object, client_address: object) -> None:
-        pass  # a client that hangs up (timeout, reset) is an expected event here, not an error
 
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
+class _Handler(QuietHTTPHandler):
     server: _Server
-
-    def log_message(self, format: str, *args: object) -> None:  # quiet
-        pass
 
     def _handle(self) -> None:
         backend = self.server.backend
@@ -107,22 +95,18 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _handle
 
 
-class Backend:
+class Backend(LoopbackService):
     """A recording HTTP backend on 127.0.0.1. Use as a context manager or start()/stop()."""
+
+    _server: _Server
 
     def __init__(self, name: str = "backend", host: str = "127.0.0.1", port: int = 0) -> None:
         self.name = name
-        self._server = _Server((host, port), _Handler)
+        self._server = _Server(_Handler, host=host, port=port, name=f"backend-{name}")
         self._server.backend = self
         self._records: list[Record] = []
         self._counts: Counter[str] = Counter()
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-
-    @property
-    def address(self) -> Address:
-        host, port = self._server.server_address[:2]
-        return Address(str(host), int(port))
 
     def _record(self, record: Record) -> int:
         with self._lock:
@@ -135,23 +119,3 @@ class Backend:
         """Requests received so far (only those whose ``key`` query parameter matches, if given)."""
         with self._lock:
             return [r for r in self._records if key is None or r.key == key]
-
-    def start(self) -> Backend:
-        self._thread = threading.Thread(target=self._server.serve_forever, name=f"backend-{self.name}", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join(5)
-            self._thread = None
-        self._server.server_close()
-
-    def __enter__(self) -> Backend:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()

@@ -17,223 +17,61 @@ would (address, headers, body) and answers as that proxy would:
 Time is virtual (:mod:`mesh_client.clock`): a 30 s delay costs nothing, and the call still sees 30 s
 pass. The project's conformance suites (``tests/integration/test_conformance*.py``) run every
 scenario against this fake and against the real Envoy and HAProxy, with the same outcome.
+
+Beside it: :mod:`.calls` (what it records), :mod:`.handlers` (what ``add`` registers) and
+:mod:`.proxies` (the proxies' reply rules); their public names are importable from here too.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json as jsonlib
 import math
 import random
 import re
 import threading
-import uuid
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
-from email.utils import formatdate
-from typing import Any, Final
+from collections.abc import Mapping
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from .. import clock
 from ..mesh import Mesh
 from ..policy import Route
 from ..registry import MeshConfig
-from ..shadow import SHADOW_HEADER
 from ..shadow.stats import ShadowEvent, ShadowStats
 from ..steps import Failure
 from ..wire import WireFailure, WireReply, WireRequest, use_wire
-from .envoy_model import BackOff, RetryCircuit, Upset, retried
+from .calls import Call, Headers, ProxyRequest, UpstreamRequest
+from .envoy_model import BackOff, RetryCircuit
+from .handlers import Handler, resolve, thrift_args, thrift_result
+from .proxies import (
+    ENVOY_ROUTE_TIMEOUT,
+    HAPROXY_CONNECT_PAUSE,
+    HAPROXY_SERVER_TIMEOUT,
+    Answer,
+    RouterRules,
+    envoy_answer,
+    envoy_headers,
+    forwarded_by_envoy,
+    haproxy_page,
+    local_reply,
+    status_text,
+    thrift_local_reply,
+)
 from .replies import Reply
 from .shadowing import ShadowRecorder
 from .variants import reached_variant
 
-__all__ = ["Call", "FakeMesh", "Headers", "ProxyRequest", "UpstreamRequest"]
-
-#: HAProxy's own error pages (the text after the status line)
-_HAPROXY_PAGES: Final = {
-    502: "The server returned an invalid or incomplete response.",
-    503: "No server is available to handle this request.",
-    504: "The server didn't respond in time.",
-}
-#: HAProxy's ``timeout connect`` in the rendered config: what a refused connection costs there
-HAPROXY_CONNECT_PAUSE: Final = 0.25
-HAPROXY_SERVER_TIMEOUT: Final = 30.0
-#: Envoy's default route timeout, when the client sends none and the fake knows no registry (the
-#: rendered route uses the service's own timeout)
-ENVOY_ROUTE_TIMEOUT: Final = 15.0
-#: a fake instance's fault as Envoy's router sees it (a timeout that reaches the retry rules is a
-#: per-try timeout: the total one ends the call first)
-_UPSETS: Final[dict[str, Upset]] = {"refuse": "connect", "reset": "reset", "timeout": "per_try_timeout"}
-
-
-class Headers(Mapping[str, str]):
-    """Request or response headers, in order, looked up case-insensitively (first value)."""
-
-    def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
-        self._items = tuple((str(k), str(v)) for k, v in items)
-        self._index: dict[str, str] = {}
-        for k, v in self._items:
-            self._index.setdefault(k.lower(), v)
-
-    def __getitem__(self, name: str) -> str:
-        return self._index[name.lower()]
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name.lower() in self._index
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._index)
-
-    def __len__(self) -> int:
-        return len(self._index)
-
-    def pairs(self) -> tuple[tuple[str, str], ...]:
-        """Every header as sent, with its original spelling."""
-        return self._items
-
-    def __repr__(self) -> str:
-        return f"Headers({dict(self._index)!r})"
-
-
-@dataclass(frozen=True)
-class UpstreamRequest:
-    """A request as an instance of the service received it (after the proxy)."""
-
-    service: str
-    route: Route
-    method: str
-    path: str
-    query: dict[str, str]
-    headers: Headers
-    body: bytes
-    #: 1-based: which upstream try of the client's attempt this was (Envoy retries count up)
-    attempt: int
-    #: Thrift: the decoded arguments, by name
-    args: dict[str, Any] = field(default_factory=dict)
-    #: when the instance received it (``mesh_client.clock`` seconds: virtual time under the fake)
-    received_at: float = 0.0
-    #: the variant of the service that received it (None: its main deployment)
-    variant: str | None = None
-
-    def json(self) -> Any:
-        return jsonlib.loads(self.body)
-
-
-@dataclass(frozen=True)
-class ProxyRequest:
-    """An attempt as the client sent it to a local proxy."""
-
-    route: Route
-    address: str
-    headers: Headers
-    timeout: float
-    #: what the client got back: a status (``"504 upstream request timeout"``) or a failure
-    outcome: str = ""
-
-
-@dataclass
-class Call:
-    """One call of the application to a service: its attempts at the proxies and the requests
-    the service's instances received."""
-
-    service: str
-    method: str
-    path: str
-    body: bytes
-    sent: list[ProxyRequest] = field(default_factory=list)
-    upstream: list[UpstreamRequest] = field(default_factory=list)
-
-    @property
-    def route(self) -> Route:
-        """The route of the call's last attempt."""
-        return self.sent[-1].route
-
-    @property
-    def routes(self) -> list[Route]:
-        return [p.route for p in self.sent]
-
-    @property
-    def headers(self) -> Headers:
-        """The headers of the call's first attempt, as the client sent them to the proxy."""
-        return self.sent[0].headers
-
-    @property
-    def shadow_copy(self) -> bool:
-        """Whether this call is a shadow copy of another (it carries ``x-mesh-shadow``)."""
-        return SHADOW_HEADER in self.headers
-
-    @property
-    def variant(self) -> str | None:
-        """The variant of the service that received the call last (None: its main deployment)."""
-        return self.upstream[-1].variant if self.upstream else None
-
-    @property
-    def attempts(self) -> int:
-        """How many requests the service's instances received for this call."""
-        return len(self.upstream)
-
-    @property
-    def outcome(self) -> str:
-        return self.sent[-1].outcome
-
-    def json(self) -> Any:
-        return jsonlib.loads(self.body)
-
-    def describe(self) -> str:
-        routes = " then ".join(dict.fromkeys(r.value for r in self.routes))
-        what = f"{self.method} {self.path}" if self.path != self.method else self.method
-        service = self.service if self.variant is None else f"{self.service} (variant {self.variant})"
-        return f"{what} to {service} via {routes}: {self.attempts} upstream request(s), {self.outcome}"
-
-
-@dataclass
-class _Handler:
-    service: str
-    replies: tuple[Any, ...]
-    method: str | None
-    path: str | re.Pattern[str] | None
-    variant: str | None = None
-    used: int = 0
-
-    def matches(self, method: str, path: str) -> bool:
-        if self.method is not None and self.method.upper() != method.upper() and self.method != method:
-            return False
-        if self.path is None:
-            return True
-        if isinstance(self.path, re.Pattern):
-            return self.path.fullmatch(path) is not None
-        return self.path == path
-
-    def next(self) -> Any:
-        handler = self.replies[min(self.used, len(self.replies) - 1)]
-        self.used += 1
-        return handler
-
-    def describe(self) -> str:
-        where = self.service if self.variant is None else f"{self.service} (variant {self.variant})"
-        if self.method:
-            where += f" {self.method}"
-        if self.path is not None:
-            where += f" {self.path.pattern if isinstance(self.path, re.Pattern) else self.path}"
-        replies = ", ".join(r.describe() if isinstance(r, Reply) else _callable_name(r) for r in self.replies)
-        return f"{where} -> {replies}"
-
-
-def _callable_name(obj: Any) -> str:
-    return getattr(obj, "__qualname__", None) or type(obj).__name__
-
-
-@dataclass(frozen=True)
-class _Answer:
-    """What one upstream try produced, with the time it took."""
-
-    elapsed: float
-    status: int = 0
-    headers: tuple[tuple[str, str], ...] = ()
-    body: bytes = b""
-    fault: str | None = None  # "refuse", "reset", "timeout"
-    thrift: Any = None
+__all__ = [
+    "ENVOY_ROUTE_TIMEOUT",
+    "HAPROXY_CONNECT_PAUSE",
+    "HAPROXY_SERVER_TIMEOUT",
+    "Call",
+    "FakeMesh",
+    "Headers",
+    "ProxyRequest",
+    "UpstreamRequest",
+]
 
 
 class FakeMesh:
@@ -245,7 +83,7 @@ class FakeMesh:
         self.clock = clock.VirtualClock()
         self.calls: list[Call] = []
         self.unexpected: list[Call] = []
-        self._handlers: list[_Handler] = []
+        self._handlers: list[Handler] = []
         self._by_call: dict[int, Call] = {}
         self._lock = threading.RLock()
         self._random = random.Random(seed)
@@ -317,7 +155,7 @@ class FakeMesh:
             known = ", ".join(self.config.services[service].variants) or "none"
             raise ValueError(f"fake_mesh.add: {service!r} declares no variant {variant!r} (variants: {known})")
         with self._lock:
-            self._handlers.append(_Handler(service, tuple(replies), method, path, variant))
+            self._handlers.append(Handler(service, tuple(replies), method, path, variant))
 
     def reset(self) -> None:
         """Forget every handler and recorded call (the sidecar states and the clock stay)."""
@@ -458,7 +296,7 @@ class FakeMesh:
         if isinstance(result, WireFailure):
             outcome = f"{result.kind.value} failure"
         else:
-            outcome = _status_text(result, request.header_prefix)
+            outcome = status_text(result, request.header_prefix)
         with self._lock:
             call.sent[-1] = dataclasses.replace(call.sent[-1], outcome=outcome)
         return result
@@ -475,7 +313,7 @@ class FakeMesh:
         call.sent.append(proxy)
         return call
 
-    def _handler(self, service: str, method: str, path: str, variant: str | None) -> _Handler | None:
+    def _handler(self, service: str, method: str, path: str, variant: str | None) -> Handler | None:
         with self._lock:
             for h in self._handlers:
                 if h.service == service and h.variant == variant and h.matches(method, path):
@@ -486,7 +324,7 @@ class FakeMesh:
         """Hand the request to the service's handler: its reply, or None when there is none."""
         split = urlsplit(request.target)
         path = split.path if request.thrift is None else request.method
-        args = _thrift_args(request.thrift.args) if request.thrift is not None else {}
+        args = thrift_args(request.thrift.args) if request.thrift is not None else {}
         variant = reached_variant(self.config, request)
         handler = self._handler(request.service, request.method, path, variant)
         upstream = UpstreamRequest(
@@ -513,7 +351,7 @@ class FakeMesh:
             return spec  # nothing reached the instance
         with self._lock:
             call.upstream.append(upstream)
-        return _resolve(spec, upstream, request)
+        return resolve(spec, upstream, request)
 
     # -- HAProxy: passes requests through, one upstream request per attempt ------------------------
 
@@ -521,13 +359,13 @@ class FakeMesh:
         headers = Headers(request.headers)
         answer = self._try(request, call, headers, 1, window=HAPROXY_SERVER_TIMEOUT)
         if answer is None:
-            return _haproxy_page(503), 0.0
+            return haproxy_page(503), 0.0
         if answer.fault == "refuse":
-            return _haproxy_page(503), HAPROXY_CONNECT_PAUSE
+            return haproxy_page(503), HAPROXY_CONNECT_PAUSE
         if answer.fault == "reset":
-            return _haproxy_page(502), answer.elapsed
+            return haproxy_page(502), answer.elapsed
         if answer.fault == "timeout":
-            return _haproxy_page(504), answer.elapsed
+            return haproxy_page(504), answer.elapsed
         return WireReply(answer.status, answer.headers, answer.body), answer.elapsed
 
     # -- Envoy's router, from the x-envoy-* headers ------------------------------------------------
@@ -536,13 +374,10 @@ class FakeMesh:
         p = request.header_prefix
         sent = Headers(request.headers)
         if request.service in self._envoy_unknown:
-            return WireReply(404, _envoy_headers(0, p)), 0.0
+            return WireReply(404, envoy_headers(0, p)), 0.0
         known = self.config.services.get(request.service) if self.config is not None else None
-        rules = _RouterRules.read(sent, p, known.policy.timeout if known is not None else ENVOY_ROUTE_TIMEOUT)
-        forwarded = [(k, v) for k, v in sent.pairs() if not k.lower().startswith(p + "-")]
-        forwarded += [("x-forwarded-for", "127.0.0.1"), ("x-forwarded-proto", "http"), (f"{p}-internal", "true")]
-        if "x-request-id" not in sent:
-            forwarded.append(("x-request-id", str(uuid.uuid4())))
+        rules = RouterRules.read(sent, p, known.policy.timeout if known is not None else ENVOY_ROUTE_TIMEOUT)
+        forwarded = forwarded_by_envoy(sent, p)
         limit, per_try, retries_left = rules.limit, rules.per_try, rules.retries
         with self._lock:
             breaker = self._breakers.setdefault(request.service, RetryCircuit())
@@ -563,214 +398,56 @@ class FakeMesh:
                 breaker.give_back(slot, start + t)
                 slot = None
             if answer is None:
-                return _local_reply(503, "no healthy upstream", n - 1 or 1, p), t
+                return local_reply(503, "no healthy upstream", n - 1 or 1, p), t
             if answer.fault == "timeout" and t >= limit:
-                return _local_reply(504, "upstream request timeout", n, p), t
+                return local_reply(504, "upstream request timeout", n, p), t
             if retries_left > 0 and rules.retries_after(answer, p):
                 retries_left -= 1
                 slot = breaker.take(start + t)
                 if slot is None:  # retry overflow: the caller gets what asked for the retry
-                    return _envoy_answer(answer, n, p), t
+                    return envoy_answer(answer, n, p), t
                 wait = backoff.next_wait()
                 if t + wait >= limit:
                     breaker.give_back(slot, start + limit)
-                    return _local_reply(504, "upstream request timeout", n, p), limit
+                    return local_reply(504, "upstream request timeout", n, p), limit
                 t += wait
                 continue
-            return _envoy_answer(answer, n, p), t
+            return envoy_answer(answer, n, p), t
 
     def _try(
         self, request: WireRequest, call: Call, headers: Headers, n: int, *, window: float, at: float | None = None
-    ) -> _Answer | None:
+    ) -> Answer | None:
         """One upstream request (None: the service has no handler), bounded by ``window``; it
         reaches the instance at ``at`` (now, unless Envoy's earlier tries and back-off came first)."""
         spec = self._serve(request, call, headers, n, clock.monotonic() if at is None else at)
         if spec is None:
             return None
         if spec.fault == "refuse":
-            return _Answer(0.0, fault="refuse")
+            return Answer(0.0, fault="refuse")
         if spec.delay >= window:
-            return _Answer(window, fault="timeout")
+            return Answer(window, fault="timeout")
         if spec.fault == "reset":
-            return _Answer(spec.delay, fault="reset")
+            return Answer(spec.delay, fault="reset")
         if request.thrift is not None:
-            return _Answer(spec.delay, thrift=_thrift_result(request, spec))
-        return _Answer(spec.delay, spec.status, spec.headers, spec.body)
+            return Answer(spec.delay, thrift=thrift_result(request, spec))
+        return Answer(spec.delay, spec.status, spec.headers, spec.body)
 
     # -- Thrift: no proxy timeouts or retries, Envoy's TApplicationException replies ---------------
 
     def _thrift(self, request: WireRequest, call: Call) -> tuple[WireReply | WireFailure, float]:
-        from thriftpy2.thrift import TApplicationException
-
         envoy = request.route is Route.ENVOY
         cluster = request.service
         if envoy and request.service in self._envoy_unknown:
-            error = TApplicationException(
-                TApplicationException.UNKNOWN_METHOD, f"no route for method '{request.target}'"
-            )
-            return WireReply(200, thrift_reply=error), 0.0
+            return thrift_local_reply(f"no route for method '{request.target}'", unknown_method=True), 0.0
         answer = self._try(request, call, Headers(request.headers), 1, window=request.timeout)
         if answer is None:
             if not envoy:
                 return WireFailure(Failure.RESET, "HAProxy closed the connection: no server is available"), 0.0
-            message = f"no healthy upstream for '{cluster}'"
-            return WireReply(
-                200, thrift_reply=TApplicationException(TApplicationException.INTERNAL_ERROR, message)
-            ), 0.0
+            return thrift_local_reply(f"no healthy upstream for '{cluster}'"), 0.0
         if answer.fault == "timeout":
             return WireFailure(Failure.TIMEOUT, "no reply in time"), answer.elapsed
         if answer.fault in ("refuse", "reset"):
             if not envoy:
                 return WireFailure(Failure.RESET, "HAProxy closed the connection"), answer.elapsed
-            error = TApplicationException(TApplicationException.INTERNAL_ERROR, f"connection failure '{cluster}'")
-            return WireReply(200, thrift_reply=error), answer.elapsed
+            return thrift_local_reply(f"connection failure '{cluster}'"), answer.elapsed
         return WireReply(200, thrift_reply=answer.thrift), answer.elapsed
-
-
-@dataclass(frozen=True)
-class _RouterRules:
-    """What Envoy's router takes from a request's ``x-envoy-*`` headers."""
-
-    limit: float  # the total timeout (inf: none)
-    per_try: float | None
-    retries: int
-    tokens: frozenset[str]
-    codes: frozenset[int]
-
-    @classmethod
-    def read(cls, sent: Headers, p: str, route_timeout: float) -> _RouterRules:
-        total = _ms(sent.get(f"{p}-upstream-rq-timeout-ms"))
-        total = route_timeout if total is None else total
-        per_try = _ms(sent.get(f"{p}-upstream-rq-per-try-timeout-ms"))
-        if per_try is not None and total and per_try >= total:
-            per_try = None  # Envoy ignores a per-try timeout that is not below the total
-        tokens = frozenset(t.strip() for t in sent.get(f"{p}-retry-on", "").split(",") if t.strip())
-        max_retries = _int(sent.get(f"{p}-max-retries"))
-        retries = (max_retries if max_retries is not None else 1) if tokens else 0
-        listed = (_int(c) for c in sent.get(f"{p}-retriable-status-codes", "").split(","))
-        codes = frozenset(c for c in listed if c is not None)
-        return cls(total if total else math.inf, per_try, retries, tokens, codes)
-
-    def retries_after(self, answer: _Answer, p: str) -> bool:
-        """Whether retry-on covers what this try produced (:func:`.envoy_model.retried`: the
-        fake's own reading of Envoy's rules, not the client's)."""
-        if answer.fault is not None:
-            return retried(self.tokens, upset=_UPSETS[answer.fault])
-        return retried(self.tokens, status=answer.status, headers=Headers(answer.headers), codes=self.codes, prefix=p)
-
-
-def _envoy_answer(answer: _Answer, attempts: int, p: str) -> WireReply:
-    """What Envoy sends back once it stops trying: the upstream's response, or its local reply."""
-    if answer.fault is None:
-        headers = [(k, v) for k, v in answer.headers if k.lower() != "server"]
-        headers = [
-            ("server", "envoy"),
-            *headers,
-            (f"{p}-upstream-service-time", str(round(answer.elapsed * 1000))),
-            (f"{p}-attempt-count", str(attempts)),
-        ]
-        return WireReply(answer.status, tuple(headers), answer.body)
-    if answer.fault == "timeout":
-        return _local_reply(504, "upstream request timeout", attempts, p)
-    latest = "retried and the latest " if attempts > 1 else ""
-    reason = "remote connection failure" if answer.fault == "refuse" else "connection termination"
-    text = f"upstream connect error or disconnect/reset before headers. {latest}reset reason: {reason}"
-    return _local_reply(503, text, attempts, p)
-
-
-def _status_text(reply: WireReply, prefix: str) -> str:
-    if reply.thrift_reply is not None and type(reply.thrift_reply).__name__ == "TApplicationException":
-        return f"TApplicationException {getattr(reply.thrift_reply, 'message', '')!r}"
-    headers = Headers(reply.headers)
-    local = f"{prefix}-upstream-service-time" not in headers and headers.get("server") == "envoy"
-    if local and reply.body and len(reply.body) < 200:
-        return f"{reply.status} {reply.body.decode('latin-1')}"
-    return str(reply.status)
-
-
-def _ms(value: str | None) -> float | None:
-    number = _int(value)
-    return None if number is None else number / 1000
-
-
-def _int(value: str | None) -> int | None:
-    if value is None:
-        return None
-    value = value.strip()
-    return int(value) if value.isascii() and value.isdigit() else None
-
-
-def _envoy_headers(attempts: int, prefix: str, length: int = 0) -> tuple[tuple[str, str], ...]:
-    headers = [] if not attempts else [(f"{prefix}-attempt-count", str(attempts))]
-    if length:
-        headers.append(("content-type", "text/plain"))
-    headers += [("content-length", str(length)), ("date", formatdate(usegmt=True)), ("server", "envoy")]
-    return tuple(headers)
-
-
-def _local_reply(status: int, text: str, attempts: int, prefix: str) -> WireReply:
-    body = text.encode()
-    return WireReply(status, _envoy_headers(attempts, prefix, len(body)), body)
-
-
-def _haproxy_page(status: int) -> WireReply:
-    from http.client import responses
-
-    title = f"{status} {responses[status]}"
-    body = f"<html><body><h1>{title}</h1>\n{_HAPROXY_PAGES[status]}\n</body></html>\n".encode()
-    headers = (("content-length", str(len(body))), ("cache-control", "no-cache"), ("content-type", "text/html"))
-    return WireReply(status, headers, body)
-
-
-def _resolve(spec: Any, upstream: UpstreamRequest, request: WireRequest) -> Reply:
-    """The :class:`Reply` a handler gives for ``upstream``."""
-    if isinstance(spec, Reply):
-        return spec
-    if request.thrift is not None and not callable(spec):  # a Thrift handler object
-        method = getattr(spec, request.thrift.method, None)
-        if method is None:
-            raise AttributeError(
-                f"the fake handler {spec!r} for {request.service!r} has no method {request.thrift.method!r}"
-            )
-        spec = lambda _req, m=method: m(**upstream.args)  # noqa: E731
-    if request.thrift is not None:
-        try:
-            value = spec(upstream)
-        except Exception as exc:
-            return Reply(raises=exc)
-        return value if isinstance(value, Reply) else Reply(value=value)
-    value = spec(upstream)
-    if not isinstance(value, Reply):
-        raise TypeError(
-            f"the fake handler {_callable_name(spec)} for {request.service!r} returned {value!r}; "
-            "return a mesh_client.testing.reply(...)"
-        )
-    return value
-
-
-def _thrift_args(args: Any) -> dict[str, Any]:
-    spec = getattr(args, "thrift_spec", {}) or {}
-    return {entry[1]: getattr(args, entry[1], None) for entry in spec.values()}
-
-
-def _thrift_result(request: WireRequest, spec: Reply) -> Any:
-    """The result struct (or TApplicationException) a server would send for ``spec``."""
-    from thriftpy2.thrift import TApplicationException
-
-    assert request.thrift is not None
-    result_cls = getattr(request.thrift.service, request.thrift.method + "_result")
-    result = result_cls()
-    error = spec.raises
-    if error is None:
-        if hasattr(result, "success"):
-            result.success = spec.value
-        return result
-    if isinstance(error, TApplicationException):
-        return error
-    for entry in (result.thrift_spec or {}).values():
-        if len(entry) > 2 and isinstance(entry[2], type) and isinstance(error, entry[2]):
-            setattr(result, entry[1], error)
-            return result
-    # an undeclared exception: INTERNAL_ERROR, worded as mesh_client.thrift.server words it
-    message = f"internal error in {request.thrift.method} ({type(error).__name__})"
-    return TApplicationException(TApplicationException.INTERNAL_ERROR, message)

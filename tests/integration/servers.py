@@ -12,38 +12,30 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from socketserver import ThreadingMixIn
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 import uvicorn
 
 from mesh_client.registry import Address
 from mesh_client.sidecar import SidecarProcess, free_port
+from mesh_client.testing.loopback import LoopbackServer, QuietHTTPHandler
 
 
-class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
+class _WSGIServer(LoopbackServer, WSGIServer):
+    """wsgiref's server (the app, the WSGI environ) on a loopback server's threads and lifecycle."""
 
 
-class _QuietHandler(WSGIRequestHandler):
-    disable_nagle_algorithm = True
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+class _QuietWSGIHandler(QuietHTTPHandler, WSGIRequestHandler):
+    protocol_version = "HTTP/1.0"  # wsgiref's: one request per connection
 
 
 @contextmanager
 def serve_wsgi(app: Callable[..., Any]) -> Iterator[Address]:
-    server = make_server("127.0.0.1", 0, app, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield Address("127.0.0.1", int(server.server_address[1]))
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    server = _WSGIServer(_QuietWSGIHandler, name="wsgi-app")
+    server.set_app(app)
+    with server:
+        yield server.address
 
 
 @contextmanager
@@ -90,7 +82,7 @@ def serve_thrift(stack: contextlib.ExitStack, service: Any, handler: Any, mesh: 
 class _SlowLorisHandler(socketserver.BaseRequestHandler):
     """Reads a request, sends the status line and headers at once, then the body one byte every
     ``server.interval`` seconds: with ``Content-Length``, or chunked when the request line says
-    ``chunked``. Stops when the peer goes away (or at teardown)."""
+    ``chunked``. Stops when the peer goes away (or when the server stops)."""
 
     server: _SlowLoris
 
@@ -104,7 +96,7 @@ class _SlowLorisHandler(socketserver.BaseRequestHandler):
         try:
             sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n" + framing + b"\r\n\r\n")
             for _ in range(self.server.length):
-                if self.server.stop.wait(self.server.interval):
+                if self.server.stopping.wait(self.server.interval):
                     return
                 sock.sendall(b"1\r\nx\r\n" if chunked else b"x")
             if chunked:
@@ -113,30 +105,18 @@ class _SlowLorisHandler(socketserver.BaseRequestHandler):
             return  # the client or the proxy gave up: what the scenario is about
 
 
-class _SlowLoris(socketserver.ThreadingTCPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
+class _SlowLoris(LoopbackServer):
     def __init__(self, interval: float, length: int) -> None:
-        super().__init__(("127.0.0.1", 0), _SlowLorisHandler)
+        super().__init__(_SlowLorisHandler, name="slow-loris")
         self.interval = interval
         self.length = length
-        self.stop = threading.Event()
 
 
 @contextmanager
 def serve_slow_loris(interval: float = 0.2, length: int = 100) -> Iterator[Address]:
     """A slow-loris upstream: headers at once, then ``length`` body bytes, one per ``interval``."""
-    server = _SlowLoris(interval, length)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield Address("127.0.0.1", int(server.server_address[1]))
-    finally:
-        server.stop.set()
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with _SlowLoris(interval, length) as server:
+        yield server.address
 
 
 @contextmanager

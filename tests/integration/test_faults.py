@@ -43,6 +43,7 @@ from mesh_client.routing import route_flag, write_flag_file
 from mesh_client.sidecar import SidecarProcess, free_port, start_envoy, start_haproxy
 from mesh_client.sidecar.render import envoy_bootstrap
 from mesh_client.testing import Backend
+from mesh_client.testing.loopback import LoopbackServer
 
 from .conftest import CLIENT_KINDS, Caller, MeshWorld
 from .servers import answering_haproxy, black_hole, read_request_head, serve_slow_loris, serve_wsgi
@@ -292,20 +293,16 @@ class _ApplyThenFail(socketserver.BaseRequestHandler):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             sock.close()  # RST: the client cannot know the write was applied
         else:
-            self.server.stop.wait(self.server.stall)  # answer after the client gave up
+            self.server.stopping.wait(self.server.stall)  # answer after the client gave up
 
 
-class _FaultServer(socketserver.ThreadingTCPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
+class _FaultServer(LoopbackServer):
     def __init__(self, mode: str, stall: float = 0.0) -> None:
-        super().__init__(("127.0.0.1", 0), _ApplyThenFail)
+        super().__init__(_ApplyThenFail, name=f"fault-{mode}")
         self.mode = mode
         self.stall = stall
         self.applied: list[str] = []
         self.lock = threading.Lock()
-        self.stop = threading.Event()
 
 
 @pytest.mark.parametrize(("mode", "posts"), [("reset", 1000), ("timeout", 40)])
@@ -313,9 +310,7 @@ class _FaultServer(socketserver.ThreadingTCPServer):
 def test_no_write_is_applied_twice(
     tmp_path: Path, envoy_bin: str, haproxy_bin: str, route: str, mode: str, posts: int
 ) -> None:
-    server = _FaultServer(mode, stall=1.0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server = _FaultServer(mode, stall=1.0).start()
     data = {
         "mesh": {
             "caller": "checkout",
@@ -326,7 +321,7 @@ def test_no_write_is_applied_twice(
         "services": {
             "orders": {
                 "haproxy": f"127.0.0.1:{free_port()}",
-                "endpoints": [f"127.0.0.1:{server.server_address[1]}"],
+                "endpoints": [str(server.address)],
                 "timeout": 0.15,
                 # everything that could replay a request, had POST been idempotent
                 "retries": 3,
@@ -348,10 +343,7 @@ def test_no_write_is_applied_twice(
                 except requests.RequestException as exc:
                     outcomes[type(exc).__mro__[1].__name__] += 1
     finally:
-        server.stop.set()
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+        server.stop()
     applied = Counter(server.applied)
     twice = [rid for rid, n in applied.items() if n > 1]
     print(

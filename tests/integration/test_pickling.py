@@ -36,6 +36,7 @@ from mesh_client import (
 from mesh_client.registry import load_mapping
 from mesh_client.sidecar import free_port, start_envoy, start_haproxy
 from mesh_client.testing import Backend
+from mesh_client.testing.loopback import LoopbackServer
 
 from . import pickling_worker
 from .conftest import registry
@@ -48,11 +49,6 @@ pytestmark = pytest.mark.real
 class _HangUp(socketserver.BaseRequestHandler):
     def handle(self) -> None:
         self.request.recv(65536)  # the request (or its first bytes), then the connection closes
-
-
-class _HangUpServer(socketserver.ThreadingTCPServer):
-    daemon_threads = True
-    allow_reuse_address = True
 
 
 class Sleepy:
@@ -89,8 +85,8 @@ def world(
         "echo-dead": {"haproxy": f"127.0.0.1:{free_port()}", "endpoints": [f"127.0.0.1:{free_port()}"], **thrift},
     }
     config = load_mapping(proxied, source="pickling registry")
-    hangup = _HangUpServer(("127.0.0.1", 0), _HangUp)
-    hangup_address = f"127.0.0.1:{hangup.server_address[1]}"
+    hangup = LoopbackServer(_HangUp, name="hang-up")
+    hangup_address = str(hangup.address)
     callers = {  # what the callers use: the above, plus ports that refuse or hang up
         **proxied,
         "services": {
@@ -102,9 +98,7 @@ def world(
         },
     }
     with ExitStack() as stack:
-        threading.Thread(target=hangup.serve_forever, daemon=True).start()
-        stack.callback(hangup.server_close)
-        stack.callback(hangup.shutdown)
+        stack.enter_context(hangup)
         serve_thrift(stack, echo.Echo, Sleepy(), stack.enter_context(Mesh(config)), "framed", echo_port)
         stack.enter_context(start_envoy(config, work / "envoy", binary=envoy_bin))
         stack.enter_context(start_haproxy(config, work / "haproxy", binary=haproxy_bin))

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any, Final
 
 from ...envoy import DEFAULT_PREFIX, header_names
-from ...registry import Address
+from ...testing.loopback import LoopbackServer, LoopbackService, QuietHTTPHandler
 from .overrides_step import VIA, Forward
 from .shadow_step import planted_answer
 
@@ -21,25 +19,16 @@ __all__ = ["ENVOY_MARK", "DemoService"]
 ENVOY_MARK: Final = header_names(DEFAULT_PREFIX).expected_rq_timeout_ms
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+class _Server(LoopbackServer):
     service = ""
     deployment = "main"
     #: what a GET of /via/SERVICE does (the override step's second hop), if anything
     forward: Forward | None = None
     served = 0
 
-    def handle_error(self, request: object, client_address: object) -> None:
-        pass  # a caller that hangs up is not the demo's business
 
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # otherwise each keep-alive answer waits ~40 ms
+class _Handler(QuietHTTPHandler):
     server: _Server
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
 
     def do_GET(self) -> None:
         via_envoy = ENVOY_MARK in self.headers
@@ -69,21 +58,17 @@ class _Handler(BaseHTTPRequestHandler):
 _served_lock: Final = threading.Lock()
 
 
-class DemoService:
+class DemoService(LoopbackService):
     """A tiny HTTP service on 127.0.0.1 that tells each caller whether the request came via Envoy
     (and which deployment of the service answered)."""
 
+    _server: _Server
+
     def __init__(self, name: str, deployment: str = "main") -> None:
         self.name = name
-        self._server = _Server(("127.0.0.1", 0), _Handler)
+        self._server = _Server(_Handler, name=f"demo-{name}")
         self._server.service = name
         self._server.deployment = deployment
-        self._thread = threading.Thread(target=self._server.serve_forever, name=f"demo-{name}", daemon=True)
-
-    @property
-    def address(self) -> Address:
-        host, port = self._server.server_address[:2]
-        return Address(str(host), int(port))
 
     @property
     def served(self) -> int:
@@ -93,14 +78,3 @@ class DemoService:
     def forward_with(self, forward: Forward) -> None:
         """Answer ``GET /via/SERVICE`` by calling SERVICE with ``forward`` (the override step)."""
         self._server.forward = forward
-
-    def __enter__(self) -> DemoService:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
