@@ -3,6 +3,7 @@ public fallbacks carry the calls (``tox -e compat-fallback`` runs the unit tests
 
 from __future__ import annotations
 
+import gzip
 import io
 import os
 import pickle
@@ -192,11 +193,11 @@ def test_attempt_copy_is_the_callers_request_with_its_cookie_jar(seam: bool) -> 
     assert again.headers["Cookie"] == "sid=1"
 
 
-def answered(body: bytes) -> tuple[requests.Response, list[bytes]]:
-    """A response read as the requests wrapper reads it (from ``raw``, in chunks)."""
+def answered(body: bytes, **headers: str) -> tuple[requests.Response, list[bytes]]:
+    """A response read as the requests wrapper reads it (from ``raw``, in chunks, decoded)."""
     raw = urllib3.HTTPResponse(
         body=io.BytesIO(body),
-        headers={"content-length": str(len(body)), "content-type": "application/json; charset=utf-8"},
+        headers={"content-length": str(len(body)), "content-type": "application/json; charset=utf-8", **headers},
         status=200,
         preload_content=False,
     )
@@ -217,6 +218,12 @@ def test_keep_body_makes_the_chunks_read_the_responses_content(seam: bool) -> No
     assert response.json() == {"a": 1}
     assert b"".join(response.iter_content(2)) == b'{"a": 1}'
     assert pickle.loads(pickle.dumps(response)).content == b'{"a": 1}'
+
+
+def test_keep_body_keeps_a_decoded_body_as_it_was_read(seam: bool) -> None:
+    response, chunks = answered(gzip.compress(b"hello " * 100), **{"content-encoding": "gzip"})
+    compat_requests.keep_body(response, chunks)
+    assert response.content == b"hello " * 100
 
 
 def test_keep_body_keeps_an_empty_body_as_empty(seam: bool) -> None:
