@@ -25,12 +25,12 @@ from urllib.parse import urlsplit
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
-from requests.structures import CaseInsensitiveDict
 from urllib3.exceptions import DecodeError, NewConnectionError, ProtocolError, ReadTimeoutError
 from urllib3.util import parse_url
 
 from .. import clock as _clock
 from .._cache import BoundedCache
+from .._compat.requests import attempt_copy, copy_headers, keep_body, note_on, take_from
 from ..driving import drive
 from ..errors import MeshTimeoutError, MeshTransportError, raise_failure
 from ..fork import reset_in_child
@@ -53,35 +53,16 @@ __all__ = ["MeshAdapter", "MeshSession"]
 _CACHED_URLS: Final = 1024
 
 
-#: a ``CaseInsensitiveDict`` keeps (name, value) under the lower-case name in ``_store``: the
-#: attempt's headers are written there directly (checked here; otherwise through its methods)
-_HEADER_STORE: Final = getattr(CaseInsensitiveDict({"A": "b"}), "_store", None) == {"a": ("A", "b")}
-
-
 def _attempt_request(request: requests.PreparedRequest, attempt: Attempt, path: str) -> requests.PreparedRequest:
     """The request one attempt sends: the caller's, to the attempt's proxy, with the caller's
-    headers that may go out and then the attempt's (:meth:`PreparedRequest.copy`, without its copy
-    of the cookie jar: the adapter only sends this request, it never writes the jar)."""
-    prepared = requests.PreparedRequest()
-    prepared.method = request.method
-    prepared.url = attempt.base_url + path
+    headers that may go out and then the attempt's (see :mod:`mesh_client._compat.requests`)."""
     caller = request.headers
     known = kept_names(attempt)
     if any(name not in known for name in caller):
         learn(known, attempt, list(caller))
-    headers: CaseInsensitiveDict[str] = CaseInsensitiveDict()
-    if _HEADER_STORE:
-        store: dict[str, tuple[str, str]] = headers._store  # type: ignore[attr-defined]
-        store.update([(lower, item) for lower, item in caller._store.items() if known[item[0]]])  # type: ignore[attr-defined]
-        store.update([(name.lower(), (name, value)) for name, value in attempt.set_headers])
-    else:  # a requests that keeps its headers otherwise
-        headers.update((name, value) for name, value in caller.items() if known[name])
-        headers.update(attempt.set_headers)
-    prepared.headers = headers
-    prepared._cookies = request._cookies  # type: ignore[attr-defined]
-    prepared.body = request.body
-    prepared.hooks = request.hooks
-    prepared._body_position = request._body_position  # type: ignore[attr-defined]
+    prepared = attempt_copy(request)
+    prepared.url = attempt.base_url + path
+    prepared.headers = copy_headers(caller, known, attempt.set_headers)
     return prepared
 
 
@@ -93,7 +74,7 @@ _ELAPSED: Final = "_mesh_client_elapsed"
 def _time_to_headers(response: requests.Response, started: float) -> None:
     """Note the time from sending the attempt to its response's headers (``Response.elapsed``:
     "between sending the first byte of the request and finishing parsing the headers")."""
-    response.__dict__[_ELAPSED] = _clock.monotonic() - started
+    note_on(response, _ELAPSED, _clock.monotonic() - started)
 
 
 def _native_error(
@@ -151,9 +132,7 @@ def _read_body(response: requests.Response, timer: BodyTimer) -> Broken | None:
         return timer.cut(requests.exceptions.ChunkedEncodingError(exc, request=response.request))
     except DecodeError as exc:  # as Session.send would raise it
         raise requests.exceptions.ContentDecodingError(exc, request=response.request) from exc
-    # what Response.content does with what it reads
-    response._content = b"".join(chunks)
-    response._content_consumed = True  # type: ignore[attr-defined]  # (not in the stubs)
+    keep_body(response, chunks)
     return None
 
 
@@ -368,7 +347,7 @@ class MeshSession(requests.Session):
             with no_http_instrumentation():
                 response: requests.Response = super().send(request, **kwargs)
             for each in (*response.history, response):  # r.elapsed as requests defines it
-                headers_after = each.__dict__.pop(_ELAPSED, None)
+                headers_after = take_from(each, _ELAPSED)
                 if headers_after is not None:
                     each.elapsed = datetime.timedelta(seconds=headers_after)
             return response

@@ -33,11 +33,12 @@ def test_requests_attempts_keep_the_caller_headers_then_the_mesh_ones(
     from requests.adapters import HTTPAdapter
     from urllib3 import HTTPResponse
 
-    from mesh_client.http import requests as mesh_requests
+    from mesh_client._compat import requests as compat_requests
 
-    # the same request either way: the shortcut, and the public path for a requests whose
-    # CaseInsensitiveDict keeps its items otherwise
-    monkeypatch.setattr(mesh_requests, "_HEADER_STORE", direct and mesh_requests._HEADER_STORE)
+    # the same request either way: the shortcuts, and the public paths for a requests whose
+    # CaseInsensitiveDict keeps its items otherwise and whose PreparedRequest has other fields
+    for probe in ("_HEADER_STORE", "_REQUEST_FIELDS"):
+        monkeypatch.setattr(compat_requests, probe, direct and getattr(compat_requests, probe))
 
     sent: list[requests.PreparedRequest] = []
 
