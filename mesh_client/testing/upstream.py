@@ -16,12 +16,17 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from typing import Final
 from urllib.parse import parse_qsl, urlsplit
 
+from ..envoy import DEFAULT_PREFIX, header_names
 from ..policy import Route
 from .calls import Headers, UpstreamRequest
 from .loopback import LoopbackServer, LoopbackService, QuietHTTPHandler
 from .replies import Reply, reply
+
+#: the header Envoy adds to what it forwards, counting the tries (absent on the HAProxy route)
+_ATTEMPT_COUNT: Final = header_names(DEFAULT_PREFIX).attempt_count
 
 __all__ = ["ScriptedUpstream"]
 
@@ -44,13 +49,13 @@ class _Handler(QuietHTTPHandler):
         spec = upstream._next(
             UpstreamRequest(
                 service=upstream.name,
-                route=Route.ENVOY if "x-envoy-attempt-count" in self.headers else Route.HAPROXY,
+                route=Route.ENVOY if _ATTEMPT_COUNT in self.headers else Route.HAPROXY,
                 method=self.command,
                 path=split.path,
                 query=dict(parse_qsl(split.query)),
                 headers=Headers(self.headers.items()),
                 body=body,
-                attempt=int(self.headers.get("x-envoy-attempt-count") or 1),
+                attempt=int(self.headers.get(_ATTEMPT_COUNT) or 1),
                 received_at=time.monotonic(),
             )
         )
