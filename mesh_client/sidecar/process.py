@@ -196,6 +196,17 @@ def _tcp_ready(addresses: list[Address]) -> Callable[[], bool]:
     return check
 
 
+def _unix_ready(path: Path) -> Callable[[], bool]:
+    def check() -> bool:
+        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(0.5)
+            conn.connect(str(path))
+            return True
+        return False
+
+    return check
+
+
 def start_envoy(
     config: MeshConfig,
     workdir: Path,
@@ -223,7 +234,7 @@ def start_haproxy(
     config: MeshConfig, workdir: Path, *, binary: str | None = None, timeout: float = 15.0
 ) -> SidecarProcess:
     """Render ``config``'s HAProxy config into ``workdir`` and start ``haproxy -db``; ready when
-    every service port accepts connections."""
+    every service port and the stats socket accept connections."""
     binary = binary or haproxy_binary()
     if binary is None:
         raise FileNotFoundError("no HAProxy binary: install it with 'apt-get install -y haproxy'")
@@ -237,7 +248,12 @@ def start_haproxy(
     stats = f"global\n    stats socket {sock} mode 600 level user\n"
     path.write_text(haproxy_config(config).replace("global\n", stats, 1))
     ports = [svc.haproxy for svc in config.services.values()]
-    proc = SidecarProcess("haproxy", [binary, "-db", "-f", str(path)], workdir / "haproxy.log", _tcp_ready(ports))
+    # ready when every service port and the stats socket accept: the socket was seen to come up
+    # after the ports, and a test reading the counters at once found nothing there
+    ports_ready, socket_ready = _tcp_ready(ports), _unix_ready(sock)
+    proc = SidecarProcess(
+        "haproxy", [binary, "-db", "-f", str(path)], workdir / "haproxy.log", lambda: ports_ready() and socket_ready()
+    )
     proc.stats_socket = sock
     return proc.start(timeout)
 
