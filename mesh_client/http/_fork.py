@@ -15,9 +15,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import httpcore
 import httpx
 import requests.adapters
+
+from .._compat import httpx as httpx_compat
 
 log = logging.getLogger("mesh_client.fork")
 
@@ -37,43 +38,14 @@ def forget_adapter_pools(adapters: list[Any]) -> None:
 
 def forget_transport_connections(transport: httpx.BaseTransport | httpx.AsyncBaseTransport) -> None:
     """Make an httpx ``HTTPTransport`` / ``AsyncHTTPTransport`` open new connections instead of
-    the parent's. Other transports (mounted by the caller, ``MockTransport``...) are left as they
-    are."""
+    the parent's (see :func:`mesh_client._compat.httpx.forget_pool_connections`). Other transports
+    (mounted by the caller, ``MockTransport``...) are left as they are."""
     if not isinstance(transport, (httpx.HTTPTransport, httpx.AsyncHTTPTransport)):
         return
-    pool = getattr(transport, "_pool", None)
-    if _forget_pool_connections(pool):
-        return
-    if isinstance(transport, httpx.HTTPTransport):
-        # an httpx/httpcore that keeps its pool otherwise: closing the pool (public) closes its
-        # sockets (nothing is written on them) and leaves it usable for new connections
-        transport.close()
+    if httpx_compat.forget_pool_connections(transport):
         return
     log.warning(
         "mesh_client: cannot drop the connections this forked process inherited in %r (an httpcore "
         "whose pool is kept otherwise); make the async client after the fork",
         transport,
     )
-
-
-def _forget_pool_connections(pool: Any) -> bool:
-    """Empty an httpcore connection pool without its lock (which a thread of the parent may have
-    held at the fork) and give it a new lock; False if it is not kept the way this expects (then
-    nothing was changed).
-
-    The one place that reads httpcore's private pool state (``_connections``, ``_requests``,
-    ``_optional_thread_lock``), checked before it is changed."""
-    if not isinstance(pool, (httpcore.ConnectionPool, httpcore.AsyncConnectionPool)):
-        return False
-    state = vars(pool)
-    lock = state.get("_optional_thread_lock")
-    if not (isinstance(state.get("_connections"), list) and isinstance(state.get("_requests"), list)) or lock is None:
-        return False
-    try:
-        fresh_lock = type(lock)()
-    except TypeError:
-        return False
-    pool._connections = []  # (collected with the pool's old list: their sockets closed, nothing sent)
-    pool._requests = []
-    pool._optional_thread_lock = fresh_lock
-    return True
