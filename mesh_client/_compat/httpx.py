@@ -266,12 +266,20 @@ def _reads_through_instance(response: httpx.Response, timeouts: dict[str, float]
     return body == b"ok" and bool(seen) and stream.read == original
 
 
-#: whether httpcore takes a body's read timeout from the request's ``extensions["timeout"]`` (the
-#: very dictionary httpx was given) when the body starts, not when the request is sent
-_READ_TIMEOUT: bool = _probe_exchange(_takes_read_timeout_late)
-#: whether an HTTP/1 response's ``network_stream`` extension is the object its body is read from,
-#: whose ``read`` (an attribute set on the instance) the body's reads call, until it is deleted
-_NETWORK_STREAM: bool = _probe_exchange(_reads_through_instance)
+def _probe_read_timeout() -> bool:
+    """Whether httpcore takes a body's read timeout from the request's ``extensions["timeout"]``
+    (the very dictionary httpx was given) when the body starts, not when the request is sent."""
+    return _probe_exchange(_takes_read_timeout_late)
+
+
+def _probe_network_stream() -> bool:
+    """Whether an HTTP/1 response's ``network_stream`` extension is the object its body is read
+    from, whose ``read`` (an attribute set on the instance) the body's reads call until deleted."""
+    return _probe_exchange(_reads_through_instance)
+
+
+_READ_TIMEOUT: bool = _probe_read_timeout()
+_NETWORK_STREAM: bool = _probe_network_stream()
 
 
 def set_body_read_timeout(request: httpx.Request, seconds: float) -> None:
