@@ -5,7 +5,10 @@ probed at import, each with a public fallback (see :mod:`mesh_client._compat`)."
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import ssl
+import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -300,21 +303,32 @@ class ReadClock(Protocol):
     def message(self) -> str: ...
 
 
-def bound_each_read(response: httpx.Response, clock: ReadClock) -> Callable[[], None] | None:
-    """Bound each network read of an HTTP/1 response's body by ``clock.left()`` (an
-    ``httpcore.ReadTimeout`` with ``clock.message()`` once it is up); return what lifts the bound
-    (call it before the response is closed), or None when the reads are not bounded: not HTTP/1
-    (an HTTP/2 stream is shared by the connection's responses), or a stream that takes no
-    attribute. Fallback: None (the caller checks the time between chunks).
+def bound_each_read(response: httpx.Response, clock: ReadClock) -> Callable[[], bool] | None:
+    """Bound the network reads of an HTTP/1 response's body by ``clock.left()``; return what lifts
+    the bound (call it, once, before the response is closed: it answers whether the time ran out
+    and the connection was cut), or None when the reads cannot be bounded (not HTTP/1: an HTTP/2
+    connection is shared by its responses; then the caller checks the time between chunks).
 
     httpcore takes one read timeout for a whole body, so a body that trickles and then stops would
     wait that long again after its last byte. Its ``network_stream`` is this connection's alone
-    until the response is closed."""
-    if not _NETWORK_STREAM:
-        return None
+    until the response is closed. Fast path: the stream's ``read`` is replaced (on the instance)
+    by one whose timeout is the time left, raising ``httpcore.ReadTimeout`` with
+    ``clock.message()`` once it is up. Fallback: a timer shuts the connection's socket (the
+    stream's public ``get_extra_info("socket")``) down when the time is up, which ends the read
+    waiting on it; the connection is not used again (a thread per body, on this path only)."""
     stream: Any = response.extensions.get("network_stream")
+    if stream is None or response.extensions.get("http_version") not in (b"HTTP/1.1", b"HTTP/1.0"):
+        return None
+    if _NETWORK_STREAM:
+        lift = _bound_reads(stream, clock)
+        if lift is not None:
+            return lift
+    return _Cutoff.start(stream, clock)
+
+
+def _bound_reads(stream: Any, clock: ReadClock) -> Callable[[], bool] | None:
     read = getattr(stream, "read", None)
-    if read is None or response.extensions.get("http_version") not in (b"HTTP/1.1", b"HTTP/1.0"):
+    if read is None:
         return None
 
     def bounded_read(max_bytes: int, timeout: float | None = None) -> bytes:
@@ -324,14 +338,53 @@ def bound_each_read(response: httpx.Response, clock: ReadClock) -> Callable[[], 
         data: bytes = read(max_bytes, left if timeout is None else min(timeout, left))
         return data
 
-    def lift() -> None:
+    def lift() -> bool:
         del stream.read  # the class's own again
+        return False  # (the time running out raised ReadTimeout)
 
     try:
         stream.read = bounded_read
     except AttributeError:  # (a stream class with __slots__)
         return None
     return lift
+
+
+class _Cutoff:
+    """The fallback of :func:`bound_each_read`: the socket shut down when the time is up, unless
+    the bound was lifted first."""
+
+    __slots__ = ("_cut", "_lifted", "_lock", "_sock", "_timer")
+
+    def __init__(self, sock: socket.socket, seconds: float) -> None:
+        self._sock = sock
+        self._lock = threading.Lock()
+        self._cut = self._lifted = False
+        self._timer = threading.Timer(seconds, self._shut)
+        self._timer.daemon = True
+
+    @classmethod
+    def start(cls, stream: Any, clock: ReadClock) -> Callable[[], bool] | None:
+        info = getattr(stream, "get_extra_info", None)
+        sock = info("socket") if callable(info) else None
+        if not isinstance(sock, socket.socket):
+            return None
+        cutoff = cls(sock, max(clock.left(), 0.0))
+        cutoff._timer.start()
+        return cutoff.lift
+
+    def _shut(self) -> None:
+        with self._lock:
+            if self._lifted:
+                return
+            self._cut = True
+        with contextlib.suppress(OSError):  # (closed already)
+            self._sock.shutdown(socket.SHUT_RDWR)  # a read waiting on it ends: end of stream
+
+    def lift(self) -> bool:
+        self._timer.cancel()
+        with self._lock:
+            self._lifted = True
+            return self._cut
 
 
 # -- a transport's connection pool (a forked child) --------------------------------------------------

@@ -33,27 +33,30 @@ def reads_body(response: httpx.Response) -> bool:
 
 
 def read_body(response: httpx.Response, request: httpx.Request, timer: BodyTimer) -> httpx.Response | Broken:
-    """The response with its body read within ``timer``'s time, each network read bounded by the
-    time left (when it can be: HTTP/1; the time is checked between chunks too), or the outcome
+    """The response with its body read within ``timer``'s time, the network reads bounded by the
+    time left (when they can be: HTTP/1; the time is checked between chunks too), or the outcome
     when the time ran out or the connection broke."""
     _body_begins(request, timer)
     chunks: list[bytes] = []
     stream: httpx.SyncByteStream = response.stream  # type: ignore[assignment]
+    cut = False  # (whether the time ran out and the connection was cut: see bound_each_read)
     try:
         lift = httpx_compat.bound_each_read(response, timer)
         try:
             for chunk in stream:
                 chunks.append(chunk)
                 timer.received += len(chunk)
-                if timer.left() <= 0:  # (when the reads could not be bounded one by one)
+                if timer.left() <= 0:  # (when the reads could not be bounded)
                     response.close()
                     return _body_broken(None, timer, request)
         finally:
             if lift is not None:
-                lift()
+                cut = lift()
     except httpx.TransportError as exc:
         response.close()
-        return _body_broken(exc, timer, request)
+        return _body_broken(None if cut else exc, timer, request)
+    # (a body complete as its connection was cut: the pool drops a connection whose socket reads
+    # as closed before it would use it again)
     stream.close()
     return _body_read(response, chunks)
 
