@@ -430,26 +430,20 @@ _POOL_STATE: bool = _probe_pool_state()
 
 def forget_pool_connections(transport: httpx.HTTPTransport | httpx.AsyncHTTPTransport) -> bool:
     """Make ``transport`` open new connections instead of those its pool holds (a forked child's,
-    inherited from the parent), writing nothing on them; False when that cannot be done.
-
-    Fast path: the pool is emptied without its lock (which a thread of the parent may have held at
-    the fork) and given a new lock; the sockets are closed when the old lists are collected, which
-    writes nothing and leaves the parent's copies open. Fallback (the probe failed, or this pool
-    is kept otherwise): a sync transport is closed (its public ``close()`` closes the sockets,
-    writes nothing, and leaves the pool usable for new connections); an async one cannot be closed
-    without awaiting on the parent's event loop: False."""
+    inherited from the parent), writing nothing on them: the pool is emptied without its lock
+    (which a thread of the parent may have held at the fork) and given a new lock; the sockets are
+    closed when the old lists are collected, which writes nothing and leaves the parent's copies
+    open. False when the probe failed or this pool is kept otherwise: then nothing was changed,
+    and the caller takes a public way (:func:`mesh_client.http._fork.forget_transport_connections`:
+    a new transport, or the sync one closed)."""
     pool = _pool_of(transport) if _POOL_STATE else None
-    if pool is not None:
-        try:
-            fresh_lock = type(pool._optional_thread_lock)()
-        except TypeError:  # (a lock its type cannot make anew: the fallback)
-            fresh_lock = None
-        if fresh_lock is not None:
-            pool._connections = []  # (collected with the pool's old list: their sockets closed, nothing sent)
-            pool._requests = []
-            pool._optional_thread_lock = fresh_lock
-            return True
-    if isinstance(transport, httpx.HTTPTransport):
-        transport.close()
-        return True
-    return False
+    if pool is None:
+        return False
+    try:
+        fresh_lock = type(pool._optional_thread_lock)()
+    except TypeError:  # (a lock its type cannot make anew)
+        return False
+    pool._connections = []  # (collected with the pool's old list: their sockets closed, nothing sent)
+    pool._requests = []
+    pool._optional_thread_lock = fresh_lock
+    return True

@@ -13,7 +13,8 @@ must not touch (its epoll set is shared with the parent's).
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import httpx
 import requests.adapters
@@ -23,6 +24,8 @@ from .._compat import httpx as httpx_compat
 log = logging.getLogger("mesh_client.fork")
 
 __all__ = ["forget_adapter_pools", "forget_transport_connections"]
+
+_T = TypeVar("_T", httpx.BaseTransport, httpx.AsyncBaseTransport)
 
 
 def forget_adapter_pools(adapters: list[Any]) -> None:
@@ -36,16 +39,30 @@ def forget_adapter_pools(adapters: list[Any]) -> None:
             adapter.__setstate__(adapter.__getstate__())  # type: ignore[attr-defined]
 
 
-def forget_transport_connections(transport: httpx.BaseTransport | httpx.AsyncBaseTransport) -> None:
+def forget_transport_connections(transport: _T, remake: Callable[[], _T] | None = None) -> _T:
     """Make an httpx ``HTTPTransport`` / ``AsyncHTTPTransport`` open new connections instead of
-    the parent's (see :func:`mesh_client._compat.httpx.forget_pool_connections`). Other transports
-    (mounted by the caller, ``MockTransport``...) are left as they are."""
+    the parent's; return the transport to use from now on. Other transports (mounted by the
+    caller, ``MockTransport``...) are left as they are.
+
+    Its pool is emptied in place (:func:`mesh_client._compat.httpx.forget_pool_connections`).
+    When that cannot be done, the public ways: a new transport from ``remake`` (which makes one
+    like it: a mesh transport has it when it made its transport itself), the old one left to be
+    collected, which closes its sockets and writes nothing; else a sync transport's ``close()``
+    (which closes them too, but takes the pool's lock: a thread of the parent that held it at the
+    fork would leave the child waiting), and for an async one a warning (closing it would await on
+    the parent's event loop)."""
     if not isinstance(transport, (httpx.HTTPTransport, httpx.AsyncHTTPTransport)):
-        return
+        return transport
     if httpx_compat.forget_pool_connections(transport):
-        return
+        return transport
+    if remake is not None:
+        return remake()
+    if isinstance(transport, httpx.HTTPTransport):
+        transport.close()
+        return transport
     log.warning(
         "mesh_client: cannot drop the connections this forked process inherited in %r (an httpcore "
         "whose pool is kept otherwise); make the async client after the fork",
         transport,
     )
+    return transport

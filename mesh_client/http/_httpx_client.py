@@ -91,7 +91,7 @@ def client_kwargs(mesh: CallStarter, kwargs: dict[str, Any], *, asynchronous: bo
     inner_cls: Any = httpx.AsyncHTTPTransport if asynchronous else httpx.HTTPTransport
     settings = {k: kwargs[k] for k in _TRANSPORT_KWARGS if k in kwargs}
     mesh_cls: Any = AsyncMeshTransport if asynchronous else MeshTransport
-    transport = mesh_cls(mesh, inner if inner is not None else inner_cls(**settings))
+    transport = mesh_cls(mesh, inner) if inner is not None else mesh_cls(mesh, **settings)
     mounts = client_mounts(
         mesh,
         transport,

@@ -87,8 +87,10 @@ class MeshTransport(_MeshTransportMixin, ForwardsContext, httpx.BaseTransport):
 
     def __init__(self, mesh: CallStarter, transport: httpx.BaseTransport | None = None, **kwargs: Any) -> None:
         self.mesh = mesh
+        #: makes a transport like the one made here (none when the caller gave it; see _after_fork)
+        self._remake = None if transport is not None else functools.partial(httpx.HTTPTransport, **kwargs)
         self.transport = transport if transport is not None else httpx.HTTPTransport(**kwargs)
-        reset_in_child(self, _after_fork)
+        reset_in_child(self, MeshTransport._after_fork)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         run = self._start(request)
@@ -127,14 +129,22 @@ class MeshTransport(_MeshTransportMixin, ForwardsContext, httpx.BaseTransport):
     def _forward_to(self) -> httpx.BaseTransport:
         return self.transport  # (entered, exited and closed with this one)
 
+    def _after_fork(self) -> None:
+        """In a forked child (see :mod:`mesh_client.fork`): the wrapped transport (which carries
+        the mesh calls and every other request not mounted elsewhere) opens connections of its
+        own (or, when its pool cannot be emptied, is replaced by one made the same way)."""
+        self.transport = forget_transport_connections(self.transport, self._remake)
+
 
 class AsyncMeshTransport(_MeshTransportMixin, ForwardsAsyncContext, httpx.AsyncBaseTransport):
     """An ``httpx.AsyncBaseTransport`` routing registered services through the mesh."""
 
     def __init__(self, mesh: CallStarter, transport: httpx.AsyncBaseTransport | None = None, **kwargs: Any) -> None:
         self.mesh = mesh
+        #: makes a transport like the one made here (none when the caller gave it; see _after_fork)
+        self._remake = None if transport is not None else functools.partial(httpx.AsyncHTTPTransport, **kwargs)
         self.transport = transport if transport is not None else httpx.AsyncHTTPTransport(**kwargs)
-        reset_in_child(self, _after_fork)
+        reset_in_child(self, AsyncMeshTransport._after_fork)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         run = self._start(request)
@@ -186,6 +196,10 @@ class AsyncMeshTransport(_MeshTransportMixin, ForwardsAsyncContext, httpx.AsyncB
     def _forward_to(self) -> httpx.AsyncBaseTransport:
         return self.transport  # (entered, exited and closed with this one)
 
+    def _after_fork(self) -> None:
+        """As :meth:`MeshTransport._after_fork`."""
+        self.transport = forget_transport_connections(self.transport, self._remake)
+
 
 def _whole(handle: Any, request: httpx.Request) -> httpx.Response:
     """``handle(request)`` with the body read within the call's time (for a shadow copy)."""
@@ -211,12 +225,6 @@ def _answer_of() -> Any:
 
 def _target(request: httpx.Request) -> str:
     return request.url.raw_path.decode("ascii", "replace")
-
-
-def _after_fork(transport: MeshTransport | AsyncMeshTransport) -> None:
-    """In a forked child (see :mod:`mesh_client.fork`): the wrapped transport (which carries the
-    mesh calls and every other request not mounted elsewhere) opens connections of its own."""
-    forget_transport_connections(transport.transport)
 
 
 def _reraise(exc: BaseException) -> Broken:

@@ -8,12 +8,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
 import requests
 from requests.adapters import BaseAdapter, HTTPAdapter
 
+from mesh_client import Mesh
 from mesh_client.http._fork import forget_adapter_pools, forget_transport_connections
 from mesh_client.testing import Backend
 
@@ -122,3 +124,45 @@ def test_transports_that_are_not_httpx_pools_are_left_alone() -> None:
     mock = httpx.MockTransport(lambda request: httpx.Response(200))
     forget_transport_connections(mock)
     assert httpx.Client(transport=mock).get("http://x/").status_code == 200
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("cls", [httpx.HTTPTransport, httpx.AsyncHTTPTransport])
+def test_a_transport_that_can_be_made_again_is_replaced_on_the_fallback(
+    monkeypatch: pytest.MonkeyPatch, path: str, cls: type[httpx.HTTPTransport | httpx.AsyncHTTPTransport]
+) -> None:
+    """The fallback when a new transport can be made like it (a mesh transport made its own): the
+    new one is used and the old one left as it was, to be collected (its lock never taken)."""
+    probed = use_path(monkeypatch, "pool state", path)
+    transport = cls()
+    made: list[Any] = []
+
+    def remake() -> Any:
+        made.append(cls())
+        return made[-1]
+
+    assert forget_transport_connections(transport, remake) is (transport if probed else made[0])
+    assert len(made) == (0 if probed else 1)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_mesh_transport_in_a_child_uses_a_transport_with_no_inherited_connection(
+    monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """What a mesh transport does after a fork: probed, its own transport emptied; the fallback, a
+    new one made with the same settings (when it made its transport itself)."""
+    probed = use_path(monkeypatch, "pool state", path)
+    registry = {
+        "mesh": {"caller": "me", "envoy_http": "127.0.0.1:9001"},
+        "services": {"users": {"haproxy": "127.0.0.1:20001"}},
+    }
+    with Mesh.from_dict(registry) as mesh:
+        for transport in (mesh.httpx_transport(retries=1), mesh.httpx_async_transport(retries=1)):
+            inner = transport.transport
+            transport._after_fork()
+            assert (transport.transport is inner) == probed
+            assert type(transport.transport) is type(inner)
+        given = httpx.AsyncHTTPTransport()
+        transport = mesh.httpx_async_transport(given)
+        transport._after_fork()
+        assert transport.transport is given  # (the caller's: emptied, or left with a warning)
