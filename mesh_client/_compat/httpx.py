@@ -92,7 +92,7 @@ def _probe_request_state() -> bool:
             return False
         before = (request.url, request.headers.raw, request.extensions)
         url, headers = httpx.URL("http://b:1/x"), httpx.Headers({"C": "d"})
-        copy = _copied(request, url, headers, {"k": 2})
+        copy = copy_request(request, headers, url, {"k": 2})
         shown = (copy.method, copy.url, copy.headers, copy.extensions, copy.content, copy.stream)
         return shown == ("POST", url, headers, {"k": 2}, b"body", request.stream) and before == (
             request.url,
@@ -103,27 +103,9 @@ def _probe_request_state() -> bool:
         return False
 
 
-def _copied(
-    request: httpx.Request, url: httpx.URL | None, headers: httpx.Headers, extensions: dict[str, Any] | None
-) -> httpx.Request:
-    state = dict(request.__dict__)
-    state["headers"] = headers
-    if url is not None:
-        state["url"] = url
-    if extensions is not None:
-        state["extensions"] = extensions
-    copy = httpx.Request.__new__(httpx.Request)
-    copy.__dict__ = state
-    return copy
-
-
-_REQUEST_STATE: bool = _probe_request_state()
-
-
 def copy_request(
     request: httpx.Request,
     headers: httpx.Headers,
-    *,
     url: httpx.URL | None = None,
     extensions: dict[str, Any] | None = None,
 ) -> httpx.Request:
@@ -132,7 +114,15 @@ def copy_request(
     ``httpx.Request``, not a subclass): its instance state copied. Fallback: ``httpx.Request``'s
     constructor (the body's stream passed on, and read again when the caller's was read)."""
     if _REQUEST_STATE and type(request) is httpx.Request:
-        return _copied(request, url, headers, extensions)
+        state = dict(request.__dict__)
+        state["headers"] = headers
+        if url is not None:
+            state["url"] = url
+        if extensions is not None:
+            state["extensions"] = extensions
+        copy = httpx.Request.__new__(httpx.Request)
+        copy.__dict__ = state
+        return copy
     copy = httpx.Request(
         request.method,
         request.url if url is None else url,
@@ -146,6 +136,11 @@ def copy_request(
         return copy
     copy.read()  # (an in-memory stream once read)
     return copy
+
+
+#: (true while the probe runs: it checks copy_request's own fast path)
+_REQUEST_STATE: bool = True
+_REQUEST_STATE = _probe_request_state()
 
 
 # -- httpx's environment-proxy reader --------------------------------------------------------------

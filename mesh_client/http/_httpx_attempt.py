@@ -63,9 +63,7 @@ def attempt_request(request: httpx.Request, attempt: Attempt) -> httpx.Request:
     t = attempt.timeout
     extensions = {**request.extensions, "timeout": {"connect": t, "read": t, "write": t, "pool": t}}
     headers = httpx_compat.headers_of(_attempt_header_items(httpx_compat.header_items(request.headers), attempt))
-    return httpx_compat.copy_request(
-        request, headers, url=_proxy_url(request.url, attempt.address), extensions=extensions
-    )
+    return httpx_compat.copy_request(request, headers, _proxy_url(request.url, attempt.address), extensions)
 
 
 def over_wire(
