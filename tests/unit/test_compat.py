@@ -12,7 +12,6 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import httpcore
 import httpx
 import pytest
 
@@ -152,9 +151,7 @@ def test_the_environment_proxies_are_the_same_on_both_paths(monkeypatch: pytest.
 def _recorded_exchange() -> tuple[httpx.Response, httpx.Request, Any]:
     """A response (its 2-byte body not read yet) from an httpx transport over a recorded stream,
     its request (whose read timeout is 1 s) and the stream (see the probes)."""
-    stream = httpx_compat._RecordedStream()
-    transport = httpx.HTTPTransport()
-    transport._pool = httpcore.ConnectionPool(network_backend=httpx_compat._OneStream(stream))
+    transport, stream = httpx_compat._recorded_transport()
     timeouts = {"connect": 1.0, "read": 1.0, "write": 1.0, "pool": 1.0}
     request = httpx.Request("GET", "http://127.0.0.1:1/", extensions={"timeout": timeouts})
     return transport.handle_request(request), request, stream
