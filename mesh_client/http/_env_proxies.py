@@ -4,9 +4,9 @@
 
 httpx reads them only when a client is given no ``transport``; a client from
 ``mesh.httpx_client()`` always has one (the mesh transport), so it mounts them itself. httpx's own
-reader is private (``httpx._utils.get_environment_proxies``): it is used behind
-:func:`environment_proxies` alone, with :func:`parse_environment_proxies` (the same rules, written
-here) when it is missing or answers otherwise than expected.
+reader is private (``httpx._utils.get_environment_proxies``): it is used through
+:mod:`mesh_client._compat.httpx` alone, with :func:`parse_environment_proxies` (the same rules,
+written here) when it is missing or answers otherwise than expected.
 """
 
 from __future__ import annotations
@@ -14,32 +14,18 @@ from __future__ import annotations
 import ipaddress
 import urllib.request
 from collections.abc import Callable, Mapping
-from typing import Any
+
+from .._compat import httpx as httpx_compat
 
 __all__ = ["environment_proxies", "parse_environment_proxies"]
 
 
-def _httpx_reader() -> Callable[[], Any] | None:
-    try:
-        from httpx._utils import get_environment_proxies
-    except ImportError:
-        return None
-    return get_environment_proxies if callable(get_environment_proxies) else None
-
-
-def environment_proxies(reader: Callable[[], Any] | None = None) -> dict[str, str | None]:
-    """The environment's proxy mounts as httpx makes them (``reader``: httpx's own by default)."""
-    read = reader if reader is not None else _httpx_reader()
-    if read is not None:
-        try:
-            found = read()
-        except Exception:  # a changed private function: the rules written here
-            found = None
-        if isinstance(found, dict) and all(
-            isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in found.items()
-        ):
-            return dict(found)
-    return parse_environment_proxies()
+def environment_proxies(reader: Callable[[], object] | None = None) -> dict[str, str | None]:
+    """The environment's proxy mounts as httpx makes them: by ``reader`` (httpx's own by default,
+    see :func:`mesh_client._compat.httpx.environment_proxies`), or by the rules written here when
+    it is missing or answers otherwise than expected."""
+    found = httpx_compat.environment_proxies(reader)
+    return found if found is not None else parse_environment_proxies()
 
 
 def parse_environment_proxies(proxies: Mapping[str, str] | None = None) -> dict[str, str | None]:

@@ -13,15 +13,19 @@ must not touch (its epoll set is shared with the parent's).
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-import httpcore
 import httpx
 import requests.adapters
+
+from .._compat import httpx as httpx_compat
 
 log = logging.getLogger("mesh_client.fork")
 
 __all__ = ["forget_adapter_pools", "forget_transport_connections"]
+
+_T = TypeVar("_T", httpx.BaseTransport, httpx.AsyncBaseTransport)
 
 
 def forget_adapter_pools(adapters: list[Any]) -> None:
@@ -35,45 +39,30 @@ def forget_adapter_pools(adapters: list[Any]) -> None:
             adapter.__setstate__(adapter.__getstate__())  # type: ignore[attr-defined]
 
 
-def forget_transport_connections(transport: httpx.BaseTransport | httpx.AsyncBaseTransport) -> None:
+def forget_transport_connections(transport: _T, remake: Callable[[], _T] | None = None) -> _T:
     """Make an httpx ``HTTPTransport`` / ``AsyncHTTPTransport`` open new connections instead of
-    the parent's. Other transports (mounted by the caller, ``MockTransport``...) are left as they
-    are."""
+    the parent's; return the transport to use from now on. Other transports (mounted by the
+    caller, ``MockTransport``...) are left as they are.
+
+    Its pool is emptied in place (:func:`mesh_client._compat.httpx.forget_pool_connections`).
+    When that cannot be done, the public ways: a new transport from ``remake`` (which makes one
+    like it: a mesh transport has it when it made its transport itself), the old one left to be
+    collected, which closes its sockets and writes nothing; else a sync transport's ``close()``
+    (which closes them too, but takes the pool's lock: a thread of the parent that held it at the
+    fork would leave the child waiting), and for an async one a warning (closing it would await on
+    the parent's event loop)."""
     if not isinstance(transport, (httpx.HTTPTransport, httpx.AsyncHTTPTransport)):
-        return
-    pool = getattr(transport, "_pool", None)
-    if _forget_pool_connections(pool):
-        return
+        return transport
+    if httpx_compat.forget_pool_connections(transport):
+        return transport
+    if remake is not None:
+        return remake()
     if isinstance(transport, httpx.HTTPTransport):
-        # an httpx/httpcore that keeps its pool otherwise: closing the pool (public) closes its
-        # sockets (nothing is written on them) and leaves it usable for new connections
         transport.close()
-        return
+        return transport
     log.warning(
         "mesh_client: cannot drop the connections this forked process inherited in %r (an httpcore "
         "whose pool is kept otherwise); make the async client after the fork",
         transport,
     )
-
-
-def _forget_pool_connections(pool: Any) -> bool:
-    """Empty an httpcore connection pool without its lock (which a thread of the parent may have
-    held at the fork) and give it a new lock; False if it is not kept the way this expects (then
-    nothing was changed).
-
-    The one place that reads httpcore's private pool state (``_connections``, ``_requests``,
-    ``_optional_thread_lock``), checked before it is changed."""
-    if not isinstance(pool, (httpcore.ConnectionPool, httpcore.AsyncConnectionPool)):
-        return False
-    state = vars(pool)
-    lock = state.get("_optional_thread_lock")
-    if not (isinstance(state.get("_connections"), list) and isinstance(state.get("_requests"), list)) or lock is None:
-        return False
-    try:
-        fresh_lock = type(lock)()
-    except TypeError:
-        return False
-    pool._connections = []  # (collected with the pool's old list: their sockets closed, nothing sent)
-    pool._requests = []
-    pool._optional_thread_lock = fresh_lock
-    return True
+    return transport

@@ -19,9 +19,12 @@ from typing import Any, Final
 
 import httpx
 
+from .._compat import httpx as httpx_compat
 from ..wrapping import CallStarter
+from ._httpx_attempt import SENT_KEY
+from ._httpx_body import WHOLE_BODY
 from ._mounts import AsyncMeshFirst, MeshFirst, client_mounts
-from .httpx import _REQUEST_STATE, _WHOLE_BODY, SENT_KEY, AsyncMeshTransport, MeshTransport
+from .httpx import AsyncMeshTransport, MeshTransport
 
 __all__ = ["build_async_client", "build_client", "client_kwargs"]
 
@@ -31,15 +34,7 @@ _TRANSPORT_KWARGS: Final = ("verify", "cert", "trust_env", "http1", "http2", "li
 
 def _as_sent(sent: httpx.Request, caller: httpx.Request) -> httpx.Request:
     """The caller's request (URL, body, extensions) with the headers ``sent`` went out with."""
-    if _REQUEST_STATE and type(caller) is httpx.Request:
-        shown = httpx.Request.__new__(httpx.Request)
-        shown.__dict__ = {**caller.__dict__, "headers": sent.headers}
-        return shown
-    try:  # (an httpx that keeps a request's state otherwise, or a subclass of Request)
-        content: dict[str, Any] = {"content": caller.content}
-    except httpx.RequestNotRead:
-        content = {"stream": caller.stream}
-    return httpx.Request(caller.method, caller.url, headers=sent.headers, extensions=caller.extensions, **content)
+    return httpx_compat.copy_request(caller, sent.headers)
 
 
 def _show_sent(response: httpx.Response) -> None:
@@ -53,11 +48,11 @@ class _Client(httpx.Client):
     """The client of ``mesh.httpx_client()`` (see the module docs)."""
 
     def send(self, request: httpx.Request, *, stream: bool = False, **kwargs: Any) -> httpx.Response:
-        token = _WHOLE_BODY.set(not stream)
+        token = WHOLE_BODY.set(not stream)
         try:
             response = super().send(request, stream=stream, **kwargs)
         finally:
-            _WHOLE_BODY.reset(token)
+            WHOLE_BODY.reset(token)
         _show_sent(response)
         return response
 
@@ -66,11 +61,11 @@ class _AsyncClient(httpx.AsyncClient):
     """The asyncio twin of :class:`_Client`."""
 
     async def send(self, request: httpx.Request, *, stream: bool = False, **kwargs: Any) -> httpx.Response:
-        token = _WHOLE_BODY.set(not stream)
+        token = WHOLE_BODY.set(not stream)
         try:
             response = await super().send(request, stream=stream, **kwargs)
         finally:
-            _WHOLE_BODY.reset(token)
+            WHOLE_BODY.reset(token)
         _show_sent(response)
         return response
 
@@ -96,7 +91,7 @@ def client_kwargs(mesh: CallStarter, kwargs: dict[str, Any], *, asynchronous: bo
     inner_cls: Any = httpx.AsyncHTTPTransport if asynchronous else httpx.HTTPTransport
     settings = {k: kwargs[k] for k in _TRANSPORT_KWARGS if k in kwargs}
     mesh_cls: Any = AsyncMeshTransport if asynchronous else MeshTransport
-    transport = mesh_cls(mesh, inner if inner is not None else inner_cls(**settings))
+    transport = mesh_cls(mesh, inner) if inner is not None else mesh_cls(mesh, **settings)
     mounts = client_mounts(
         mesh,
         transport,

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from mesh_client import Mesh
-from mesh_client.http import _env_proxies
+from mesh_client._compat import httpx as httpx_compat
 from mesh_client.http._env_proxies import environment_proxies, parse_environment_proxies
 from mesh_client.testing import Backend, FakeMesh, reply
 
@@ -219,7 +219,7 @@ def test_a_changed_httpx_reader_falls_back_to_the_rules_written_here(
     monkeypatch.setenv("HTTP_PROXY", "http://p:1")
     monkeypatch.setenv("NO_PROXY", "example.com")
     if reader is None:
-        monkeypatch.setattr(_env_proxies, "_httpx_reader", lambda: None)
+        monkeypatch.setattr(httpx_compat, "_PROXY_READER", None)
     assert environment_proxies(reader) == {"http://": "http://p:1", "all://*example.com": None}
 
 

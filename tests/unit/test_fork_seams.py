@@ -8,14 +8,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
 import requests
 from requests.adapters import BaseAdapter, HTTPAdapter
 
+from mesh_client import Mesh
 from mesh_client.http._fork import forget_adapter_pools, forget_transport_connections
 from mesh_client.testing import Backend
+
+from .compat_seams import PATHS, use_path
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +46,13 @@ def test_a_requests_adapter_gets_new_pools_with_its_settings(url: str) -> None:
     assert len(old.pools) == 1  # the parent's pool object, as it was: never used again here
 
 
-def test_an_httpx_transport_forgets_its_connections_and_makes_new_ones(url: str) -> None:
+@pytest.mark.parametrize("path", PATHS)
+def test_an_httpx_transport_forgets_its_connections_and_makes_new_ones(
+    url: str, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """Probed: the pool is emptied and the inherited connection left as it was (the parent's to
+    use). The fallback: the transport is closed (httpcore's public close(), which writes nothing)."""
+    probed = use_path(monkeypatch, "pool state", path)
     transport = httpx.HTTPTransport()
     with httpx.Client(transport=transport) as client:
         assert client.get(url).status_code == 200
@@ -53,10 +63,17 @@ def test_an_httpx_transport_forgets_its_connections_and_makes_new_ones(url: str)
         assert client.get(url).status_code == 200
         assert len(pool.connections) == 1
         assert pool.connections[0] is not inherited
-        assert not inherited.is_closed()  # (nothing was done to it: the parent's to use)
+        assert inherited.is_closed() != probed  # (probed: nothing was done to it)
 
 
-def test_an_httpx_async_transport_forgets_its_connections_without_awaiting(url: str) -> None:
+@pytest.mark.parametrize("path", PATHS)
+def test_an_httpx_async_transport_forgets_its_connections_without_awaiting(
+    url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, path: str
+) -> None:
+    """Probed: the pool is emptied without its loop. The fallback: an async pool cannot be closed
+    without awaiting on the parent's loop, so it is left as it was and a warning says so."""
+    probed = use_path(monkeypatch, "pool state", path)
+    caplog.set_level(logging.WARNING, logger="mesh_client.fork")
     transport = httpx.AsyncHTTPTransport()
 
     async def call() -> int:
@@ -69,8 +86,11 @@ def test_an_httpx_async_transport_forgets_its_connections_without_awaiting(url: 
         assert loop.run_until_complete(client.get(url)).status_code == 200
         assert len(transport._pool.connections) == 1
         forget_transport_connections(transport)  # (no loop runs here)
-        assert transport._pool.connections == []
+        assert len(transport._pool.connections) == (0 if probed else 1)
+        assert bool(caplog.records) != probed
     finally:
+        if not probed:
+            loop.run_until_complete(transport.aclose())  # (this test's own loop: it may be awaited here)
         loop.close()
     assert asyncio.run(call()) == 200  # a new loop, a new connection
 
@@ -104,3 +124,45 @@ def test_transports_that_are_not_httpx_pools_are_left_alone() -> None:
     mock = httpx.MockTransport(lambda request: httpx.Response(200))
     forget_transport_connections(mock)
     assert httpx.Client(transport=mock).get("http://x/").status_code == 200
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("cls", [httpx.HTTPTransport, httpx.AsyncHTTPTransport])
+def test_a_transport_that_can_be_made_again_is_replaced_on_the_fallback(
+    monkeypatch: pytest.MonkeyPatch, path: str, cls: type[httpx.HTTPTransport | httpx.AsyncHTTPTransport]
+) -> None:
+    """The fallback when a new transport can be made like it (a mesh transport made its own): the
+    new one is used and the old one left as it was, to be collected (its lock never taken)."""
+    probed = use_path(monkeypatch, "pool state", path)
+    transport = cls()
+    made: list[Any] = []
+
+    def remake() -> Any:
+        made.append(cls())
+        return made[-1]
+
+    assert forget_transport_connections(transport, remake) is (transport if probed else made[0])
+    assert len(made) == (0 if probed else 1)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_mesh_transport_in_a_child_uses_a_transport_with_no_inherited_connection(
+    monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """What a mesh transport does after a fork: probed, its own transport emptied; the fallback, a
+    new one made with the same settings (when it made its transport itself)."""
+    probed = use_path(monkeypatch, "pool state", path)
+    registry = {
+        "mesh": {"caller": "me", "envoy_http": "127.0.0.1:9001"},
+        "services": {"users": {"haproxy": "127.0.0.1:20001"}},
+    }
+    with Mesh.from_dict(registry) as mesh:
+        for transport in (mesh.httpx_transport(retries=1), mesh.httpx_async_transport(retries=1)):
+            inner = transport.transport
+            transport._after_fork()
+            assert (transport.transport is inner) == probed
+            assert type(transport.transport) is type(inner)
+        given = httpx.AsyncHTTPTransport()
+        transport = mesh.httpx_async_transport(given)
+        transport._after_fork()
+        assert transport.transport is given  # (the caller's: emptied, or left with a warning)

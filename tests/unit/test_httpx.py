@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from mesh_client import Mesh, call_info
-from mesh_client.http.httpx import _header_dict
+from mesh_client.http._httpx_attempt import header_dict
 
 # -- the client's cached URL parsing --------------------------------------------------------------
 
@@ -119,7 +119,7 @@ def test_httpx_attempts_are_the_same_from_a_request_or_a_subclass(plain_mesh: Me
 )
 def test_response_header_dict_answers_as_httpx(raw: list[tuple[str, str]]) -> None:
     headers = httpx.Headers(raw)
-    found = _header_dict(headers)
+    found = header_dict(headers)
     for name in {n.lower() for n, _ in raw}:
         assert found[name] == headers.get(name)  # repeated names joined with ", ", as httpx joins them
     assert len(found) == len({n.lower() for n, _ in raw})
@@ -133,13 +133,13 @@ def test_an_asyncio_task_gets_the_timer_deadline_and_other_callers_anyio() -> No
 
     import sniffio
 
-    from mesh_client.http import httpx as mesh_httpx
+    from mesh_client.http import _async_deadline
 
     async def inside() -> tuple[str, str]:
-        ours = type(mesh_httpx._attempt_deadline(1.0)).__name__
+        ours = type(_async_deadline.attempt_deadline(1.0)).__name__
         token = sniffio.current_async_library_cvar.set("trio")  # a library on top of asyncio says so
         try:
-            declared = type(mesh_httpx._attempt_deadline(1.0)).__name__
+            declared = type(_async_deadline.attempt_deadline(1.0)).__name__
         finally:
             sniffio.current_async_library_cvar.reset(token)
         return ours, declared
@@ -147,20 +147,20 @@ def test_an_asyncio_task_gets_the_timer_deadline_and_other_callers_anyio() -> No
     ours, declared = asyncio.run(inside())
     assert ours == "_AsyncioDeadline"
     assert declared != "_AsyncioDeadline"
-    assert type(mesh_httpx._attempt_deadline(1.0)).__name__ != "_AsyncioDeadline"  # no loop running here
+    assert type(_async_deadline.attempt_deadline(1.0)).__name__ != "_AsyncioDeadline"  # no loop running here
 
 
 def test_the_timer_deadline_times_out_but_leaves_other_cancellations_alone() -> None:
     import asyncio
 
-    from mesh_client.http import httpx as mesh_httpx
+    from mesh_client.http import _async_deadline
 
     async def late() -> None:
-        with mesh_httpx._attempt_deadline(0.01):
+        with _async_deadline.attempt_deadline(0.01):
             await asyncio.Event().wait()  # never set
 
     async def in_time() -> str:
-        with mesh_httpx._attempt_deadline(5.0):
+        with _async_deadline.attempt_deadline(5.0):
             await asyncio.sleep(0)
         return "done"
 
@@ -168,7 +168,7 @@ def test_the_timer_deadline_times_out_but_leaves_other_cancellations_alone() -> 
         started = asyncio.Event()
 
         async def victim() -> None:
-            with mesh_httpx._attempt_deadline(5.0):
+            with _async_deadline.attempt_deadline(5.0):
                 started.set()
                 await asyncio.Event().wait()
 

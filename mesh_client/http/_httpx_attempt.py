@@ -1,0 +1,159 @@
+"""One attempt of an httpx mesh call, as both transports make it: the request it sends (to the
+proxy's address, with the headers the core says), its outcome over an installed wire, and the
+answer's headers and errors as the core reads them.
+
+The caller's headers are passed on as the bytes they are (httpx's own item list, see
+:mod:`mesh_client._compat.httpx`), the attempt's URL is remembered per (caller's URL, proxy
+address), and a response's headers are read into a dictionary once for the core's lookups.
+"""
+
+from __future__ import annotations
+
+import http.client
+from typing import Final
+
+import httpx
+
+from .._cache import BoundedCache
+from .._compat import httpx as httpx_compat
+from ..core import CallRun
+from ..errors import MeshTimeoutError, MeshTransportError
+from ..registry import Address
+from ..steps import Attempt, Broken, Failure, Responded
+from ..wire import Wire, WireFailure, WireRequest
+from ._headers import kept_names, learn
+
+__all__ = [
+    "SENT_KEY",
+    "attempt_request",
+    "failure",
+    "header_dict",
+    "native_error",
+    "over_wire",
+]
+
+#: ``response.extensions[SENT_KEY]``: the request the answering attempt sent (to the proxy, with the
+#: headers as sent), until a client from the mesh shows it as ``response.request`` (see
+#: :mod:`mesh_client.http._httpx_client`)
+SENT_KEY: Final = "mesh_client.sent"
+
+
+def native_error(error: type[MeshTransportError], message: str, *, request: httpx.Request) -> httpx.TransportError:
+    """The httpx exception for a failure the core decided (no exception was caught)."""
+    native = httpx.TimeoutException if issubclass(error, MeshTimeoutError) else httpx.ConnectError
+    return native(message, request=request)
+
+
+def failure(exc: httpx.TransportError) -> Broken | None:
+    """Classify an httpx transport error; None for errors that are not network failures."""
+    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
+        return Broken(Failure.CONNECT, exc, str(exc) or type(exc).__name__)
+    if isinstance(exc, httpx.TimeoutException):  # read, write and pool timeouts
+        # (its message too: a mocking library's "no response" is a timeout exception)
+        return Broken(Failure.TIMEOUT, exc, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+    if isinstance(exc, (httpx.NetworkError, httpx.RemoteProtocolError)):
+        return Broken(Failure.RESET, exc, str(exc) or type(exc).__name__)
+    return None
+
+
+def attempt_request(request: httpx.Request, attempt: Attempt) -> httpx.Request:
+    """The request ``attempt`` sends: the caller's (its method, body and extensions) to the proxy's
+    address, with the caller's headers that may go out and then the core's, and the attempt's
+    time as every httpx timeout."""
+    t = attempt.timeout
+    extensions = {**request.extensions, "timeout": {"connect": t, "read": t, "write": t, "pool": t}}
+    headers = httpx_compat.headers_of(_attempt_header_items(httpx_compat.header_items(request.headers), attempt))
+    return httpx_compat.copy_request(request, headers, _proxy_url(request.url, attempt.address), extensions)
+
+
+def over_wire(
+    wire: Wire, run: CallRun[httpx.Response], attempt: Attempt, request: httpx.Request
+) -> Responded[httpx.Response] | Broken:
+    """One attempt over an installed :class:`~mesh_client.wire.Wire` (a fake mesh); the request's
+    body has been read."""
+    sent = WireRequest.of(
+        attempt,
+        header_prefix=run.mesh.header_prefix,
+        service=run.service.name,
+        method=request.method,
+        target=request.url.raw_path.decode("ascii"),
+        headers=tuple(request.headers.multi_items()),
+        body=request.content,
+    )
+    reply = wire.exchange(sent)
+    if isinstance(reply, WireFailure):
+        return Broken(reply.kind, _WIRE_ERRORS[reply.kind](reply.message, request=request), reply.message)
+    reason = reply.reason or http.client.responses.get(reply.status, "")
+    response = httpx.Response(
+        reply.status,
+        headers=list(reply.headers),
+        content=reply.body,
+        request=request,
+        extensions={
+            "reason_phrase": reason.encode("ascii", "replace"),
+            "http_version": b"HTTP/1.1",
+            SENT_KEY: request,
+        },
+    )
+    return Responded(response, response.status_code, response.headers, response.content)
+
+
+#: the httpx exception for each way an attempt can fail over a wire
+_WIRE_ERRORS: Final = {
+    Failure.CONNECT: httpx.ConnectError,
+    Failure.TIMEOUT: httpx.ReadTimeout,
+    Failure.RESET: httpx.RemoteProtocolError,
+}
+
+
+def header_dict(headers: httpx.Headers) -> dict[str, str]:
+    """A response's headers as the core reads them (it looks up lower-case names only, five times
+    per Envoy response): httpx's ``Headers.get`` lower-cases, encodes and scans the whole list on
+    every lookup; a dictionary made once answers each in one step. Repeated headers are joined
+    with ", ", as httpx joins them; values are read as latin-1 text (the core reads numbers and
+    tokens, which are ASCII; the response the caller gets is untouched)."""
+    items = httpx_compat.header_items(headers)
+    found = {lower.decode("latin-1"): value.decode("latin-1") for _, lower, value in items}
+    if len(found) == len(items):  # no name repeated (the usual response)
+        return found
+    joined: dict[str, str] = {}
+    for name, value in headers.multi_items():  # (names lower-cased)
+        joined[name] = f"{joined[name]}, {value}" if name in joined else value
+    return joined
+
+
+#: (the caller's URL, a proxy address) -> the URL the attempt goes to: ``URL.copy_with`` parses
+#: the whole URL again (tens of µs), and a service is usually called with the same URLs again
+_PROXY_URLS: BoundedCache[tuple[str, Address], httpx.URL] = BoundedCache(1024)
+
+
+def _proxy_url(url: httpx.URL, address: Address) -> httpx.URL:
+    key = (str(url), address)
+    proxied = _PROXY_URLS.get(key)
+    if proxied is None:
+        proxied = _PROXY_URLS.put(key, url.copy_with(scheme="http", host=address.host, port=address.port))
+    return proxied
+
+
+#: header name -> (name, lower-case name) as bytes, for the names the core sets (a few)
+_ENCODED_NAMES: BoundedCache[str, tuple[bytes, bytes]] = BoundedCache(256)
+
+
+def _attempt_header_items(caller: httpx_compat.HeaderItems, attempt: Attempt) -> httpx_compat.HeaderItems:
+    """The attempt's headers as httpx keeps them: the caller's that may go out (as the bytes they
+    are), then the core's (encoded as ``Headers`` encodes them: ASCII)."""
+    known = kept_names(attempt)
+    try:
+        items = [item for item in caller if known[item[1]]]
+    except KeyError:  # a header name not seen before under these rules
+        learn(known, attempt, [lower for _, lower, _ in caller])
+        items = [item for item in caller if known[item[1]]]
+    encoded = _ENCODED_NAMES
+    try:
+        items += [encoded[name] + (value.encode("ascii"),) for name, value in attempt.set_headers]
+    except KeyError:  # a name the core sets, not encoded before (a few in all)
+        for name, _ in attempt.set_headers:
+            raw = name.encode("ascii")
+            encoded.put(name, (raw, raw.lower()))
+        items += [encoded[name] + (value.encode("ascii"),) for name, value in attempt.set_headers]
+    return items
