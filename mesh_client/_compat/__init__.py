@@ -8,7 +8,8 @@ fallbacks can be tested as a whole (``tox -e compat-fallback``).
 
 To add a seam: put the private access in the dependency's module here, behind a probe that
 returns False (or None) under :func:`forced_fallback`, give it a fallback through the public API,
-and test both (``tests/unit/test_compat.py``).
+and test both (``tests/unit/test_compat_<dependency>.py``, plus a line in ``test_compat.py``'s check that
+the environment variable forces every fallback).
 """
 
 from __future__ import annotations
