@@ -3,13 +3,12 @@ thriftpy2's Cython reader where the import-time probe shows it strict, else the 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
+import socketserver
 import struct
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -26,6 +25,7 @@ import mesh_client.thrift.client as thrift_client
 from mesh_client import Mesh, MeshError, call_options
 from mesh_client._compat import FALLBACK_ENV, forced_fallback
 from mesh_client._compat import thriftpy2 as compat
+from mesh_client.testing.loopback import LoopbackServer
 from mesh_client.thrift import reading
 from mesh_client.thrift.reading import binary_reader, fast_reader, pure_reader, strict_fast_reader
 
@@ -138,37 +138,28 @@ def test_a_string_longer_than_the_frame_is_an_error(users: Any, reader: Any, dec
 # -- through the client: a reply frame that is short, oversized or holds a truncated message -----
 
 
-class OneReplyServer:
-    """Reads one framed request per connection and answers it with ``reply(seqid)``'s bytes."""
+class _OneReply(socketserver.BaseRequestHandler):
+    """Reads one framed request on its connection and answers it with the server's reply."""
+
+    server: OneReplyServer
+
+    def handle(self) -> None:
+        conn = self.request
+        head = conn.recv(4, socket.MSG_WAITALL)
+        if len(head) < 4:
+            return
+        request = conn.recv(struct.unpack(">i", head)[0], socket.MSG_WAITALL)
+        name_end = 8 + struct.unpack_from(">i", request, 4)[0]  # version, name length, name
+        seqid = struct.unpack_from(">i", request, name_end)[0]
+        conn.sendall(self.server.reply(seqid))
+
+
+class OneReplyServer(LoopbackServer):
+    """Answers one framed request per connection with ``reply(seqid)``'s bytes."""
 
     def __init__(self, reply: Callable[[int], bytes]) -> None:
+        super().__init__(_OneReply, name="one-reply-thrift")
         self.reply = reply
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn:
-                head = conn.recv(4, socket.MSG_WAITALL)
-                if len(head) < 4:
-                    continue
-                request = conn.recv(struct.unpack(">i", head)[0], socket.MSG_WAITALL)
-                name_end = 8 + struct.unpack_from(">i", request, 4)[0]  # version, name length, name
-                seqid = struct.unpack_from(">i", request, name_end)[0]
-                conn.sendall(self.reply(seqid))
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept() (closing alone does not)
-        self.sock.close()
-        self.thread.join(5)
-        assert not self.thread.is_alive()
 
 
 @pytest.fixture
@@ -177,7 +168,7 @@ def serve(users: Any) -> Iterator[Callable[[Callable[[int], bytes]], Any]]:
     meshes: list[Mesh] = []
 
     def start(reply: Callable[[int], bytes]) -> Any:
-        server = OneReplyServer(reply)
+        server = OneReplyServer(reply).start()
         servers.append(server)
         data = {
             "mesh": {"caller": "test", "envoy_http": "127.0.0.1:1", "envoy_thrift": "127.0.0.1:1"},
@@ -185,7 +176,7 @@ def serve(users: Any) -> Iterator[Callable[[Callable[[int], bytes]], Any]]:
                 "users": {
                     "protocol": "thrift",
                     "transport": "framed",
-                    "haproxy": f"127.0.0.1:{server.port}",
+                    "haproxy": str(server.address),
                     "timeout": 2.0,
                     "retries": 0,
                 }
@@ -199,7 +190,7 @@ def serve(users: Any) -> Iterator[Callable[[Callable[[int], bytes]], Any]]:
     for mesh in meshes:
         mesh.close()
     for server in servers:
-        server.close()
+        server.stop()
 
 
 def framed(body: bytes, declared: int | None = None) -> bytes:
