@@ -115,14 +115,13 @@ class CallRun(Generic[R]):
     variant: str | None = None
     haproxy_variant: str | None = None
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 - start_call passes them positionally: keywords cost 2,000 instructions a call
         self,
         plan: ServicePlan,
         method: str,
         policy: CallPolicy,
         route: Route,
         route_reason: str,
-        *,
         context_headers: tuple[tuple[str, str], ...] = (),
         telemetry: CallTelemetry | None = None,
         idempotent: bool | None = None,

@@ -179,16 +179,9 @@ class Mesh:
                 overrides, plan, route, reason, forced=forced
             )
             context_headers += headers
+        # (positional, in the constructor's order: keywords cost more on every call)
         run: CallRun[Any] = CallRun(
-            plan,
-            method,
-            policy,
-            route,
-            reason,
-            context_headers=tuple(context_headers),
-            telemetry=telemetry,
-            idempotent=idempotent,
-            replayable=replayable,
+            plan, method, policy, route, reason, tuple(context_headers), telemetry, idempotent, replayable
         )
         if overrides is not None:
             run.variant, run.haproxy_variant = variant, haproxy_variant
