@@ -217,11 +217,8 @@ class CallRun(Generic[R]):
                     self.budget_exhausted = used_up and envoy_may_have_retried(
                         outcome, envoy_error, self.tokens, self.policy.retriable_status_codes, prefix
                     )
-            info = self._info(
-                attempts=reported or self.attempts,
-                upstream_service_time=envoy.upstream_service_time(headers, prefix),
-                envoy_error=envoy_error,
-            )
+            # (positional: attempts, upstream_service_time, envoy_error)
+            info = self._info(reported or self.attempts, envoy.upstream_service_time(headers, prefix), envoy_error)
             return self._done(outcome, info)
         status = outcome.status
         if (
@@ -245,7 +242,7 @@ class CallRun(Generic[R]):
         ):
             return nxt
         envoy_error = outcome.proxy_error if self.route is Route.ENVOY else None
-        return self._done(outcome, self._info(envoy_error=envoy_error))
+        return self._done(outcome, self._info(None, None, envoy_error))
 
     def _on_broken(self, outcome: Broken) -> Step[R]:
         attempt = self._last_attempt
@@ -377,7 +374,6 @@ class CallRun(Generic[R]):
 
     def _info(
         self,
-        *,
         attempts: int | None = None,
         upstream_service_time: float | None = None,
         envoy_error: str | None = None,
