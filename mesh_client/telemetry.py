@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
 
-from ._compat.otel import _SUPPRESS_HTTP_KEY, metrics_are_noop, no_sdk, trace_state, tracing_is_noop
+from ._compat.otel import http_suppression, metrics_are_noop, no_sdk, trace_state, tracing_is_noop
 
 if TYPE_CHECKING:
     from .info import CallInfo
@@ -119,18 +119,6 @@ class _Instruments:
 _NOOP_TRACER: Final = trace.NoOpTracer()
 
 
-class _NoHttpInstrumentation:
-    """:func:`no_http_instrumentation`'s context manager (a class: cheaper than a generator)."""
-
-    __slots__ = ("_token",)
-
-    def __enter__(self) -> None:
-        self._token = otel_context.attach(otel_context.set_value(_SUPPRESS_HTTP_KEY, True))
-
-    def __exit__(self, *exc: object) -> None:
-        otel_context.detach(self._token)
-
-
 _NOTHING_TO_SUPPRESS: Final = contextlib.nullcontext()
 #: every OpenTelemetry instrumentation is a ``BaseInstrumentor`` of this package
 _INSTRUMENTATION_PACKAGE: Final = "opentelemetry.instrumentation"
@@ -144,7 +132,7 @@ def no_http_instrumentation() -> contextlib.AbstractContextManager[None]:
     that package is loaded no library is instrumented."""
     if _INSTRUMENTATION_PACKAGE not in sys.modules:
         return _NOTHING_TO_SUPPRESS
-    return _NoHttpInstrumentation()
+    return http_suppression()
 
 
 def call_telemetry(service: str, method: str, source: object = None, protocol: str = "http") -> CallTelemetry | None:

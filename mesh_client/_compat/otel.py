@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextvars
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -14,7 +15,15 @@ from opentelemetry import trace
 
 from . import forced_fallback
 
-__all__ = ["current_context", "metrics_are_noop", "no_sdk", "propagators_of", "trace_state", "tracing_is_noop"]
+__all__ = [
+    "current_context",
+    "http_suppression",
+    "metrics_are_noop",
+    "no_sdk",
+    "propagators_of",
+    "trace_state",
+    "tracing_is_noop",
+]
 
 _FORCED = forced_fallback()
 
@@ -87,12 +96,50 @@ def _probe_current_context() -> Callable[[], Any]:
 current_context: Callable[[], Any] = _probe_current_context()
 
 
-#: the context key ``suppress_http_instrumentation()`` sets (the value it has had since 1.20)
-_SUPPRESS_HTTP_KEY: str = (
-    "suppress_http_instrumentation"
-    if _FORCED
-    else getattr(otel_context, "_SUPPRESS_HTTP_INSTRUMENTATION_KEY", "suppress_http_instrumentation")
-)
+def _probe_suppress_http_key() -> str | None:
+    """The context key the official HTTP instrumentations read to stay quiet
+    (``opentelemetry.context._SUPPRESS_HTTP_INSTRUMENTATION_KEY``), or None. The key is made by
+    ``create_key``, a name with a random suffix, so only that very string works: no fallback
+    value can stand in for it. Where it is not there, :func:`http_suppression` gives the public
+    ``suppress_http_instrumentation()`` of ``opentelemetry-instrumentation`` instead."""
+    if forced_fallback():
+        return None
+    key = getattr(otel_context, "_SUPPRESS_HTTP_INSTRUMENTATION_KEY", None)
+    return key if isinstance(key, str) else None
+
+
+#: the context key ``suppress_http_instrumentation()`` sets (None: use that function)
+_SUPPRESS_HTTP_KEY: str | None = _probe_suppress_http_key()
+
+
+class _SuppressHttp:
+    """``suppress_http_instrumentation()`` in one context attach (a class: cheaper than the
+    generator behind the public one)."""
+
+    __slots__ = ("_key", "_token")
+
+    def __init__(self, key: str) -> None:
+        self._key = key
+
+    def __enter__(self) -> None:
+        self._token = otel_context.attach(otel_context.set_value(self._key, True))
+
+    def __exit__(self, *exc: object) -> None:
+        otel_context.detach(self._token)
+
+
+def http_suppression() -> AbstractContextManager[Any]:
+    """A block in which the official OpenTelemetry HTTP instrumentations make no span (call it only
+    once ``opentelemetry.instrumentation`` is imported: it is the fallback's home). Fallback when
+    the probe fails: ``opentelemetry.instrumentation.utils.suppress_http_instrumentation()``."""
+    key = _SUPPRESS_HTTP_KEY
+    if key is not None:
+        return _SuppressHttp(key)
+    try:
+        from opentelemetry.instrumentation.utils import suppress_http_instrumentation
+    except ImportError:  # an instrumentation package without it: nothing this side can suppress
+        return nullcontext()
+    return suppress_http_instrumentation()
 
 
 def _probe_trace_state_store() -> bool:

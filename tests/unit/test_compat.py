@@ -18,6 +18,7 @@ assert otel._TRACE_STATE_STORE is False, "trace state probe"
 assert otel.tracing_is_noop() is False, "tracing assumed on"
 assert otel.metrics_are_noop() is False, "metrics assumed on"
 assert otel.no_sdk() is False, "an SDK assumed"
+assert otel._SUPPRESS_HTTP_KEY is None, "suppression through the public function"
 from opentelemetry import context as otel_context
 assert otel.current_context is otel_context.get_current, "context read through the public API"
 state = otel.trace_state([("a", "1"), ("b", "2")])

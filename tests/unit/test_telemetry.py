@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import types
 from typing import Any
 
 import httpx
 import pytest
-from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
 from thriftpy2.thrift import TApplicationException
@@ -326,14 +324,34 @@ def test_the_probes_say_no_when_the_internals_are_gone(monkeypatch: pytest.Monke
 def test_http_instrumentation_is_suppressed_once_an_instrumentation_is_loaded(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    key = telemetry_module._SUPPRESS_HTTP_KEY
-    monkeypatch.delitem(sys.modules, "opentelemetry.instrumentation", raising=False)
-    with no_http_instrumentation():
-        assert otel_context.get_value(key) is None  # nothing could read it: nothing set
-    monkeypatch.setitem(sys.modules, "opentelemetry.instrumentation", types.ModuleType("opentelemetry.instrumentation"))
-    with no_http_instrumentation():
-        assert otel_context.get_value(key) is True
-    assert otel_context.get_value(key) is None
+    """Asked the way the official instrumentations ask (``is_http_instrumentation_enabled``), on
+    whichever path the compat seam takes: its own context key, or the public
+    ``suppress_http_instrumentation()``."""
+    loaded_before = set(sys.modules)
+    from opentelemetry.instrumentation.utils import is_http_instrumentation_enabled
+
+    try:
+        assert is_http_instrumentation_enabled()
+        with no_http_instrumentation():
+            assert not is_http_instrumentation_enabled()
+        assert is_http_instrumentation_enabled()
+        with monkeypatch.context() as unloaded:  # no instrumentation imported: nothing is set
+            unloaded.delitem(sys.modules, "opentelemetry.instrumentation")
+            with no_http_instrumentation():
+                assert is_http_instrumentation_enabled()
+    finally:  # the rest of the suite runs as before, without the instrumentation package loaded
+        for name in set(sys.modules) - loaded_before:
+            del sys.modules[name]
+
+
+def test_the_suppression_key_is_opentelemetrys_own_or_the_public_function_is_used() -> None:
+    from opentelemetry import context as context_api
+
+    if forced_fallback():
+        assert compat_otel._SUPPRESS_HTTP_KEY is None
+    else:  # (a name with a random suffix: only OpenTelemetry's own string works)
+        assert compat_otel._SUPPRESS_HTTP_KEY == context_api._SUPPRESS_HTTP_INSTRUMENTATION_KEY  # type: ignore[attr-defined]
+    assert compat_otel._probe_suppress_http_key() == compat_otel._SUPPRESS_HTTP_KEY
 
 
 # -- without an SDK: no metrics, and no telemetry at all when nothing would be recorded ------------------
