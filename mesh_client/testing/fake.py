@@ -38,6 +38,7 @@ from .. import clock
 from ..mesh import Mesh
 from ..policy import Route
 from ..registry import MeshConfig
+from ..shadow.runner import drain_all
 from ..shadow.stats import ShadowEvent, ShadowStats
 from ..steps import Failure
 from ..wire import WireFailure, WireReply, WireRequest, use_wire
@@ -73,6 +74,9 @@ __all__ = [
     "UpstreamRequest",
 ]
 
+#: real seconds a stopping fake waits for the shadow copies still in flight
+_DRAIN_AT_EXIT = 5.0
+
 
 class FakeMesh:
     """An in-process Envoy egress listener and HAProxy ports for every :class:`Mesh` (see the
@@ -107,6 +111,9 @@ class FakeMesh:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        # the shadow copies still in flight were made under this fake: they end, and are recorded,
+        # here, not in the next test's fake (a test's last call's copy may still be running)
+        drain_all(_DRAIN_AT_EXIT)
         for mesh in self._meshes:
             mesh.close()
         if self._stack is not None:

@@ -550,3 +550,32 @@ def test_the_span_names_the_stage_and_copies_make_no_telemetry_of_their_own(
     (span,) = [s for s in otel.finished() if s.attributes is not None and s.attributes.get("mesh.service") == "users"]
     assert span.attributes is not None
     assert (span.attributes["mesh.stage"], span.attributes["mesh.route"]) == ("shadow", "haproxy")
+
+
+def test_a_copy_in_flight_when_the_fake_stops_is_recorded_by_that_fake(mesh_flags: MeshFlags) -> None:
+    """A test's last call may leave its copy running: the fake that saw the call waits for it as
+    it stops, so the copy is counted there and never by the next test's fake."""
+    mesh_flags.stage("users", "shadow")
+    arrived, release = threading.Event(), threading.Event()
+
+    def handler(request: UpstreamRequest) -> Any:
+        if SHADOW_HEADER in request.headers:  # the copy holds until the fake is stopping
+            arrived.set()
+            assert release.wait(10)
+        return reply(200)
+
+    fake = FakeMesh().__enter__()
+    fake.add("users", handler)
+    assert fake.mesh(REGISTRY).requests_session().get("http://users/x").status_code == 200
+    assert arrived.wait(10)
+    stopping = threading.Thread(target=fake.__exit__, args=(None, None, None))
+    stopping.start()
+    stopping.join(0.2)  # a stop that did not wait for the copy would have ended by now
+    stopped_early = not stopping.is_alive()
+    release.set()
+    stopping.join(10)
+    assert not stopping.is_alive()
+    assert not stopped_early, "the fake stopped with its copy still in flight"
+    with FakeMesh() as next_fake:
+        assert next_fake.shadow_stats("users").compared == 0
+    assert [e.result for e in fake.shadow_events("users", timeout=0)] == ["match"]
