@@ -1,7 +1,8 @@
-"""OpenTelemetry API internals: the global providers' "nothing installed" tests, the context key
-that suppresses the official HTTP instrumentations, a ``TraceState`` built with exactly the
-members the W3C grammar allows, and the propagators a ``CompositePropagator`` combines. Each
-probed at import, each with a public fallback (see :mod:`mesh_client._compat`)."""
+"""OpenTelemetry API internals: the global providers' "nothing installed" tests, the runtime
+context's own ``ContextVar``, the context key that suppresses the official HTTP instrumentations,
+a ``TraceState`` built with exactly the members the W3C grammar allows, and the propagators a
+``CompositePropagator`` combines. Each probed at import, each with a public fallback (see
+:mod:`mesh_client._compat`)."""
 
 from __future__ import annotations
 
