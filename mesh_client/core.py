@@ -180,7 +180,13 @@ class CallRun(Generic[R]):
                     None,
                 )
             circuit = self.plan.circuit
-            if self.route is _ENVOY and circuit is not None and self.plan.mesh.failover and circuit.is_open():
+            if (
+                self.route is _ENVOY
+                and circuit is not None
+                and circuit.open_until  # (0.0: never opened, or answered since; is_open() not asked)
+                and self.plan.mesh.failover
+                and circuit.is_open()
+            ):
                 self.route = Route.HAPROXY
                 self.failed_over = True
                 self.route_reason += "; the Envoy sidecar refused connections recently (circuit open): via HAProxy"
@@ -203,20 +209,22 @@ class CallRun(Generic[R]):
         if self.route is _ENVOY and plan.envoy_enforces:
             prefix, headers = plan.mesh.header_prefix, outcome.headers
             reported = envoy.attempt_count(headers, prefix)
-            envoy_error = envoy.classify_reply(outcome.status, headers, outcome.body, prefix)
+            status, codes = outcome.status, self.policy.retriable_status_codes
+            envoy_error = envoy.classify_reply(status, headers, outcome.body, prefix)
             if plan.budget is not None:  # Envoy's retries draw on the same budget
+                # the usual answer (the application's, below 400, its status retried by no
+                # retriable_status_codes entry) is one Envoy gave up no retry for: skip the rules
+                # (a property test in test_core checks that envoy_may_have_retried says no to it)
+                retried = (envoy_error is not None or status >= 400 or status in codes) and envoy_may_have_retried(
+                    outcome, envoy_error, self.tokens, codes, prefix
+                )
                 if reported:
                     plan.budget.spend(reported - 1)
-                elif self.envoy_retries and envoy_may_have_retried(
-                    outcome, envoy_error, self.tokens, self.policy.retriable_status_codes, prefix
-                ):
+                elif self.envoy_retries and retried:
                     plan.budget.spend(self.envoy_retries)  # no count: charge all it was allowed
                 if self.envoy_retries < self.policy.retries and self.tokens and not self.budget_exhausted:
                     # the budget cut Envoy's retries short: exhausted if Envoy used them all up
-                    used_up = reported is None or reported > self.envoy_retries
-                    self.budget_exhausted = used_up and envoy_may_have_retried(
-                        outcome, envoy_error, self.tokens, self.policy.retriable_status_codes, prefix
-                    )
+                    self.budget_exhausted = (reported is None or reported > self.envoy_retries) and retried
             # (positional: attempts, upstream_service_time, envoy_error)
             info = self._info(reported or self.attempts, envoy.upstream_service_time(headers, prefix), envoy_error)
             return self._done(outcome, info)
@@ -328,7 +336,15 @@ class CallRun(Generic[R]):
             if self.tokens:
                 self.envoy_retries = retries  # (the template sends it only with a retry-on condition)
             per_try_applies = per_try is not None and per_try < remaining
-            timeout_header, policy_rest = plan.envoy_template(policy, per_try_applies, retries, self.tokens)
+            # (the service policy's template read here: one call fewer than envoy_template's own read)
+            template = (
+                plan.envoy_headers.get((per_try_applies, retries, self.tokens))
+                if policy is plan.service.policy
+                else None
+            )
+            if template is None:
+                template = plan.envoy_template(policy, per_try_applies, retries, self.tokens)
+            timeout_header, policy_rest = template
             margin = remaining * ENVOY_MARGIN_SHARE  # within [ENVOY_MARGIN_MIN, ENVOY_MARGIN_MAX]
             margin = ENVOY_MARGIN_MIN if margin < ENVOY_MARGIN_MIN else min(margin, ENVOY_MARGIN_MAX)
             attempt = Attempt(  # (positional, in Attempt's field order: keywords cost twice as much)
