@@ -208,9 +208,8 @@ class CallRun(Generic[R]):
             plan.circuit.answered()
         if self.route is _ENVOY and plan.envoy_enforces:
             prefix, headers = plan.mesh.header_prefix, outcome.headers
-            reported = envoy.attempt_count(headers, prefix)
             status, codes = outcome.status, self.policy.retriable_status_codes
-            envoy_error = envoy.classify_reply(status, headers, outcome.body, prefix)
+            reported, service_time, envoy_error = envoy.read_answer(status, headers, outcome.body, prefix)
             if plan.budget is not None:  # Envoy's retries draw on the same budget
                 # the usual answer (the application's, below 400, its status retried by no
                 # retriable_status_codes entry) is one Envoy gave up no retry for: skip the rules
@@ -226,7 +225,7 @@ class CallRun(Generic[R]):
                     # the budget cut Envoy's retries short: exhausted if Envoy used them all up
                     self.budget_exhausted = (reported is None or reported > self.envoy_retries) and retried
             # (positional: attempts, upstream_service_time, envoy_error)
-            info = self._info(reported or self.attempts, envoy.upstream_service_time(headers, prefix), envoy_error)
+            info = self._info(reported or self.attempts, service_time, envoy_error)
             return self._done(outcome, info)
         status = outcome.status
         if (
