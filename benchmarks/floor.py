@@ -156,6 +156,9 @@ _METRICS: Any = _compat_otel._METRICS_API
 _OTEL_CONTEXT: Final[Callable[[], Any]] = _compat_otel.current_context
 _DEFAULT_TEXTMAP: Final = _otel_propagate.get_global_textmap()
 
+#: the ablation's addition to the httpx floor: the mesh's planning of the call (its decision path,
+#: ``Mesh.start_call`` and ``CallRun.advance(None)``), made in place and thrown away
+PLANNING: Final = "mesh planning"
 #: the pieces of the httpx floor the ablation takes out one at a time
 PIECES: Final = (
     "context variables",
@@ -165,7 +168,6 @@ PIECES: Final = (
     "header filter",
     "URL rewrite",
     "socket timeout",
-    "request copy",
     "answer headers",
     "CallInfo",
     "elapsed clock",
@@ -302,22 +304,29 @@ class FloorTransport(httpx.BaseTransport):
     def __init__(
         self, mesh: Mesh, inner: httpx.BaseTransport, fallback: httpx.BaseTransport, skip: Iterable[str] = ()
     ) -> None:
-        self.handle_request = _httpx_floor(_services(mesh), inner, fallback, frozenset(skip))  # type: ignore[method-assign,assignment]
+        pieces = frozenset(skip)
+        self.handle_request = _httpx_floor(mesh, _services(mesh), inner, fallback, pieces)  # type: ignore[method-assign,assignment]
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:  # replaced per instance
         raise NotImplementedError
 
 
 def _httpx_floor(  # noqa: PLR0915 - one function on purpose: the floor
-    services: dict[str, _Service], inner: httpx.BaseTransport, fallback: httpx.BaseTransport, skip: frozenset[str]
+    mesh: Mesh,
+    services: dict[str, _Service],
+    inner: httpx.BaseTransport,
+    fallback: httpx.BaseTransport,
+    skip: frozenset[str],
 ) -> Callable[[httpx.Request], httpx.Response]:
     send = inner.handle_request
     keep: dict[bytes, bool] = {}
     urls: dict[Any, httpx.URL] = {}
     no_ctx, no_flag, no_budget = "context variables" in skip, "flag decision" in skip, "retry budget" in skip
     no_rid, no_filter, no_url = "request id" in skip, "header filter" in skip, "URL rewrite" in skip
-    no_timeout, no_copy, no_answer = "socket timeout" in skip, "request copy" in skip, "answer headers" in skip
+    no_timeout, no_answer = "socket timeout" in skip, "answer headers" in skip
     no_info, no_elapsed = "CallInfo" in skip, "elapsed clock" in skip
+    #: (the ablation's one addition: the mesh's own planning, made and thrown away)
+    plan_too, configs = PLANNING in skip, mesh.config.services
     Headers, Request = httpx.Headers, httpx.Request
 
     def handle_request(request: httpx.Request) -> httpx.Response:  # noqa: PLR0915 - the floor
@@ -366,18 +375,14 @@ def _httpx_floor(  # noqa: PLR0915 - one function on purpose: the floor
         target: httpx.URL | None = url if no_url else urls.get(ref)
         if target is None:
             target = urls[ref] = url.copy_with(host=fs.envoy.host, port=fs.envoy.port)
-        if no_copy:
-            request.headers, request.url = headers, target
-            outgoing = request
-            if not no_timeout:
-                ext["timeout"] = fs.timeouts
-        else:
-            state = dict(request.__dict__)
-            state["headers"], state["url"] = headers, target
-            if not no_timeout:
-                state["extensions"] = {**ext, "timeout": fs.timeouts}
-            outgoing = _new(Request)
-            outgoing.__dict__ = state
+        state = dict(request.__dict__)
+        state["headers"], state["url"] = headers, target
+        if not no_timeout:
+            state["extensions"] = {**ext, "timeout": fs.timeouts}
+        outgoing = _new(Request)
+        outgoing.__dict__ = state
+        if plan_too:
+            mesh.start_call(configs[fs.name], request.method).advance(None)
         response = send(outgoing)
         status = response.status_code
         ust = count = error = None
@@ -730,21 +735,31 @@ def http(*, rounds: int, calls: int, warmup: int, ablation: bool) -> dict[str, A
             alternate(variants, rounds=rounds, calls=calls, warmup=warmup, loop=loop)
             rows.append(_row(client, variants))
         if ablation:
-            base = Variant("floor", lambda: _ok(fc.get(mesh_url).status_code))
-            variants = [base]
-            for piece in PIECES:
-                without = sync_client(FloorTransport(mesh, mock, mesh.httpx_transport(mock), skip=[piece]))
-                variants.append(Variant(piece, functools.partial(_get, without, mesh_url)))
-            alternate(variants, rounds=rounds, calls=calls, warmup=warmup)
-            ablations = [
-                {
-                    "piece": v.name,
-                    "saved_us": -paired_cpu_added(v, base),
-                    "cpu_per_call_us": v.summary()["cpu_per_call_us"],
-                }
-                for v in variants[1:]
-            ]
+            ablations = _ablation(stack, mesh, mock, mesh_url, rounds=rounds, calls=calls, warmup=warmup)
     return {"rows": rows, "ablation": ablations}
+
+
+def _ablation(
+    stack: ExitStack, mesh: Mesh, mock: httpx.MockTransport, url: str, *, rounds: int, calls: int, warmup: int
+) -> list[dict[str, Any]]:
+    """The httpx floor against itself with one piece left out, or one of the mesh's added."""
+    from mesh_client.http._httpx_client import _Client
+
+    def floor_client(*skip: str, cls: type[httpx.Client] = httpx.Client) -> httpx.Client:
+        return stack.enter_context(cls(transport=FloorTransport(mesh, mock, mesh.httpx_transport(mock), skip=skip)))
+
+    base = Variant("floor", functools.partial(_get, floor_client(), url))
+    variants = [base]
+    for piece in (*PIECES, PLANNING):
+        name = f"+ {piece} (start_call, advance)" if piece == PLANNING else f"- {piece}"
+        variants.append(Variant(name, functools.partial(_get, floor_client(piece), url)))
+    layered = floor_client(cls=_Client)
+    variants.append(Variant("+ mesh client layer (_Client.send)", functools.partial(_get, layered, url)))
+    alternate(variants, rounds=rounds, calls=calls, warmup=warmup)
+    return [
+        {"piece": v.name, "change_us": paired_cpu_added(v, base), "cpu_per_call_us": v.summary()["cpu_per_call_us"]}
+        for v in variants[1:]
+    ]
 
 
 def _row(client: str, variants: list[Variant]) -> dict[str, Any]:
@@ -992,9 +1007,10 @@ def render(result: dict[str, Any]) -> str:
         out += "\n  Thrift wall ratio to thriftpy2: " + ", ".join(f"{k} {v:.3f}x" for k, v in ratios.items())
     if result.get("ablation"):
         out += "\n\n" + report.table(
-            "   the httpx floor with one piece left out: CPU saved per call (µs, paired against the whole floor)",
-            ["piece left out", "saved"],
-            [[a["piece"], a["saved_us"]] for a in result["ablation"]],
+            "   the httpx floor with one piece left out (-) or one of the mesh's added (+): CPU change per call "
+            "(µs, paired against the whole floor)",
+            ["piece", "change"],
+            [[a["piece"], a["change_us"]] for a in result["ablation"]],
         )
     return out
 
