@@ -102,7 +102,6 @@ import random
 import socket
 import struct
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterable
 from contextlib import ExitStack
@@ -808,7 +807,9 @@ class FloorThrift:
     inline, any other to ``fallback`` (the mesh's Thrift client). ``idle_check`` adds the mesh's
     ``poll(0)`` of a pooled connection at check-out."""
 
-    def __init__(self, mesh: Mesh, service: Any, name: str, api: str, fallback: Any, *, idle_check: bool) -> None:
+    def __init__(
+        self, mesh: Mesh, service: Any, name: str, api: str, fallback: Any, *, idle_check: bool, plan: bool = False
+    ) -> None:
         if not strict_fast_reader():
             raise SystemExit("benchmarks.floor: thriftpy2's fast reader is not strict here; no floor to measure")
         svc = mesh.config.services[name]
@@ -826,7 +827,8 @@ class FloorThrift:
         self.fallback = getattr(fallback, api)
         self.idle: list[_Conn] = []
         self.idle_check = idle_check
-        self._lock = threading.Lock()
+        #: also make (and throw away) the mesh's own planning of the call: its decision path
+        self.plan = (mesh, svc) if plan else None
 
     def close(self) -> None:
         for conn in self.idle:
@@ -859,6 +861,8 @@ class FloorThrift:
             b._calls[b._epoch % 10] += 1
             b._calls_total += 1
         call_args = self.args_cls(*args)
+        if self.plan is not None:
+            self.plan[0].start_call(self.plan[1], self.api).advance(None)
         try:
             conn = self.idle.pop()
             if self.idle_check and conn.poll.poll(0):
@@ -928,8 +932,10 @@ def thrift(*, rounds: int, calls: int, warmup: int) -> dict[str, Any]:
         stack.callback(plain.close)
         floor = FloorThrift(mesh, users.Users, "th-framed", "get", framed, idle_check=False)
         checked = FloorThrift(mesh, users.Users, "th-framed", "get", framed, idle_check=True)
+        planned = FloorThrift(mesh, users.Users, "th-framed", "get", framed, idle_check=False, plan=True)
         stack.callback(floor.close)
         stack.callback(checked.close)
+        stack.callback(planned.close)
         for one in (plain.get, framed.get, floor.call, checked.call):
             got = one(1)
             if got.id != 1 or got.name != "bench":
@@ -939,6 +945,7 @@ def thrift(*, rounds: int, calls: int, warmup: int) -> dict[str, Any]:
             Variant("floor", call=lambda: floor.call(1)),
             Variant("mesh", call=lambda: framed.get(1)),
             Variant("floor + idle check", call=lambda: checked.call(1)),
+            Variant("floor + mesh planning (start_call, advance)", call=lambda: planned.call(1)),
         ]
         alternate(variants, rounds=rounds, calls=calls, warmup=warmup)
         row = _row("Thrift framed, direct", variants)
