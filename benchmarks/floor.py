@@ -88,7 +88,11 @@ CPU added is the median over rounds of each round's paired difference
 (:func:`benchmarks.measure.paired_cpu_added`). HTTP uses section 1's canned responses (httpx's
 ``MockTransport``; requests' ``HTTPAdapter.send`` patched, restored after), with ``trust_env`` off
 for requests. The ablation table takes one piece out of the httpx floor at a time (the rest
-unchanged): what each piece costs in place.
+unchanged): what each piece costs in place; and adds, one at a time, a piece of the mesh's own
+way of doing the same work (its planning, ``Mesh.start_call`` and ``CallRun.advance(None)``; its
+building of the attempt's request; its reading of the answer; the ``send`` of the client
+``mesh.httpx_client()`` returns), made in place and thrown away: what each costs on top of the
+floor. The Thrift table likewise has the floor with the mesh's planning added.
 """
 
 from __future__ import annotations
@@ -158,6 +162,16 @@ _DEFAULT_TEXTMAP: Final = _otel_propagate.get_global_textmap()
 #: the ablation's addition to the httpx floor: the mesh's planning of the call (its decision path,
 #: ``Mesh.start_call`` and ``CallRun.advance(None)``), made in place and thrown away
 PLANNING: Final = "mesh planning"
+#: ... the mesh's making of the attempt's request (``attempt_request``, from a prepared ``Attempt``)
+REQUEST_BUILDING: Final = "mesh request building"
+#: ... the mesh's reading of the answer (``header_dict`` and the ``envoy`` readers the core calls)
+ANSWER_READING: Final = "mesh answer reading"
+#: what the ablation adds, and how each is named in its table
+ADDED: Final = {
+    PLANNING: "+ mesh planning (start_call, advance)",
+    REQUEST_BUILDING: "+ mesh request building (attempt_request)",
+    ANSWER_READING: "+ mesh answer reading (header_dict, envoy readers)",
+}
 #: the pieces of the httpx floor the ablation takes out one at a time
 PIECES: Final = (
     "context variables",
@@ -326,6 +340,16 @@ def _httpx_floor(  # noqa: PLR0915 - one function on purpose: the floor
     no_info, no_elapsed = "CallInfo" in skip, "elapsed clock" in skip
     #: (the ablation's one addition: the mesh's own planning, made and thrown away)
     plan_too, configs = PLANNING in skip, mesh.config.services
+    build_too, read_too = REQUEST_BUILDING in skip, ANSWER_READING in skip
+    attempt: Any = None
+    if build_too:
+        from mesh_client.http._httpx_attempt import attempt_request
+
+        run = mesh.start_call(configs["users"], "GET")
+        attempt = run.advance(None)
+        run.abort(RuntimeError("a template only"))
+    if read_too:
+        from mesh_client.http._httpx_attempt import header_dict
     Headers, Request = httpx.Headers, httpx.Request
 
     def handle_request(request: httpx.Request) -> httpx.Response:  # noqa: PLR0915 - the floor
@@ -382,8 +406,16 @@ def _httpx_floor(  # noqa: PLR0915 - one function on purpose: the floor
         outgoing.__dict__ = state
         if plan_too:
             mesh.start_call(configs[fs.name], request.method).advance(None)
+        if build_too:
+            attempt_request(request, attempt)
         response = send(outgoing)
         status = response.status_code
+        if read_too:
+            found = header_dict(response.headers)
+            envoy.may_be_local_reply(status, found, fs.prefix)
+            envoy.attempt_count(found, fs.prefix)
+            envoy.classify_reply(status, found, None, fs.prefix)
+            envoy.upstream_service_time(found, fs.prefix)
         ust = count = error = None
         if not no_answer:
             prefix = fs.prefix_bytes
@@ -749,8 +781,8 @@ def _ablation(
 
     base = Variant("floor", functools.partial(_get, floor_client(), url))
     variants = [base]
-    for piece in (*PIECES, PLANNING):
-        name = f"+ {piece} (start_call, advance)" if piece == PLANNING else f"- {piece}"
+    for piece in (*PIECES, *ADDED):
+        name = ADDED.get(piece, f"- {piece}")
         variants.append(Variant(name, functools.partial(_get, floor_client(piece), url)))
     layered = floor_client(cls=_Client)
     variants.append(Variant("+ mesh client layer (_Client.send)", functools.partial(_get, layered, url)))
