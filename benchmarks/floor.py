@@ -130,13 +130,18 @@ from mesh_client._compat import otel as _compat_otel
 from mesh_client.budget import RetryBudget
 from mesh_client.context import _inbound
 from mesh_client.deadline import _deadline
+from mesh_client.errors import MeshTimeoutError, MeshTransportError, as_mesh_error
 from mesh_client.flag_router import FlagRouter
+from mesh_client.http import httpx_errors as _httpx_errors  # noqa: F401 - (registers the combined errors)
+from mesh_client.http import requests_errors as _requests_errors  # noqa: F401 - (likewise)
+from mesh_client.http.requests import _failure as _requests_failure
 from mesh_client.info import INFO_KEY, CallInfo
 from mesh_client.overrides import _in_force
 from mesh_client.plan import DROP_WITH_REQUEST_ID, ServicePlan
 from mesh_client.policy import NO_OPTIONS, Route, _current
 from mesh_client.registry import Address, ServiceConfig
 from mesh_client.shadow.runner import _order
+from mesh_client.steps import Failure
 from mesh_client.thrift.reading import fast_reader, strict_fast_reader
 
 from . import report
@@ -286,6 +291,14 @@ def _usual_decision(fs: _Service) -> Any:
     return decision
 
 
+def _failed(exc: BaseException, fs: _Service, started: float) -> BaseException:
+    """The library's error ``exc``, also a mesh error (spec §2), after the request may have been
+    sent (not on the usual path: a ``try`` costs nothing until it catches)."""
+    timed_out = isinstance(exc, (httpx.TimeoutException, requests.Timeout))
+    info = CallInfo(fs.name, _ENVOY, 1, False, None, None, "", _monotonic() - started)
+    return as_mesh_error(MeshTimeoutError if timed_out else MeshTransportError, exc, str(exc), info)
+
+
 def _answer(
     status: int, ust: bytes | str | None, count: bytes | str | None, error: str | None
 ) -> tuple[int | None, float | None, str | None]:
@@ -408,7 +421,12 @@ def _httpx_floor(  # noqa: PLR0915 - one function on purpose: the floor
             mesh.start_call(configs[fs.name], request.method).advance(None)
         if build_too:
             attempt_request(request, attempt)
-        response = send(outgoing)
+        try:
+            response = send(outgoing)
+        except httpx.ConnectError:  # nothing was sent: the mesh fails over (zero cost when not raised)
+            return fallback.handle_request(request)
+        except httpx.TransportError as exc:
+            raise _failed(exc, fs, started) from exc
         status = response.status_code
         if read_too:
             found = header_dict(response.headers)
@@ -516,17 +534,22 @@ class AsyncFloorTransport(httpx.AsyncBaseTransport):
         state["extensions"] = {**ext, "timeout": fs.timeouts}
         outgoing = _new(httpx.Request)
         outgoing.__dict__ = state
-        if self.attempt_timer:
-            task = asyncio.current_task()
-            assert task is not None
-            loop = task.get_loop()
-            handle = loop.call_at(loop.time() + fs.client_timeout, task.cancel)
-            try:
+        try:
+            if self.attempt_timer:
+                task = asyncio.current_task()
+                assert task is not None
+                loop = task.get_loop()
+                handle = loop.call_at(loop.time() + fs.client_timeout, task.cancel)
+                try:
+                    response = await self.inner.handle_async_request(outgoing)
+                finally:
+                    handle.cancel()
+            else:
                 response = await self.inner.handle_async_request(outgoing)
-            finally:
-                handle.cancel()
-        else:
-            response = await self.inner.handle_async_request(outgoing)
+        except httpx.ConnectError:
+            return await self.fallback.handle_async_request(request)
+        except httpx.TransportError as exc:
+            raise _failed(exc, fs, started) from exc
         status = response.status_code
         ust = count = error = None
         prefix = fs.prefix_bytes
@@ -625,9 +648,20 @@ class FloorAdapter(HTTPAdapter):
         headers._store = kept
         prepared = _new(requests.PreparedRequest)
         prepared.__dict__ = {**request.__dict__, "url": f"http://{fs.envoy}{path}", "headers": headers}
-        response: requests.Response = HTTPAdapter.send(
-            self, prepared, stream=stream, timeout=fs.client_timeout, verify=verify, cert=cert, proxies=proxies
-        )
+        try:
+            response: requests.Response = HTTPAdapter.send(
+                self, prepared, stream=stream, timeout=fs.client_timeout, verify=verify, cert=cert, proxies=proxies
+            )
+        except requests.RequestException as exc:
+            broken = _requests_failure(exc)
+            if broken is None:
+                raise
+            if broken.kind is Failure.CONNECT:  # nothing was sent: the mesh fails over
+                fallen: requests.Response = self.fallback.send(
+                    request, stream=stream, timeout=timeout, verify=verify, cert=cert, proxies=proxies
+                )
+                return fallen
+            raise _failed(exc, fs, started) from exc
         status = response.status_code
         answered = response.headers._store  # type: ignore[attr-defined]
         ust, count = answered.get("x-envoy-upstream-service-time"), answered.get("x-envoy-attempt-count")
