@@ -5,7 +5,7 @@ add, measured against the plain client and the real mesh client in one run:
 Not a section of the full bench (``python -m benchmarks``): it answers one question once, whether
 issue 19's targets (10 µs CPU added per HTTP call without network, 15 µs and 1.15x for Thrift
 framed) are within reach of *any* Python library that keeps the behaviour of the public spec,
-and it takes about a minute and a half on its own.
+and it takes about a minute on its own (on the 2-core machine of docs/performance.md).
 
 **The floor** is a wrapper written for speed alone, with no regard for structure: one function
 per client, the usual call's work inline, everything it can work out ahead worked out once per
@@ -79,6 +79,10 @@ reused memory buffer), writes the frame (length and payload, one ``sendall``), r
 reply frame by its length (refusing a short or oversized frame), decodes it strictly (the Cython
 protocol over the buffered transport over the frame, which mesh_client probes to fail on any read
 past the end: a truncated frame is an error), checks the sequence id and releases the connection.
+It sets no limit on the connections in use (the mesh's ``max_connections``, not in the
+spec), and the first read may wait past the call's time by as long as the ``sendall`` of a small
+frame took (the mesh sets the timeout again before each read); a call on the Envoy route (a
+service-name prefix) goes to the mesh, so only the direct route is measured.
 ``floor + idle check`` adds the mesh's ``poll(0)`` on every check-out (a connection the server
 closed while idle is not used: not in the spec, but what keeps a non-idempotent call from failing
 on a stale connection).
@@ -1025,10 +1029,10 @@ def thrift(*, rounds: int, calls: int, warmup: int) -> dict[str, Any]:
 
 def run(
     *,
-    rounds: int = 8,
-    calls: int = 200,
+    rounds: int = 10,
+    calls: int = 500,
     warmup: int = 100,
-    thrift_calls: int = 300,
+    thrift_calls: int = 500,
     ablation: bool = True,
     with_thrift: bool = True,
 ) -> dict[str, Any]:
@@ -1090,9 +1094,9 @@ def render(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.floor", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=8)
-    parser.add_argument("--calls", type=int, default=200, help="HTTP calls per side per round")
-    parser.add_argument("--thrift-calls", type=int, default=300, help="Thrift calls per side per round")
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--calls", type=int, default=500, help="HTTP calls per side per round")
+    parser.add_argument("--thrift-calls", type=int, default=500, help="Thrift calls per side per round")
     parser.add_argument("--warmup", type=int, default=100, help="untimed calls per side first")
     parser.add_argument("--no-thrift", action="store_true")
     parser.add_argument("--no-ablation", action="store_true")
