@@ -1021,6 +1021,7 @@ def thrift(*, rounds: int, calls: int, warmup: int) -> dict[str, Any]:
         row = _row("Thrift framed, direct", variants)
         walls = {v.name: v.summary()["wall_median_us"] for v in variants}
         row["wall_ratio"] = {name: wall / walls["plain"] for name, wall in walls.items()}
+        row["wall_median_us"] = walls
         return row
 
 
@@ -1081,7 +1082,10 @@ def render(result: dict[str, Any]) -> str:
         )
     if "thrift" in result:
         ratios = result["thrift"]["wall_ratio"]
-        out += "\n  Thrift wall ratio to thriftpy2: " + ", ".join(f"{k} {v:.3f}x" for k, v in ratios.items())
+        walls = result["thrift"]["wall_median_us"]
+        out += "\n  Thrift wall median (µs) and ratio to thriftpy2: " + ", ".join(
+            f"{k} {walls[k]:.1f} ({v:.3f}x)" for k, v in ratios.items()
+        )
     if result.get("ablation"):
         out += "\n\n" + report.table(
             "   the httpx floor with one piece left out (-) or one of the mesh's added (+): CPU change per call "
