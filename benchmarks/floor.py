@@ -13,8 +13,9 @@ per client, the usual call's work inline, everything it can work out ahead worke
 no call options, no deadline, no routing overrides, no shadow copy, no inbound request, no
 OpenTelemetry SDK or context, no fake wire installed); it *checks* each of those conditions on
 every call and hands any other call to the real mesh transport or adapter (so what it returns is
-always right; only the usual path is measured). Per usual call it does, with the part of
-``/work/shared/spec/public-api.md`` (cited as "spec §n") that requires it:
+always right; only the usual path is measured). Per usual call it does, with the part of the
+public spec (``public-api.md``, the contract application code is written against; cited as "spec
+§n") that requires it:
 
 1. find the registered service from the URL's host, refuse a port, user info or a scheme other
    than ``http`` (spec §2: a registered service is addressed by its name as host; any other
@@ -36,8 +37,9 @@ always right; only the usual path is measured). Per usual call it does, with the
    metrics, spec §1 "caller ... spans");
 8. read the installed fake wire (spec §5: ``fake_mesh`` fakes the sidecar in process);
 9. read the route flag's decision from the router's per-flag-version cache (spec §2: the route
-   is chosen per call from the flag), and check the sidecar circuit (spec §1 ``failover``: a
-   sidecar that refused connections is skipped; one attribute read while it has never opened);
+   is chosen per call from the flag), and check the sidecar circuit (spec §1 ``failover``; the
+   circuit that then skips a sidecar which refused connections is mesh_client's own: one
+   attribute read while it has never opened);
 10. deposit the call in the service's retry budget and read the retries it allows (not in the
     spec: mesh_client's retry budget, docs/routes.md; Envoy's ``x-envoy-max-retries`` is capped
     by it);
