@@ -261,7 +261,6 @@ class _Service:
         self.requests_store = {
             m: {n.lower(): (n, v) for n, v in (("Host", self.host), *hs)} for m, (_, hs) in self.methods.items()
         }
-        self.reason_of: dict[int, str] = {}
 
     def policy_headers(self, tokens: tuple[str, ...], retries: int | None = None) -> tuple[tuple[str, str], ...]:
         policy = self.policy
