@@ -291,7 +291,7 @@ def _usual_decision(fs: _Service) -> Any:
     decision = fs.decisions.get(fs.name)
     if decision is None:
         decision = fs.router.decide(fs.name)
-    if decision.route is not _ENVOY or decision.stage is not None or fs.circuit._open_until:
+    if decision.route is not _ENVOY or decision.stage is not None or fs.circuit.open_until:
         return None
     return decision
 
