@@ -321,8 +321,8 @@ class CallRun(Generic[R]):
             )
         self.attempts += 1
         context_headers = self.context_headers
-        if len(context_headers) == 1 and context_headers[0][0] == REQUEST_ID_HEADER:
-            dropped = DROP_WITH_REQUEST_ID  # the usual case: no trace context, no inbound request
+        if (len(context_headers) == 1 and context_headers[0][0] == REQUEST_ID_HEADER) or not context_headers:
+            dropped = DROP_WITH_REQUEST_ID  # the usual case: no trace context, no inbound request (or framed Thrift)
         else:
             dropped = drop_names(context_headers)
         policy = self.policy
@@ -367,14 +367,21 @@ class CallRun(Generic[R]):
             )
         else:
             timeout = min(per_try, remaining) if per_try is not None else remaining
-            # no proxy adds x-envoy-expected-rq-timeout-ms here: tell the upstream its budget ourselves
-            budget = (MESH_TIMEOUT_HEADER, str(envoy.timeout_ms(timeout)))
+            if plan.carries_headers:
+                # no proxy adds x-envoy-expected-rq-timeout-ms here: tell the upstream its budget ourselves
+                set_headers: tuple[tuple[str, str], ...] = (
+                    plan.host_header,
+                    *context_headers,
+                    (MESH_TIMEOUT_HEADER, str(envoy.timeout_ms(timeout))),
+                )
+            else:  # framed Thrift
+                set_headers = ()
             attempt = Attempt(
                 self.attempts,  # number
                 self.route,  # route
                 plan.service.haproxy if self.route is Route.HAPROXY else plan.envoy_address,  # address
                 plan.host_header[1],  # host
-                (plan.host_header, *context_headers, budget),  # set_headers
+                set_headers,  # set_headers
                 plan.drop_prefixes,  # drop_prefixes
                 dropped,  # drop_names
                 timeout,  # timeout

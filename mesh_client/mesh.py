@@ -166,12 +166,15 @@ class Mesh:
         if service.protocol != "thrift":  # (a Thrift method is the IDL's name)
             method = method.upper()
         telemetry = call_telemetry(service.name, method, source, service.protocol)  # (None: no SDK)
-        try:
-            context_headers = outbound_headers(telemetry.propagation_context() if telemetry is not None else None)
-        except ValueError:
-            if telemetry is not None:
-                telemetry.span.end()
-            raise
+        if plan.carries_headers:
+            try:
+                context_headers = outbound_headers(telemetry.propagation_context() if telemetry is not None else None)
+            except ValueError:
+                if telemetry is not None:
+                    telemetry.span.end()
+                raise
+        else:  # framed Thrift: nowhere to put them
+            context_headers = []
         overrides = overrides_in_force()
         if overrides is not None:  # routing overrides: carried on; maybe a variant (mesh_client.steering)
             forced = options is not NO_OPTIONS and options.route is not UNSET

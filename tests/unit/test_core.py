@@ -553,3 +553,27 @@ def test_an_envoy_answer_is_charged_to_the_budget_exactly_as_the_retry_rules_say
         outcome, classify_reply(status, outcome.headers, body, "x-envoy"), r.tokens, tuple(codes), "x-envoy"
     )
     assert before - budget.available() == (r.envoy_retries if may else 0)
+
+
+@pytest.mark.parametrize("route", [Route.ENVOY, Route.HAPROXY])
+def test_a_framed_thrift_call_sets_no_headers_and_a_theader_one_does(route: Route) -> None:
+    """Framed Thrift has nowhere to put headers: its attempts set none (no request id is made for
+    it, no timeout header built); a THeader call carries the request id and its time budget."""
+    for transport, carried in (("framed", False), ("header", True)):
+        cfg = load_mapping(
+            {
+                "mesh": {"caller": "checkout", "envoy_http": "127.0.0.1:9001", "envoy_thrift": "127.0.0.1:9002"},
+                "services": {"users": {"protocol": "thrift", "transport": transport, "haproxy": "127.0.0.1:20001"}},
+            }
+        )
+        mesh = Mesh(cfg)
+        try:
+            with call_options(route=route):
+                r = mesh.start_call(cfg.services["users"], "get")
+            attempt = first(r)
+        finally:
+            mesh.close()
+        names = {name for name, _ in attempt.set_headers}
+        assert ("x-request-id" in names) is carried
+        assert ("x-mesh-timeout-ms" in names) is carried
+        assert bool(r.context_headers) is carried
