@@ -171,7 +171,8 @@ class CallRun(Generic[R]):
     # -- the state machine ---------------------------------------------------------------------
 
     def advance(self, outcome: Responded[R] | Broken | None) -> Step[R]:
-        """The next step after ``outcome`` (None to get the first attempt)."""
+        """The next step after ``outcome`` (None to get the first attempt, which is timed from
+        the run's start: ask for it right after making the run, as :func:`drive` does)."""
         if outcome is None:
             if self.deadline_left is not None and self.deadline_left <= 0:
                 return self._fail(
@@ -190,7 +191,7 @@ class CallRun(Generic[R]):
                 self.route = Route.HAPROXY
                 self.failed_over = True
                 self.route_reason += "; the Envoy sidecar refused connections recently (circuit open): via HAProxy"
-            return self._attempt(0.0)
+            return self._attempt(0.0, self.started)
         if isinstance(outcome, Responded):
             return self._on_response(outcome)
         return self._on_broken(outcome)
