@@ -128,7 +128,6 @@ class Mesh:
         service: ServiceConfig,
         method: str,
         extra: CallOptions | None = None,
-        *,
         replayable: bool = True,
         source: object = None,
     ) -> CallRun[Any]:
@@ -138,7 +137,8 @@ class Mesh:
         ``extra``, route decided by the flag (or forced by the options). ``method`` is the HTTP
         method, or the Thrift method name for Thrift services. ``source``, read by telemetry only
         (when an SDK is installed): the library's request (URL, ``User-Agent``), or for Thrift the
-        thriftpy2 service."""
+        thriftpy2 service. (Wrappers pass all five positionally: keyword arguments cost more, on
+        every call.)"""
         if self._closed:
             raise MeshError(f"this Mesh ({self.config.source}) is closed; build a new one to make calls")
         order = copy_order()
