@@ -306,7 +306,10 @@ class MeshSession(requests.Session):
         forget_adapter_pools([self.mesh_adapter, *self.adapters.values()])
 
     def _is_mesh_url(self, url: str) -> bool:
-        known = self._mesh_urls.get(url)  # asked three times per request
+        """Whether ``url`` addresses a registered service, worked out once per URL. Asked three
+        times per request, so the askers read ``_mesh_urls`` first (True, False, or None: not
+        known yet) and call this only for a URL not known yet."""
+        known = self._mesh_urls.get(url)
         if known is None:
             try:
                 host = urlsplit(url).hostname
@@ -318,7 +321,8 @@ class MeshSession(requests.Session):
     def merge_environment_settings(
         self, url: str | bytes | None, proxies: Any, stream: Any, verify: Any, cert: Any
     ) -> Any:
-        if isinstance(url, str) and self._is_mesh_url(url):
+        known = self._mesh_urls.get(url) if isinstance(url, str) else False
+        if known or (known is None and self._is_mesh_url(url)):  # type: ignore[arg-type]  # (a str)
             # a mesh call is plain HTTP to a local proxy: environment proxies and CA bundles never
             # apply, and reading them (every environment variable, per call) is requests' costliest step
             return {
@@ -334,7 +338,9 @@ class MeshSession(requests.Session):
     get_adapter = MeshFirstGetAdapter()
 
     def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
-        if request.url and self._is_mesh_url(request.url):
+        url = request.url
+        known = self._mesh_urls.get(url) if url else False
+        if known or (known is None and self._is_mesh_url(url)):  # type: ignore[arg-type]  # (a str)
             # mesh_client makes the call's one CLIENT span; keep opentelemetry-instrumentation-requests
             # (which wraps Session.send) from adding a second one
             with no_http_instrumentation():
