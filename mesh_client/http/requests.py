@@ -17,6 +17,7 @@ import datetime
 import functools
 import http.client
 import io
+import operator
 from collections.abc import Mapping
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -210,7 +211,7 @@ class MeshAdapter(HTTPAdapter):
             body = response.content if run.wants_body(status, lower) else None
             return Responded(response, status, lower, body)
 
-        result = drive(run, send_attempt, lambda response: response.close())
+        result = drive(run, send_attempt, _CLOSE)
         if run.shadow is not None:  # a copy down the other route, compared off this thread
             send = functools.partial(self.send, request, verify=verify, cert=cert)
             run.shadow.submit(result, None if stream else requests_answer, send, path)
@@ -264,6 +265,9 @@ class MeshAdapter(HTTPAdapter):
         )
         return self.build_response(prepared, raw)
 
+
+#: releases a response that is being retried (``response.close()``; one object for every call)
+_CLOSE: Final = operator.methodcaller("close")
 
 #: the requests exception for each way an attempt can fail over a wire
 _WIRE_ERRORS: Final = {
