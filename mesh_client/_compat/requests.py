@@ -115,11 +115,14 @@ _REQUEST_FIELDS: bool = _probe_request_fields()
 def attempt_copy(request: requests.PreparedRequest) -> requests.PreparedRequest:
     """A new prepared request like ``request`` (its method, URL, headers, body, hooks and body
     position), holding the caller's cookie jar itself: an attempt is only sent, it never writes the
-    jar. Set its own URL and headers on it. Fallback when the probe fails:
-    ``PreparedRequest.copy()``, which also copies the headers and the jar (slower)."""
-    if _REQUEST_FIELDS:  # (what _fast_copy does, without a call more on every attempt)
+    jar. Set its own URL and headers on it. Fallback when the probe fails, or for a request holding
+    attributes of its own: ``PreparedRequest.copy()``, which also copies the headers and the jar
+    (slower)."""
+    fields = request.__dict__
+    # (an attribute of the caller's own on the request: copy() leaves it out, so this does too)
+    if _REQUEST_FIELDS and len(fields) == len(_REQUEST_FIELD_NAMES):
         prepared: requests.PreparedRequest = object.__new__(requests.PreparedRequest)
-        prepared.__dict__.update(request.__dict__)
+        prepared.__dict__.update(fields)  # (what _fast_copy does, without a call more per attempt)
         return prepared
     return request.copy()
 
