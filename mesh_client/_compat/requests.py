@@ -7,14 +7,16 @@ probed at import on freshly made objects, each with a public fallback (see
 from __future__ import annotations
 
 import io
+import operator
 from collections.abc import Iterable, Mapping
+from typing import Final
 
 import requests
 from requests.structures import CaseInsensitiveDict
 
 from . import forced_fallback
 
-__all__ = ["attempt_copy", "copy_headers", "keep_body", "note_on", "take_from"]
+__all__ = ["attempt_copy", "copy_headers", "keep_body", "lower_dict", "note_on", "take_from"]
 
 
 def _probe_header_store() -> bool:
@@ -52,31 +54,47 @@ def copy_headers(
     headers: CaseInsensitiveDict[str] = CaseInsensitiveDict()
     if _HEADER_STORE and isinstance(caller, CaseInsensitiveDict):
         store: dict[str, tuple[str, str]] = headers._store  # type: ignore[attr-defined]
-        store.update([(lower, item) for lower, item in caller._store.items() if keep[item[0]]])  # type: ignore[attr-defined]
-        store.update([(name.lower(), (name, value)) for name, value in set_headers])
+        for lower, item in caller._store.items():  # type: ignore[attr-defined]
+            if keep[item[0]]:
+                store[lower] = item
+        for name, value in set_headers:
+            store[name.lower()] = (name, value)
     else:
         headers.update((name, value) for name, value in caller.items() if keep[name])
         headers.update(set_headers)
     return headers
 
 
+#: the value of a header store's (name, value) item
+_VALUE: Final = operator.itemgetter(1)
+
+
+def lower_dict(headers: CaseInsensitiveDict[str]) -> dict[str, str]:
+    """``{lower-case name: value}`` of ``headers``, as ``dict(headers.lower_items())`` gives it
+    (without a Python-level generator). Fallback when the probe fails: that expression."""
+    if _HEADER_STORE:
+        store: dict[str, tuple[str, str]] = headers._store  # type: ignore[attr-defined]
+        return dict(zip(store, map(_VALUE, store.values()), strict=True))
+    return dict(headers.lower_items())
+
+
+#: the fields of a ``PreparedRequest`` (as :func:`_probe_request_fields` checks), for its fast copy
+_REQUEST_FIELD_NAMES: Final = frozenset(("method", "url", "headers", "_cookies", "body", "hooks", "_body_position"))
+
+
 def _fast_copy(request: requests.PreparedRequest) -> requests.PreparedRequest:
-    """What :func:`attempt_copy` makes when the probe succeeds."""
-    prepared = requests.PreparedRequest()
-    prepared.method = request.method
-    prepared.url = request.url
-    prepared.headers = request.headers
-    prepared._cookies = request._cookies  # type: ignore[attr-defined]
-    prepared.body = request.body
-    prepared.hooks = request.hooks
-    prepared._body_position = request._body_position  # type: ignore[attr-defined]
+    """What :func:`attempt_copy` makes when the probe succeeds: a new ``PreparedRequest`` holding
+    the same fields (as ``copy.copy`` makes it, without its generic steps)."""
+    prepared: requests.PreparedRequest = object.__new__(requests.PreparedRequest)
+    prepared.__dict__.update(request.__dict__)
     return prepared
 
 
 def _probe_request_fields() -> bool:
-    """Whether a ``PreparedRequest`` holds exactly the fields :func:`_fast_copy` sets, cookie jar
-    (``_cookies``) and body position (``_body_position``) included, with the values its own
-    ``copy()`` gives (the jar aside: the same one, where ``copy()`` copies it)."""
+    """Whether a ``PreparedRequest`` holds exactly the fields requests' own ``copy()`` sets (method,
+    URL, headers, cookie jar ``_cookies``, body, hooks, body position ``_body_position``: then
+    :func:`_fast_copy` may copy its ``__dict__``), with the values ``copy()`` gives (the jar aside:
+    the same one, where ``copy()`` copies it)."""
     if forced_fallback():
         return False
     try:
@@ -84,7 +102,7 @@ def _probe_request_fields() -> bool:
             "POST", "http://h/a", headers={"X": "1"}, cookies={"c": "1"}, data=io.BytesIO(b"x")
         ).prepare()
         copied, fast = vars(request.copy()), vars(_fast_copy(request))
-        if set(copied) != set(fast) or fast["_cookies"] is not request._cookies:  # type: ignore[attr-defined]
+        if set(copied) != _REQUEST_FIELD_NAMES or set(fast) != set(copied) or fast["_cookies"] is not request._cookies:  # type: ignore[attr-defined]
             return False
         return fast.pop("_cookies").get_dict() == copied.pop("_cookies").get_dict() == {"c": "1"} and fast == copied
     except Exception:  # a requests whose prepared requests are made otherwise
@@ -97,10 +115,15 @@ _REQUEST_FIELDS: bool = _probe_request_fields()
 def attempt_copy(request: requests.PreparedRequest) -> requests.PreparedRequest:
     """A new prepared request like ``request`` (its method, URL, headers, body, hooks and body
     position), holding the caller's cookie jar itself: an attempt is only sent, it never writes the
-    jar. Set its own URL and headers on it. Fallback when the probe fails:
-    ``PreparedRequest.copy()``, which also copies the headers and the jar (slower)."""
-    if _REQUEST_FIELDS:
-        return _fast_copy(request)
+    jar. Set its own URL and headers on it. Fallback when the probe fails, or for a request holding
+    attributes of its own: ``PreparedRequest.copy()``, which also copies the headers and the jar
+    (slower)."""
+    fields = request.__dict__
+    # (an attribute of the caller's own on the request: copy() leaves it out, so this does too)
+    if _REQUEST_FIELDS and len(fields) == len(_REQUEST_FIELD_NAMES):
+        prepared: requests.PreparedRequest = object.__new__(requests.PreparedRequest)
+        prepared.__dict__.update(fields)  # (what _fast_copy does, without a call more per attempt)
+        return prepared
     return request.copy()
 
 

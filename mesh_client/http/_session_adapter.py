@@ -30,7 +30,8 @@ class MeshFirstGetAdapter:
         self.owner = owner
 
     def _choose(self, session: Any, url: str) -> requests.adapters.BaseAdapter:
-        if session._is_mesh_url(url):
+        known = session._mesh_urls.get(url)  # (as MeshSession asks)
+        if known or (known is None and session._is_mesh_url(url)):
             mesh_adapter: requests.adapters.BaseAdapter = session.mesh_adapter
             return mesh_adapter
         other = session.__dict__.get(_OTHER)

@@ -13,11 +13,11 @@ streams (``stream=True``), the adapter reads the body within the attempt's time,
 
 from __future__ import annotations
 
-import copy
 import datetime
 import functools
 import http.client
 import io
+import operator
 from collections.abc import Mapping
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -30,7 +30,7 @@ from urllib3.util import parse_url
 
 from .. import clock as _clock
 from .._cache import BoundedCache
-from .._compat.requests import attempt_copy, copy_headers, keep_body, note_on, take_from
+from .._compat.requests import attempt_copy, copy_headers, keep_body, lower_dict, note_on, take_from
 from ..driving import drive
 from ..errors import MeshTimeoutError, MeshTransportError, raise_failure
 from ..fork import reset_in_child
@@ -53,28 +53,10 @@ __all__ = ["MeshAdapter", "MeshSession"]
 _CACHED_URLS: Final = 1024
 
 
-def _attempt_request(request: requests.PreparedRequest, attempt: Attempt, path: str) -> requests.PreparedRequest:
-    """The request one attempt sends: the caller's, to the attempt's proxy, with the caller's
-    headers that may go out and then the attempt's (see :mod:`mesh_client._compat.requests`)."""
-    caller = request.headers
-    known = kept_names(attempt)
-    if any(name not in known for name in caller):
-        learn(known, attempt, list(caller))
-    prepared = attempt_copy(request)
-    prepared.url = attempt.base_url + path
-    prepared.headers = copy_headers(caller, known, attempt.set_headers)
-    return prepared
-
-
-#: a mesh response's ``elapsed`` as requests defines it, kept here by the adapter (Session.send sets
+#: a mesh response's ``elapsed`` as requests defines it ("between sending the first byte of the
+#: request and finishing parsing the headers"), noted here by the adapter (Session.send sets
 #: ``elapsed`` to the adapter's whole time, retries and the body read within the attempt included)
 _ELAPSED: Final = "_mesh_client_elapsed"
-
-
-def _time_to_headers(response: requests.Response, started: float) -> None:
-    """Note the time from sending the attempt to its response's headers (``Response.elapsed``:
-    "between sending the first byte of the request and finishing parsing the headers")."""
-    note_on(response, _ELAPSED, _clock.monotonic() - started)
 
 
 def _native_error(
@@ -155,7 +137,8 @@ class MeshAdapter(HTTPAdapter):
 
     def _target(self, url: str) -> tuple[ServiceConfig | None, str]:
         """The registered service a prepared URL addresses (None: another host) and its path and
-        query, parsed once per URL (``parse_url`` costs tens of µs). Raises
+        query, parsed once per URL (``parse_url`` costs tens of µs): :meth:`send` reads
+        ``_targets`` itself first, and calls this when the URL is not there. Raises
         :class:`~mesh_client.InvalidServiceURL` as :meth:`Mesh.http_service` does."""
         target = self._targets.get(url)
         if target is None:
@@ -173,7 +156,8 @@ class MeshAdapter(HTTPAdapter):
         cert: Any = None,
         proxies: Mapping[str, str] | None = None,
     ) -> requests.Response:
-        service, path = self._target(request.url or "")
+        url = request.url or ""
+        service, path = self._targets.get(url) or self._target(url)
         if service is None:
             plain: requests.Response = super().send(
                 request, stream=stream, timeout=timeout, verify=verify, cert=cert, proxies=proxies
@@ -186,16 +170,26 @@ class MeshAdapter(HTTPAdapter):
         wire = current_wire()
 
         def send_attempt(attempt: Attempt) -> Responded[requests.Response] | Broken:
-            prepared = _attempt_request(request, attempt, path)
+            # the caller's request, to the attempt's proxy, with the caller's headers that may go
+            # out and then the attempt's (see mesh_client._compat.requests)
+            known = kept_names(attempt)
+            try:
+                headers = copy_headers(request.headers, known, attempt.set_headers)
+            except KeyError:  # a caller's header name not seen yet under these rules
+                learn(known, attempt, list(request.headers))
+                headers = copy_headers(request.headers, known, attempt.set_headers)
+            prepared = attempt_copy(request)
+            prepared.url = attempt.base_url + path
+            prepared.headers = headers
             started = _clock.monotonic()
             if wire is not None:
                 sent = self._over_wire(wire, prepared, attempt, service.name, path)
                 if isinstance(sent, Broken):
                     return sent
                 response = sent
-                _time_to_headers(response, started)
+                note_on(response, _ELAPSED, _clock.monotonic() - started)  # (see _ELAPSED)
             else:
-                timer = BodyTimer(attempt)
+                timer = None if stream else BodyTimer(attempt)
                 try:
                     response = super(MeshAdapter, self).send(
                         prepared, stream=stream, timeout=attempt.timeout, verify=verify, cert=cert, proxies={}
@@ -205,19 +199,19 @@ class MeshAdapter(HTTPAdapter):
                     if broken is None:
                         raise
                     return broken
-                _time_to_headers(response, started)
+                note_on(response, _ELAPSED, _clock.monotonic() - started)
                 # Session.send would read the body after this returns, bounded per socket read only
-                cut = None if stream else _read_body(response, timer)
+                cut = None if timer is None else _read_body(response, timer)
                 if cut is not None:
                     response.close()
                     return cut
             response.request = prepared  # (the headers as sent; the caller's URL once answered)
             # (the core looks up lower-case names: a dictionary answers them at once)
-            status, headers = response.status_code, dict(response.headers.lower_items())
-            body = response.content if run.wants_body(status, headers) else None
-            return Responded(response, status, headers, body)
+            status, lower = response.status_code, lower_dict(response.headers)
+            body = response.content if run.wants_body(status, lower) else None
+            return Responded(response, status, lower, body)
 
-        result = drive(run, send_attempt, lambda response: response.close())
+        result = drive(run, send_attempt, _CLOSE)
         if run.shadow is not None:  # a copy down the other route, compared off this thread
             send = functools.partial(self.send, request, verify=verify, cert=cert)
             run.shadow.submit(result, None if stream else requests_answer, send, path)
@@ -228,7 +222,7 @@ class MeshAdapter(HTTPAdapter):
         # response.request the request as it went out to that URL: the answering attempt's
         # headers (Session.send follows redirects from the caller's request, not this one)
         response.url = request.url or response.url
-        shown = copy.copy(response.request)  # (shallow: the attempt's own headers, body and hooks)
+        shown = attempt_copy(response.request)  # (the attempt's own headers, body and hooks)
         shown.url = response.url
         response.request = shown
         setattr(response, INFO_KEY, result.info)
@@ -272,6 +266,9 @@ class MeshAdapter(HTTPAdapter):
         return self.build_response(prepared, raw)
 
 
+#: releases a response that is being retried (``response.close()``; one object for every call)
+_CLOSE: Final = operator.methodcaller("close")
+
 #: the requests exception for each way an attempt can fail over a wire
 _WIRE_ERRORS: Final = {
     Failure.CONNECT: requests.ConnectionError,
@@ -313,7 +310,10 @@ class MeshSession(requests.Session):
         forget_adapter_pools([self.mesh_adapter, *self.adapters.values()])
 
     def _is_mesh_url(self, url: str) -> bool:
-        known = self._mesh_urls.get(url)  # asked three times per request
+        """Whether ``url`` addresses a registered service, worked out once per URL. Asked three
+        times per request, so the askers read ``_mesh_urls`` first (True, False, or None: not
+        known yet) and call this only for a URL not known yet."""
+        known = self._mesh_urls.get(url)
         if known is None:
             try:
                 host = urlsplit(url).hostname
@@ -325,7 +325,8 @@ class MeshSession(requests.Session):
     def merge_environment_settings(
         self, url: str | bytes | None, proxies: Any, stream: Any, verify: Any, cert: Any
     ) -> Any:
-        if isinstance(url, str) and self._is_mesh_url(url):
+        known = self._mesh_urls.get(url) if isinstance(url, str) else False
+        if known or (known is None and self._is_mesh_url(url)):  # type: ignore[arg-type]  # (a str)
             # a mesh call is plain HTTP to a local proxy: environment proxies and CA bundles never
             # apply, and reading them (every environment variable, per call) is requests' costliest step
             return {
@@ -341,7 +342,9 @@ class MeshSession(requests.Session):
     get_adapter = MeshFirstGetAdapter()
 
     def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
-        if request.url and self._is_mesh_url(request.url):
+        url = request.url
+        known = self._mesh_urls.get(url) if url else False
+        if known or (known is None and self._is_mesh_url(url)):  # type: ignore[arg-type]  # (a str)
             # mesh_client makes the call's one CLIENT span; keep opentelemetry-instrumentation-requests
             # (which wraps Session.send) from adding a second one
             with no_http_instrumentation():
