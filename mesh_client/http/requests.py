@@ -164,8 +164,9 @@ class MeshAdapter(HTTPAdapter):
             )
             return plain
         body = request.body
+        # (positional: extra, replayable, source)
         run = self.mesh.start_call(
-            service, request.method or "GET", replayable=body is None or isinstance(body, (bytes, str)), source=request
+            service, request.method or "GET", None, body is None or isinstance(body, (bytes, str)), request
         )
         wire = current_wire()
 
