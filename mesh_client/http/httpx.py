@@ -11,8 +11,12 @@ When the caller reads the whole body at once (a client from ``mesh.httpx_client(
 attempt's time (see :mod:`mesh_client.http._httpx_body`): the sync transport bounds each network
 read, the async one the whole attempt.
 
-The two classes share everything except the lines that ``await`` and how the body's time is kept:
-the attempt's request and its answer's headers are made in :mod:`mesh_client.http._httpx_attempt`.
+The two classes differ only in the lines that ``await`` and how the body's time is kept: the
+attempt's request and its answer's headers are made in :mod:`mesh_client.http._httpx_attempt`.
+Each runs the call in :func:`mesh_client.driving.drive`'s loop written out in its own method (the
+async one with each attempt inside it: every wait of an attempt resumes the frames between the
+client and the wrapped transport, two fewer so), and reads a URL's parts once
+(:func:`mesh_client._compat.httpx.url_parts`).
 """
 
 from __future__ import annotations
