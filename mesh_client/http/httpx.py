@@ -13,16 +13,15 @@ read, the async one the whole attempt.
 
 The two classes differ only in the lines that ``await`` and how the body's time is kept: the
 attempt's request and its answer's headers are made in :mod:`mesh_client.http._httpx_attempt`.
-Each runs the call in :func:`mesh_client.driving.drive`'s loop written out in its own method (the
-async one with each attempt inside it: every wait of an attempt resumes the frames between the
-client and the wrapped transport, two fewer so), and reads a URL's parts once
-(:func:`mesh_client._compat.httpx.url_parts`).
+Each runs the call in :func:`mesh_client.driving.drive`'s loop written out, each attempt inside it
+(no call and no closure per call for them; in the async transport every wait of an attempt resumes
+the frames between the client and the wrapped transport: two fewer so), and reads a URL's parts
+once (:func:`mesh_client._compat.httpx.url_parts`).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Hashable
 from typing import Any
 
 import httpx
@@ -37,7 +36,7 @@ from ..policy import CallOptions
 from ..shadow.answers import httpx_answer
 from ..steps import Attempt, Broken, Fail, Failure, Responded
 from ..telemetry import no_http_instrumentation
-from ..wire import Wire, current_wire
+from ..wire import current_wire
 from ..wrapping import CallStarter
 from . import httpx_errors  # noqa: F401 - registers the combined exceptions raised here
 from ._async_deadline import attempt_deadline
@@ -71,19 +70,40 @@ class MeshTransport(ForwardsContext, httpx.BaseTransport):
         extra = request.extensions.get(EXTENSION_KEY)
         if extra is not None and not isinstance(extra, CallOptions):
             raise _not_options(extra)
-        replayable = isinstance(request.stream, httpx.ByteStream)
         run: CallRun[httpx.Response] = self.mesh.start_call(
-            service, request.method, extra, replayable=replayable, source=request
+            service, request.method, extra, replayable=isinstance(request.stream, httpx.ByteStream), source=request
         )
         wire = current_wire()
         with no_http_instrumentation():  # one CLIENT span per call: ours
-            # (the loop of mesh_client.driving.drive, here to spare a call and a closure per call)
+            # (the loop of mesh_client.driving.drive with each attempt in it)
             step = run.advance(None)
             try:
                 while isinstance(step, Attempt):
                     if step.delay > 0:
                         _clock.sleep(step.delay)
-                    outcome = self._send(run, request, step, url_key, wire)
+                    outgoing = attempt_request(request, step, url_key)
+                    if wire is not None:
+                        outgoing.read()
+                        outcome: Responded[httpx.Response] | Broken | None = over_wire(wire, run, step, outgoing)
+                    else:
+                        timer = BodyTimer(step)
+                        try:
+                            response = self.transport.handle_request(outgoing)
+                            outcome = (  # (the body read now if the caller reads it all, not in memory yet)
+                                read_body(response, outgoing, timer)
+                                if WHOLE_BODY.get() and not isinstance(response.stream, httpx.ByteStream)
+                                else None
+                            )
+                        except httpx.TransportError as exc:  # (read_body classifies the body's own)
+                            outcome = failure(exc) or _reraise(exc)
+                        else:
+                            if outcome is None:
+                                response.extensions[SENT_KEY] = outgoing
+                                code = response.status_code
+                                if run.wants_body(code, response.headers):  # (a small body, to classify it)
+                                    outcome = Responded(response, code, response.headers, response.read())
+                                else:
+                                    outcome = Responded(response, code, header_dict(response.headers))
                     step = run.advance(outcome)
                     if isinstance(step, Attempt) and isinstance(outcome, Responded):
                         outcome.response.close()
@@ -97,34 +117,6 @@ class MeshTransport(ForwardsContext, httpx.BaseTransport):
             raise_failure(step, functools.partial(native_error, request=request))
         step.response.extensions[INFO_KEY] = step.info
         return step.response
-
-    def _send(
-        self,
-        run: CallRun[httpx.Response],
-        request: httpx.Request,
-        attempt: Attempt,
-        url_key: Hashable,
-        wire: Wire | None,
-    ) -> Responded[httpx.Response] | Broken:
-        """One attempt of the call ``run`` of ``request`` (``url_key``: its URL's key), and its
-        outcome; the answer's body read first when the caller reads it all at once."""
-        outgoing = attempt_request(request, attempt, url_key)
-        if wire is not None:
-            outgoing.read()
-            return over_wire(wire, run, attempt, outgoing)
-        timer = BodyTimer(attempt)
-        try:
-            response = self.transport.handle_request(outgoing)
-        except httpx.TransportError as exc:
-            return failure(exc) or _reraise(exc)
-        if WHOLE_BODY.get() and not isinstance(response.stream, httpx.ByteStream):  # (not in memory already)
-            broken = read_body(response, outgoing, timer)
-            if broken is not None:
-                return broken
-        response.extensions[SENT_KEY] = outgoing
-        if run.wants_body(response.status_code, response.headers):  # (a small body, read to classify it)
-            return Responded(response, response.status_code, response.headers, response.read())
-        return Responded(response, response.status_code, header_dict(response.headers))
 
     def _forward_to(self) -> httpx.BaseTransport:
         return self.transport  # (entered, exited and closed with this one)
@@ -182,7 +174,7 @@ class AsyncMeshTransport(ForwardsAsyncContext, httpx.AsyncBaseTransport):
                                     if WHOLE_BODY.get() and not isinstance(response.stream, httpx.ByteStream)
                                     else None
                                 )
-                        except httpx.TransportError as exc:  # (the body's are classified as it is read)
+                        except httpx.TransportError as exc:  # (read_body_async classifies the body's own)
                             outcome = failure(exc) or _reraise(exc)
                         except TimeoutError:
                             outcome = await _timed_out(response, step, timer, outgoing)
