@@ -103,7 +103,8 @@ def test_a_urls_key_is_equal_for_equal_urls_only_on_both_paths(monkeypatch: pyte
     keys = [httpx_compat.url_parts(url)[4] for url in urls]
     for text, url, key in zip(URLS, urls, keys, strict=True):
         again = httpx_compat.url_parts(httpx.URL(text))[4]
-        assert again == key and hash(again) == hash(key), url
+        assert again == key, url
+        assert hash(again) == hash(key), url
         assert [key == other for other in keys] == [url == other for other in urls], url
 
 
