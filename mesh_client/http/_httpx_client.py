@@ -33,7 +33,8 @@ _TRANSPORT_KWARGS: Final = ("verify", "cert", "trust_env", "http1", "http2", "li
 
 
 def _show_sent_earlier(response: httpx.Response) -> None:
-    """What ``send`` does for ``response`` for each response in its ``history`` (redirects)."""
+    """Show the request as sent for each response in ``response.history`` (redirects), as ``send``
+    shows it for ``response`` itself."""
     for each in response.history:
         sent = each.extensions.pop(SENT_KEY, None)
         if isinstance(sent, httpx.Request):
