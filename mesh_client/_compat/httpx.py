@@ -1,4 +1,5 @@
-"""httpx and httpcore internals: a ``Headers``' item list, a ``Request``'s instance state, httpx's
+"""httpx and httpcore internals: a ``Headers``' item list, a ``Request``'s instance state, a ``URL``'s
+parsed parts, httpx's
 environment-proxy reader, the read timeout httpcore takes when a body starts, an HTTP/1
 connection's network stream, and a transport's connection pool (emptied in a forked child). Each
 probed at import, each with a public fallback (see :mod:`mesh_client._compat`)."""
@@ -9,7 +10,7 @@ import contextlib
 import socket
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any, Protocol
 
 import httpcore
@@ -20,6 +21,7 @@ from . import forced_fallback
 __all__ = [
     "HeaderItems",
     "ReadClock",
+    "URLParts",
     "bound_each_read",
     "copy_request",
     "environment_proxies",
@@ -27,6 +29,7 @@ __all__ = [
     "header_items",
     "headers_of",
     "set_body_read_timeout",
+    "url_parts",
 ]
 
 #: a header list as httpx keeps it: (name as given, lower-case name, value), all bytes
@@ -141,6 +144,55 @@ def copy_request(
 #: (true while the probe runs: it checks copy_request's own fast path)
 _REQUEST_STATE: bool = True
 _REQUEST_STATE = _probe_request_state()
+
+
+# -- URL: the parsed parts -------------------------------------------------------------------------
+
+#: a URL's scheme, host (as ``URL.host`` answers), port, whether it has user info, and a key equal
+#: for equal URLs only (hashable)
+URLParts = tuple[str, str, "int | None", bool, Hashable]
+
+
+def _probe_url_parts() -> bool:
+    """Whether a ``URL`` keeps its parsed parts in ``_uri_reference``, a tuple whose ``scheme``,
+    ``host``, ``port`` and ``userinfo`` are what its properties read, equal for equal URLs only."""
+    if forced_fallback():
+        return False
+    try:
+        samples = (
+            "http://users/x?a=1#f",
+            "HTTP://Users.:80/x",
+            "https://jo:pw@[::1]:8443/",
+            "http://xn--fiqs8s.icom.museum/",
+            "http://a",
+        )
+        for text in samples:
+            url = httpx.URL(text)
+            public = (url.scheme, url.host, url.port, bool(url.userinfo))
+            if not isinstance(url._uri_reference, tuple) or url_parts(url)[:4] != public:
+                return False
+        keys = [url_parts(httpx.URL(text))[4] for text in ("http://a/x", "http://a/x", "http://a/y", "http://a/x#f")]
+        return len({keys[0], keys[1]}) == 1 and len(set(keys)) == 3
+    except Exception:  # an httpx that keeps a URL's parts otherwise
+        return False
+
+
+def url_parts(url: httpx.URL) -> URLParts:
+    """``url``'s scheme, host, port, whether it has user info, and a key for it. Fast path: read
+    from its parsed parts at once, the key those parts (a tuple). Fallback: its properties, the
+    key ``str(url)``."""
+    if _URL_PARTS:
+        parts = url._uri_reference
+        host: str = parts.host
+        if host.startswith("xn--"):  # (an IDNA name: the property decodes it)
+            host = url.host
+        return parts.scheme, host, parts.port, bool(parts.userinfo), parts
+    return url.scheme, url.host, url.port, bool(url.userinfo), str(url)
+
+
+#: (true while the probe runs: it checks url_parts' own fast path)
+_URL_PARTS: bool = True
+_URL_PARTS = _probe_url_parts()
 
 
 # -- httpx's environment-proxy reader --------------------------------------------------------------

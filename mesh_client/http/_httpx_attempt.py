@@ -10,6 +10,7 @@ address), and a response's headers are read into a dictionary once for the core'
 from __future__ import annotations
 
 import http.client
+from collections.abc import Hashable
 from typing import Final
 
 import httpx
@@ -56,14 +57,36 @@ def failure(exc: httpx.TransportError) -> Broken | None:
     return None
 
 
-def attempt_request(request: httpx.Request, attempt: Attempt) -> httpx.Request:
+def attempt_request(request: httpx.Request, attempt: Attempt, url_key: Hashable) -> httpx.Request:
     """The request ``attempt`` sends: the caller's (its method, body and extensions) to the proxy's
-    address, with the caller's headers that may go out and then the core's, and the attempt's
-    time as every httpx timeout."""
+    address, with the caller's headers that may go out (as the bytes they are) and then the
+    core's (encoded as ``Headers`` encodes them: ASCII), and the attempt's time as every httpx
+    timeout. ``url_key`` is the key of the caller's URL (from
+    :func:`mesh_client._compat.httpx.url_parts`)."""
     t = attempt.timeout
     extensions = {**request.extensions, "timeout": {"connect": t, "read": t, "write": t, "pool": t}}
-    headers = httpx_compat.headers_of(_attempt_header_items(httpx_compat.header_items(request.headers), attempt))
-    return httpx_compat.copy_request(request, headers, _proxy_url(request.url, attempt.address), extensions)
+    known = kept_names(attempt)
+    items: httpx_compat.HeaderItems = []
+    for item in httpx_compat.header_items(request.headers):
+        keep = known.get(item[1])
+        if keep is None:  # a header name not seen before under these rules
+            learn(known, attempt, (item[1],))
+            keep = known[item[1]]
+        if keep:
+            items.append(item)
+    encoded = _ENCODED_NAMES
+    for name, value in attempt.set_headers:
+        pair = encoded.get(name)
+        if pair is None:  # a name the core sets, not encoded before (a few in all)
+            raw = name.encode("ascii")
+            pair = encoded.put(name, (raw, raw.lower()))
+        items.append((*pair, value.encode("ascii")))
+    proxied = _PROXY_URLS.get((url_key, attempt.address))
+    if proxied is None:
+        address = attempt.address
+        proxied = request.url.copy_with(scheme="http", host=address.host, port=address.port)
+        _PROXY_URLS.put((url_key, address), proxied)
+    return httpx_compat.copy_request(request, httpx_compat.headers_of(items), proxied, extensions)
 
 
 def over_wire(
@@ -113,7 +136,9 @@ def header_dict(headers: httpx.Headers) -> dict[str, str]:
     with ", ", as httpx joins them; values are read as latin-1 text (the core reads numbers and
     tokens, which are ASCII; the response the caller gets is untouched)."""
     items = httpx_compat.header_items(headers)
-    found = {lower.decode("latin-1"): value.decode("latin-1") for _, lower, value in items}
+    found: dict[str, str] = {}
+    for _, lower, raw in items:
+        found[lower.decode("latin-1")] = raw.decode("latin-1")
     if len(found) == len(items):  # no name repeated (the usual response)
         return found
     joined: dict[str, str] = {}
@@ -122,38 +147,9 @@ def header_dict(headers: httpx.Headers) -> dict[str, str]:
     return joined
 
 
-#: (the caller's URL, a proxy address) -> the URL the attempt goes to: ``URL.copy_with`` parses
-#: the whole URL again (tens of µs), and a service is usually called with the same URLs again
-_PROXY_URLS: BoundedCache[tuple[str, Address], httpx.URL] = BoundedCache(1024)
-
-
-def _proxy_url(url: httpx.URL, address: Address) -> httpx.URL:
-    key = (str(url), address)
-    proxied = _PROXY_URLS.get(key)
-    if proxied is None:
-        proxied = _PROXY_URLS.put(key, url.copy_with(scheme="http", host=address.host, port=address.port))
-    return proxied
-
+#: (the caller's URL's key, a proxy address) -> the URL the attempt goes to: ``URL.copy_with``
+#: parses the whole URL again (tens of µs), and a service is usually called with the same URLs again
+_PROXY_URLS: BoundedCache[tuple[Hashable, Address], httpx.URL] = BoundedCache(1024)
 
 #: header name -> (name, lower-case name) as bytes, for the names the core sets (a few)
 _ENCODED_NAMES: BoundedCache[str, tuple[bytes, bytes]] = BoundedCache(256)
-
-
-def _attempt_header_items(caller: httpx_compat.HeaderItems, attempt: Attempt) -> httpx_compat.HeaderItems:
-    """The attempt's headers as httpx keeps them: the caller's that may go out (as the bytes they
-    are), then the core's (encoded as ``Headers`` encodes them: ASCII)."""
-    known = kept_names(attempt)
-    try:
-        items = [item for item in caller if known[item[1]]]
-    except KeyError:  # a header name not seen before under these rules
-        learn(known, attempt, [lower for _, lower, _ in caller])
-        items = [item for item in caller if known[item[1]]]
-    encoded = _ENCODED_NAMES
-    try:
-        items += [encoded[name] + (value.encode("ascii"),) for name, value in attempt.set_headers]
-    except KeyError:  # a name the core sets, not encoded before (a few in all)
-        for name, _ in attempt.set_headers:
-            raw = name.encode("ascii")
-            encoded.put(name, (raw, raw.lower()))
-        items += [encoded[name] + (value.encode("ascii"),) for name, value in attempt.set_headers]
-    return items

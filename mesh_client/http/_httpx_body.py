@@ -19,23 +19,18 @@ from .._compat import httpx as httpx_compat
 from ..steps import Broken
 from ._body import BodyTimer
 
-__all__ = ["WHOLE_BODY", "body_overrun", "read_body", "read_body_async", "reads_body"]
+__all__ = ["WHOLE_BODY", "body_overrun", "read_body", "read_body_async"]
 
 #: True while a client made by mesh_client sends a request without ``stream=True``: the caller
 #: reads the whole body at once, so the transport reads it within the attempt's time instead
+#: (unless it is in memory already: an ``httpx.ByteStream``)
 WHOLE_BODY: contextvars.ContextVar[bool] = contextvars.ContextVar("mesh_client.httpx.whole_body", default=False)
 
 
-def reads_body(response: httpx.Response) -> bool:
-    """Whether to read the body within the attempt: the caller reads it all at once, and it is not
-    in memory already."""
-    return WHOLE_BODY.get() and not isinstance(response.stream, httpx.ByteStream)
-
-
-def read_body(response: httpx.Response, request: httpx.Request, timer: BodyTimer) -> httpx.Response | Broken:
-    """The response with its body read within ``timer``'s time, the network reads bounded by the
-    time left (when they can be: HTTP/1; the time is checked between chunks too), or the outcome
-    when the time ran out or the connection broke."""
+def read_body(response: httpx.Response, request: httpx.Request, timer: BodyTimer) -> Broken | None:
+    """Read the response's body within ``timer``'s time, the network reads bounded by the time
+    left (when they can be: HTTP/1; the time is checked between chunks too): None when it was
+    (the response then holds it), or the outcome when the time ran out or the connection broke."""
     _body_begins(request, timer)
     chunks: list[bytes] = []
     stream: httpx.SyncByteStream = response.stream  # type: ignore[assignment]
@@ -58,12 +53,11 @@ def read_body(response: httpx.Response, request: httpx.Request, timer: BodyTimer
     # (a body complete as its connection was cut: the pool drops a connection whose socket reads
     # as closed before it would use it again)
     stream.close()
-    return _body_read(response, chunks)
+    _body_read(response, chunks)
+    return None
 
 
-async def read_body_async(
-    response: httpx.Response, request: httpx.Request, timer: BodyTimer
-) -> httpx.Response | Broken:
+async def read_body_async(response: httpx.Response, request: httpx.Request, timer: BodyTimer) -> Broken | None:
     """The asyncio twin of :func:`read_body`; the caller's deadline for the whole attempt bounds
     the body, however it trickles."""
     _body_begins(request, timer)
@@ -78,7 +72,8 @@ async def read_body_async(
         _with_request(exc, request)
         await response.aclose()
         return _body_broken(exc, timer, request)
-    return _body_read(response, chunks)
+    _body_read(response, chunks)
+    return None
 
 
 def body_overrun(timer: BodyTimer, request: httpx.Request) -> Broken:
@@ -92,13 +87,12 @@ def _body_begins(request: httpx.Request, timer: BodyTimer) -> None:
     httpx_compat.set_body_read_timeout(request, max(timer.left(), 0.0))
 
 
-def _body_read(response: httpx.Response, chunks: list[bytes]) -> httpx.Response:
-    """The response to hand on, with its body (as received: decoded when the caller reads it).
-    The transport's own response, its network stream (read to the end and closed, but not
-    through the response, which stays unread) replaced by the bytes: cheaper than a new
+def _body_read(response: httpx.Response, chunks: list[bytes]) -> None:
+    """Make the response hold its body (as received: decoded when the caller reads it): the
+    transport's own response is handed on, its network stream (read to the end and closed, but
+    not through the response, which stays unread) replaced by the bytes: cheaper than a new
     ``httpx.Response`` with a copy of the headers."""
     response.stream = httpx.ByteStream(b"".join(chunks))
-    return response
 
 
 def _body_broken(error: httpx.TransportError | None, timer: BodyTimer, request: httpx.Request) -> Broken:

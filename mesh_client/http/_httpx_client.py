@@ -32,16 +32,13 @@ __all__ = ["build_async_client", "build_client", "client_kwargs"]
 _TRANSPORT_KWARGS: Final = ("verify", "cert", "trust_env", "http1", "http2", "limits")
 
 
-def _as_sent(sent: httpx.Request, caller: httpx.Request) -> httpx.Request:
-    """The caller's request (URL, body, extensions) with the headers ``sent`` went out with."""
-    return httpx_compat.copy_request(caller, sent.headers)
-
-
-def _show_sent(response: httpx.Response) -> None:
-    for each in (*response.history, response):
+def _show_sent_earlier(response: httpx.Response) -> None:
+    """Show the request as sent for each response in ``response.history`` (redirects), as ``send``
+    shows it for ``response`` itself."""
+    for each in response.history:
         sent = each.extensions.pop(SENT_KEY, None)
         if isinstance(sent, httpx.Request):
-            each.request = _as_sent(sent, each.request)
+            each.request = httpx_compat.copy_request(each.request, sent.headers)
 
 
 class _Client(httpx.Client):
@@ -53,7 +50,12 @@ class _Client(httpx.Client):
             response = super().send(request, stream=stream, **kwargs)
         finally:
             WHOLE_BODY.reset(token)
-        _show_sent(response)
+        # the caller's request (URL, body, extensions) with the headers the answer's attempt sent
+        sent = response.extensions.pop(SENT_KEY, None)
+        if isinstance(sent, httpx.Request):
+            response.request = httpx_compat.copy_request(response.request, sent.headers)
+        if response.history:
+            _show_sent_earlier(response)
         return response
 
 
@@ -66,7 +68,12 @@ class _AsyncClient(httpx.AsyncClient):
             response = await super().send(request, stream=stream, **kwargs)
         finally:
             WHOLE_BODY.reset(token)
-        _show_sent(response)
+        # the caller's request (URL, body, extensions) with the headers the answer's attempt sent
+        sent = response.extensions.pop(SENT_KEY, None)
+        if isinstance(sent, httpx.Request):
+            response.request = httpx_compat.copy_request(response.request, sent.headers)
+        if response.history:
+            _show_sent_earlier(response)
         return response
 
 

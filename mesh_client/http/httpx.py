@@ -11,8 +11,12 @@ When the caller reads the whole body at once (a client from ``mesh.httpx_client(
 attempt's time (see :mod:`mesh_client.http._httpx_body`): the sync transport bounds each network
 read, the async one the whole attempt.
 
-The two classes share everything except the lines that ``await`` and how the body's time is kept:
-the attempt's request and its answer's headers are made in :mod:`mesh_client.http._httpx_attempt`.
+The two classes differ only in the lines that ``await`` and how the body's time is kept: the
+attempt's request and its answer's headers are made in :mod:`mesh_client.http._httpx_attempt`.
+Each runs the call in :func:`mesh_client.driving.drive`'s loop written out, each attempt inside it
+(no call and no closure per call for them; in the async transport every wait of an attempt resumes
+the frames between the client and the wrapped transport: two fewer so), and reads a URL's parts
+once (:func:`mesh_client._compat.httpx.url_parts`).
 """
 
 from __future__ import annotations
@@ -22,14 +26,15 @@ from typing import Any
 
 import httpx
 
+from .. import clock as _clock
+from .._compat import httpx as httpx_compat
 from ..core import CallRun
-from ..driving import drive, drive_async
 from ..errors import raise_failure
 from ..fork import reset_in_child
 from ..info import INFO_KEY
 from ..policy import CallOptions
 from ..shadow.answers import httpx_answer
-from ..steps import Attempt, Broken, Done, Fail, Failure, Responded
+from ..steps import Attempt, Broken, Fail, Failure, Responded
 from ..telemetry import no_http_instrumentation
 from ..wire import current_wire
 from ..wrapping import CallStarter
@@ -39,7 +44,7 @@ from ._body import BodyTimer
 from ._fork import forget_transport_connections
 from ._forwarding import ForwardsAsyncContext, ForwardsContext
 from ._httpx_attempt import SENT_KEY, attempt_request, failure, header_dict, native_error, over_wire
-from ._httpx_body import WHOLE_BODY, body_overrun, read_body, read_body_async, reads_body
+from ._httpx_body import WHOLE_BODY, body_overrun, read_body, read_body_async
 
 __all__ = ["EXTENSION_KEY", "SENT_KEY", "AsyncMeshTransport", "MeshTransport"]
 
@@ -47,42 +52,7 @@ __all__ = ["EXTENSION_KEY", "SENT_KEY", "AsyncMeshTransport", "MeshTransport"]
 EXTENSION_KEY = "mesh"
 
 
-class _MeshTransportMixin:
-    """What both transports share: planning, the answer's outcome, the result."""
-
-    mesh: CallStarter
-
-    def _start(self, request: httpx.Request) -> CallRun[httpx.Response] | None:
-        url = request.url
-        service = self.mesh.http_service(url.scheme, url.host, url.port, bool(url.userinfo))
-        if service is None:
-            return None
-        extra = request.extensions.get(EXTENSION_KEY)
-        if extra is not None and not isinstance(extra, CallOptions):
-            raise TypeError(f"extensions[{EXTENSION_KEY!r}] must be a mesh_client.CallOptions, got {extra!r}")
-        replayable = isinstance(request.stream, httpx.ByteStream)
-        return self.mesh.start_call(service, request.method, extra, replayable=replayable, source=request)
-
-    @staticmethod
-    def _responded(
-        run: CallRun[httpx.Response], response: httpx.Response, sent: httpx.Request
-    ) -> Responded[httpx.Response] | None:
-        """The outcome, or None when the (small) body must be read first to classify it; ``sent``
-        is the attempt's request."""
-        response.extensions[SENT_KEY] = sent
-        if run.wants_body(response.status_code, response.headers):
-            return None
-        return Responded(response, response.status_code, header_dict(response.headers))
-
-    @staticmethod
-    def _finish(result: Done[httpx.Response] | Fail, request: httpx.Request) -> httpx.Response:
-        if isinstance(result, Fail):
-            raise_failure(result, functools.partial(native_error, request=request))
-        result.response.extensions[INFO_KEY] = result.info
-        return result.response
-
-
-class MeshTransport(_MeshTransportMixin, ForwardsContext, httpx.BaseTransport):
+class MeshTransport(ForwardsContext, httpx.BaseTransport):
     """An ``httpx.BaseTransport`` routing registered services through the mesh."""
 
     def __init__(self, mesh: CallStarter, transport: httpx.BaseTransport | None = None, **kwargs: Any) -> None:
@@ -93,38 +63,60 @@ class MeshTransport(_MeshTransportMixin, ForwardsContext, httpx.BaseTransport):
         reset_in_child(self, MeshTransport._after_fork)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        run = self._start(request)
-        if run is None:
+        scheme, host, port, userinfo, url_key = httpx_compat.url_parts(request.url)
+        service = self.mesh.http_service(scheme, host, port, userinfo)
+        if service is None:
             return self.transport.handle_request(request)
-
+        extra = request.extensions.get(EXTENSION_KEY)
+        if extra is not None and not isinstance(extra, CallOptions):
+            raise _not_options(extra)
+        run: CallRun[httpx.Response] = self.mesh.start_call(
+            service, request.method, extra, replayable=isinstance(request.stream, httpx.ByteStream), source=request
+        )
         wire = current_wire()
-
-        def send(attempt: Attempt) -> Responded[httpx.Response] | Broken:
-            outgoing = attempt_request(request, attempt)
-            if wire is not None:
-                outgoing.read()
-                return over_wire(wire, run, attempt, outgoing)
-            timer = BodyTimer(attempt)
-            try:
-                response = self.transport.handle_request(outgoing)
-            except httpx.TransportError as exc:
-                return failure(exc) or _reraise(exc)
-            if reads_body(response):
-                read = read_body(response, outgoing, timer)
-                if isinstance(read, Broken):
-                    return read
-                response = read
-            outcome = self._responded(run, response, outgoing)
-            if outcome is None:
-                outcome = Responded(response, response.status_code, response.headers, response.read())
-            return outcome
-
         with no_http_instrumentation():  # one CLIENT span per call: ours
-            result = drive(run, send, lambda r: r.close())
+            # (the loop of mesh_client.driving.drive with each attempt in it)
+            step = run.advance(None)
+            try:
+                while isinstance(step, Attempt):
+                    if step.delay > 0:
+                        _clock.sleep(step.delay)
+                    outgoing = attempt_request(request, step, url_key)
+                    if wire is not None:
+                        outgoing.read()
+                        outcome: Responded[httpx.Response] | Broken | None = over_wire(wire, run, step, outgoing)
+                    else:
+                        timer = BodyTimer(step)
+                        try:
+                            response = self.transport.handle_request(outgoing)
+                            outcome = (  # (the body read now if the caller reads it all, not in memory yet)
+                                read_body(response, outgoing, timer)
+                                if WHOLE_BODY.get() and not isinstance(response.stream, httpx.ByteStream)
+                                else None
+                            )
+                        except httpx.TransportError as exc:  # (read_body classifies the body's own)
+                            outcome = failure(exc) or _reraise(exc)
+                        else:
+                            if outcome is None:
+                                response.extensions[SENT_KEY] = outgoing
+                                code = response.status_code
+                                if run.wants_body(code, response.headers):  # (a small body, to classify it)
+                                    outcome = Responded(response, code, response.headers, response.read())
+                                else:
+                                    outcome = Responded(response, code, header_dict(response.headers))
+                    step = run.advance(outcome)
+                    if isinstance(step, Attempt) and isinstance(outcome, Responded):
+                        outcome.response.close()
+            except BaseException as exc:
+                run.abort(exc)
+                raise
         if run.shadow is not None:  # a copy down the other route, compared off this thread
             send_again = functools.partial(_whole, self.handle_request, request)
-            run.shadow.submit(result, _answer_of(), send_again, _target(request))
-        return self._finish(result, request)
+            run.shadow.submit(step, _answer_of(), send_again, _target(request))
+        if isinstance(step, Fail):
+            raise_failure(step, functools.partial(native_error, request=request))
+        step.response.extensions[INFO_KEY] = step.info
+        return step.response
 
     def _forward_to(self) -> httpx.BaseTransport:
         return self.transport  # (entered, exited and closed with this one)
@@ -136,7 +128,7 @@ class MeshTransport(_MeshTransportMixin, ForwardsContext, httpx.BaseTransport):
         self.transport = forget_transport_connections(self.transport, self._remake)
 
 
-class AsyncMeshTransport(_MeshTransportMixin, ForwardsAsyncContext, httpx.AsyncBaseTransport):
+class AsyncMeshTransport(ForwardsAsyncContext, httpx.AsyncBaseTransport):
     """An ``httpx.AsyncBaseTransport`` routing registered services through the mesh."""
 
     def __init__(self, mesh: CallStarter, transport: httpx.AsyncBaseTransport | None = None, **kwargs: Any) -> None:
@@ -147,51 +139,66 @@ class AsyncMeshTransport(_MeshTransportMixin, ForwardsAsyncContext, httpx.AsyncB
         reset_in_child(self, AsyncMeshTransport._after_fork)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        run = self._start(request)
-        if run is None:
+        scheme, host, port, userinfo, url_key = httpx_compat.url_parts(request.url)
+        service = self.mesh.http_service(scheme, host, port, userinfo)
+        if service is None:
             return await self.transport.handle_async_request(request)
-
+        extra = request.extensions.get(EXTENSION_KEY)
+        if extra is not None and not isinstance(extra, CallOptions):
+            raise _not_options(extra)
+        run: CallRun[httpx.Response] = self.mesh.start_call(
+            service, request.method, extra, replayable=isinstance(request.stream, httpx.ByteStream), source=request
+        )
         wire = current_wire()
-
-        async def send(attempt: Attempt) -> Responded[httpx.Response] | Broken:
-            outgoing = attempt_request(request, attempt)
-            if wire is not None:
-                await outgoing.aread()
-                return over_wire(wire, run, attempt, outgoing)
-            timer = BodyTimer(attempt)
-            response: httpx.Response | None = None
-            try:
-                # one deadline for the whole attempt (see mesh_client.http._async_deadline)
-                with attempt_deadline(attempt.timeout):
-                    try:
-                        response = await self.transport.handle_async_request(outgoing)
-                    except httpx.TransportError as exc:
-                        return failure(exc) or _reraise(exc)
-                    if reads_body(response):
-                        read = await read_body_async(response, outgoing, timer)
-                        if isinstance(read, Broken):
-                            return read
-                        response = read
-            except TimeoutError:
-                if response is not None:
-                    await response.aclose()
-                    return body_overrun(timer, outgoing)
-                message = f"no response within {attempt.timeout:.3f} s"
-                return Broken(Failure.TIMEOUT, httpx.ReadTimeout(message, request=outgoing), message)
-            outcome = self._responded(run, response, outgoing)
-            if outcome is None:
-                outcome = Responded(response, response.status_code, response.headers, await response.aread())
-            return outcome
-
-        async def discard(response: httpx.Response) -> None:
-            await response.aclose()
-
         with no_http_instrumentation():  # one CLIENT span per call: ours
-            result = await drive_async(run, send, discard)
+            # (the loop of mesh_client.driving.drive_async with each attempt in it: every wait of
+            # the attempt resumes the frames between the client and the wrapped transport)
+            step = run.advance(None)
+            try:
+                while isinstance(step, Attempt):
+                    if step.delay > 0:
+                        await _clock.async_sleep(step.delay)
+                    outgoing = attempt_request(request, step, url_key)
+                    if wire is not None:
+                        await outgoing.aread()
+                        outcome: Responded[httpx.Response] | Broken | None = over_wire(wire, run, step, outgoing)
+                    else:
+                        timer = BodyTimer(step)
+                        response: httpx.Response | None = None
+                        try:
+                            # one deadline for the whole attempt (see mesh_client.http._async_deadline)
+                            with attempt_deadline(step.timeout):
+                                response = await self.transport.handle_async_request(outgoing)
+                                outcome = (  # (the body read now if the caller reads it all, not in memory yet)
+                                    await read_body_async(response, outgoing, timer)
+                                    if WHOLE_BODY.get() and not isinstance(response.stream, httpx.ByteStream)
+                                    else None
+                                )
+                        except httpx.TransportError as exc:  # (read_body_async classifies the body's own)
+                            outcome = failure(exc) or _reraise(exc)
+                        except TimeoutError:
+                            outcome = await _timed_out(response, step, timer, outgoing)
+                        else:
+                            if outcome is None:
+                                response.extensions[SENT_KEY] = outgoing
+                                code = response.status_code
+                                if run.wants_body(code, response.headers):  # (a small body, to classify it)
+                                    outcome = Responded(response, code, response.headers, await response.aread())
+                                else:
+                                    outcome = Responded(response, code, header_dict(response.headers))
+                    step = run.advance(outcome)
+                    if isinstance(step, Attempt) and isinstance(outcome, Responded):
+                        await outcome.response.aclose()
+            except BaseException as exc:
+                run.abort(exc)
+                raise
         if run.shadow is not None:  # a copy down the other route, compared in a task of its own
             send_again = functools.partial(_whole_async, self.handle_async_request, request)
-            run.shadow.submit_task(result, _answer_of(), send_again, _target(request))
-        return self._finish(result, request)
+            run.shadow.submit_task(step, _answer_of(), send_again, _target(request))
+        if isinstance(step, Fail):
+            raise_failure(step, functools.partial(native_error, request=request))
+        step.response.extensions[INFO_KEY] = step.info
+        return step.response
 
     def _forward_to(self) -> httpx.AsyncBaseTransport:
         return self.transport  # (entered, exited and closed with this one)
@@ -225,6 +232,22 @@ def _answer_of() -> Any:
 
 def _target(request: httpx.Request) -> str:
     return request.url.raw_path.decode("ascii", "replace")
+
+
+async def _timed_out(
+    response: httpx.Response | None, attempt: Attempt, timer: BodyTimer, request: httpx.Request
+) -> Broken:
+    """The outcome when an async attempt's deadline passed: during the body (``response`` is the
+    answer, closed here) or before any answer."""
+    if response is not None:
+        await response.aclose()
+        return body_overrun(timer, request)
+    message = f"no response within {attempt.timeout:.3f} s"
+    return Broken(Failure.TIMEOUT, httpx.ReadTimeout(message, request=request), message)
+
+
+def _not_options(extra: object) -> TypeError:
+    return TypeError(f"extensions[{EXTENSION_KEY!r}] must be a mesh_client.CallOptions, got {extra!r}")
 
 
 def _reraise(exc: BaseException) -> Broken:

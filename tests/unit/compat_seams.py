@@ -15,6 +15,7 @@ from mesh_client._compat import httpx as httpx_compat
 HTTPX_SEAMS: dict[str, tuple[str, Callable[[], Any], Any]] = {
     "header list": ("_HEADER_LIST", httpx_compat._probe_header_list, False),
     "request state": ("_REQUEST_STATE", httpx_compat._probe_request_state, False),
+    "url parts": ("_URL_PARTS", httpx_compat._probe_url_parts, False),
     "proxy reader": ("_PROXY_READER", httpx_compat._probe_proxy_reader, None),
     "read timeout": ("_READ_TIMEOUT", httpx_compat._probe_read_timeout, False),
     "network stream": ("_NETWORK_STREAM", httpx_compat._probe_network_stream, False),

@@ -46,8 +46,9 @@ assert compat_requests.attempt_copy(request)._cookies is not request._cookies, "
 
 import httpx
 from mesh_client._compat import httpx as hx
-flags = (hx._HEADER_LIST, hx._REQUEST_STATE, hx._PROXY_READER, hx._READ_TIMEOUT, hx._NETWORK_STREAM, hx._POOL_STATE)
-assert flags == (False, False, None, False, False, False), flags
+flags = (hx._HEADER_LIST, hx._REQUEST_STATE, hx._URL_PARTS, hx._PROXY_READER, hx._READ_TIMEOUT, hx._NETWORK_STREAM,
+    hx._POOL_STATE)
+assert flags == (False, False, False, None, False, False, False), flags
 headers = httpx.Headers({"A": "b"})
 assert hx.header_items(headers) == [(b"A", b"a", b"b")] and hx.header_items(headers) is not headers._list
 assert hx.headers_of([(b"A", b"a", b"b")]) == headers
@@ -55,6 +56,7 @@ request = httpx.Request("POST", "http://a/", content=b"x")
 copy = hx.copy_request(request, headers, url=httpx.URL("http://b/"))
 assert (copy.url, copy.headers, copy.content) == (httpx.URL("http://b/"), headers, b"x")
 assert copy.headers is not headers, "made by the constructor"
+assert hx.url_parts(httpx.URL("http://a/x")) == ("http", "a", None, False, "http://a/x"), "the properties"
 assert hx.environment_proxies() is None, "the rules written here"
 assert hx.forget_pool_connections(httpx.AsyncHTTPTransport()) is False, "nothing public for an async pool"
 print("fallbacks in force")
@@ -83,11 +85,11 @@ def test_only_the_value_1_forces_them(value: str) -> None:
 
 def test_without_the_variable_every_httpx_probe_succeeds() -> None:
     """(with the httpx and httpcore this is tested with: a failing one would be a changed internal)"""
-    check = "from mesh_client._compat import httpx as hx; print(hx._HEADER_LIST, hx._REQUEST_STATE, "
+    check = "from mesh_client._compat import httpx as hx; print(hx._HEADER_LIST, hx._REQUEST_STATE, hx._URL_PARTS, "
     check += "hx._PROXY_READER is not None, hx._READ_TIMEOUT, hx._NETWORK_STREAM, hx._POOL_STATE)"
     done = run_python(check, "")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["True"] * 6
+    assert done.stdout.split() == ["True"] * 7
 
 
 def test_this_process_knows_which_mode_it_runs_in() -> None:

@@ -76,6 +76,38 @@ def test_a_subclass_of_request_is_copied_by_the_constructor(monkeypatch: pytest.
     assert copy.headers.raw == [(b"C", b"d")]
 
 
+URLS = [
+    "http://users/x?a=1#f",
+    "HTTP://Users.:80/x",
+    "https://jo:pw@[::1]:8443/",
+    "http://xn--fiqs8s.icom.museum/",
+    "http://中国.icom.museum/",
+    "http://a",
+    "http://a/",
+    "http://a/x?",
+]
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_urls_parts_are_its_properties_on_both_paths(monkeypatch: pytest.MonkeyPatch, path: str) -> None:
+    use_path(monkeypatch, "url parts", path)
+    for text in URLS:
+        url = httpx.URL(text)
+        assert httpx_compat.url_parts(url)[:4] == (url.scheme, url.host, url.port, bool(url.userinfo)), text
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_urls_key_is_equal_for_equal_urls_only_on_both_paths(monkeypatch: pytest.MonkeyPatch, path: str) -> None:
+    use_path(monkeypatch, "url parts", path)
+    urls = [httpx.URL(text) for text in URLS]
+    keys = [httpx_compat.url_parts(url)[4] for url in urls]
+    for text, url, key in zip(URLS, urls, keys, strict=True):
+        again = httpx_compat.url_parts(httpx.URL(text))[4]
+        assert again == key, url
+        assert hash(again) == hash(key), url
+        assert [key == other for other in keys] == [url == other for other in urls], url
+
+
 @pytest.mark.parametrize("path", PATHS)
 def test_the_environment_proxies_are_the_same_on_both_paths(monkeypatch: pytest.MonkeyPatch, path: str) -> None:
     probed = use_path(monkeypatch, "proxy reader", path)

@@ -51,6 +51,21 @@ def test_httpx_attempts_keep_the_caller_headers_in_order_then_the_mesh_ones(plai
         assert request.headers["x-envoy-retry-on"] == "connect-failure,refused-stream,reset-before-request"
 
 
+def test_each_caller_url_keeps_its_own_proxy_url(plain_mesh: Mesh) -> None:
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        return httpx.Response(200)
+
+    urls = ["http://users/a?x=1", "http://users/a?x=2", "http://users/a", "http://users/a?", "http://USERS./a?x=1"]
+    with plain_mesh.httpx_client(transport=httpx.MockTransport(handler)) as client:
+        for url in urls * 2:  # (the second time from the cache)
+            client.get(url)
+    expected = ["/a?x=1", "/a?x=2", "/a", "/a?", "/a?x=1"]
+    assert seen == [f"http://127.0.0.1:9001{target}" for target in expected * 2]
+
+
 def test_httpx_failover_sends_the_same_url_to_each_proxy(plain_mesh: Mesh) -> None:
     seen: list[str] = []
 
