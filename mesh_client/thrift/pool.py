@@ -12,6 +12,7 @@ import contextlib
 import queue
 import select
 import socket
+import struct
 import threading
 import time
 from typing import Any, Final
@@ -21,7 +22,7 @@ import thriftpy2.transport
 
 from .._compat.thriftpy2 import memory_buffer_reusable
 from ..registry import Address
-from .theader import read_frame
+from .theader import DEFAULT_MAX_FRAME, read_frame
 
 __all__ = ["Connection", "Pool", "PoolExhausted"]
 
@@ -35,6 +36,8 @@ _RECV_SIZE: Final = 65_536
 #: thriftpy2's (Cython) memory buffer can be emptied and written again; the pure-Python one cannot
 #: (probed in :mod:`mesh_client._compat.thriftpy2`)
 _REUSABLE_BUFFER: Final = memory_buffer_reusable()
+#: a frame's length field
+_LENGTH: Final = struct.Struct(">i")
 _PROTOCOL_FACTORY: Final[Any] = _protocol.TBinaryProtocolFactory()  # Cython-accelerated when available
 
 
@@ -86,7 +89,20 @@ class Connection:
         sock.sendall(frame)
         if oneway:
             return None
-        received = b""
+        _settimeout(sock, until)
+        received = sock.recv(_RECV_SIZE)
+        size = len(received) - 4
+        if 0 < size <= DEFAULT_MAX_FRAME and _LENGTH.unpack_from(received)[0] == size:
+            return received[4:]  # (the usual reply: its whole frame, and nothing else, in one read)
+        return self._rest_of_reply(received, until)
+
+    def _rest_of_reply(self, received: bytes, until: float) -> bytes:
+        """The reply frame's body when its first read (``received``) did not hold exactly the
+        whole frame: read by :func:`~mesh_client.thrift.theader.read_frame`, which refuses a
+        short or oversized frame."""
+        sock = self.sock
+        if not received:
+            raise ConnectionResetError("the proxy closed the connection before the whole reply")
 
         def recv_exactly(n: int) -> bytes:
             nonlocal received
