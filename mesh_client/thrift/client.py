@@ -50,7 +50,6 @@ from ..wire import ThriftCall, Wire, WireFailure, WireRequest, current_wire
 from ..wrapping import CallStarter
 from . import errors as _errors  # noqa: F401 - registers the combined exceptions raised here
 from .pool import Pool, PoolExhausted
-from .reading import binary_reader
 from .theader import FrameError, encode_framed, encode_header_frame, header_frame_parts
 
 if TYPE_CHECKING:
@@ -321,7 +320,7 @@ class ThriftClient:
                 reusable = True
                 return Responded(_Reply(), 200, {})
             try:
-                reply = self._decode_reply(body, seqid, method.result_cls)
+                reply = self._decode_reply(conn.reader, body, seqid, method.result_cls)
             except (FrameError, _StaleReply) as exc:
                 return Broken(Failure.RESET, exc, str(exc))
             if reply.error is None:  # (the usual reply)
@@ -383,13 +382,13 @@ class ThriftClient:
             return self._outcome(_Reply(error=result), attempt.route is _ENVOY)
         return self._outcome(_Reply(result=result), attempt.route is _ENVOY)
 
-    def _decode_reply(self, body: bytes, seqid: int, result_cls: Any) -> _Reply:
+    def _decode_reply(self, reader: Callable[[bytes], Any], body: bytes, seqid: int, result_cls: Any) -> _Reply:
         if self._header:
             frame_seqid, _protocol_id, _flags, _headers, body = header_frame_parts(body)
             if frame_seqid != seqid:
                 raise _StaleReply(f"THeader frame for call {frame_seqid}, expected {seqid}")
         # the whole frame is in ``body``: a reader that fails at any read past its end
-        proto = binary_reader(body)
+        proto = reader(body)
         try:
             _name, mtype, rseqid = proto.read_message_begin()
         except Exception as exc:

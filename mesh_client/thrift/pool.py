@@ -22,6 +22,7 @@ import thriftpy2.transport
 
 from .._compat.thriftpy2 import memory_buffer_reusable
 from ..registry import Address
+from .reading import new_reply_reader
 from .theader import DEFAULT_MAX_FRAME, read_frame
 
 __all__ = ["Connection", "Pool", "PoolExhausted"]
@@ -48,7 +49,7 @@ class PoolExhausted(TimeoutError):
 class Connection:
     """One socket to a proxy (or a server), used by one call at a time."""
 
-    __slots__ = ("_buffer", "_poll", "_protocol", "address", "seqid", "sock", "unasked")
+    __slots__ = ("_buffer", "_poll", "_protocol", "address", "reader", "seqid", "sock", "unasked")
 
     def __init__(self, sock: socket.socket, address: Address) -> None:
         self.sock = sock
@@ -60,6 +61,8 @@ class Connection:
         self._poll.register(sock, select.POLLIN)
         self._buffer: Any = None
         self._protocol: Any = None
+        #: the binary protocol reading a reply frame's body (see :mod:`mesh_client.thrift.reading`)
+        self.reader = new_reply_reader()
 
     def next_seqid(self) -> int:
         self.seqid = self.seqid % 0x7FFFFFFF + 1
