@@ -277,7 +277,9 @@ class ThriftClient:
         self._last_pool = (address, pool)
         return pool
 
-    def _attempt(self, method: _Method, run: CallRun[_Reply], call_args: Any, attempt: Attempt) -> Responded[_Reply] | Broken:
+    def _attempt(
+        self, method: _Method, run: CallRun[_Reply], call_args: Any, attempt: Attempt
+    ) -> Responded[_Reply] | Broken:
         """One attempt over a pooled connection: send the call, read and check its reply."""
         until = time.monotonic() + attempt.timeout
         address = attempt.address
