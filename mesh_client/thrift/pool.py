@@ -162,9 +162,9 @@ class Pool:
                 raise PoolExhausted(f"all {self._limit} connections to {self.address} are busy") from None
         try:
             while True:
-                with self._lock:
-                    conn = self._idle.pop() if self._idle else None
-                if conn is None:
+                try:
+                    conn = self._idle.pop()  # (one C call, atomic: no lock needed to take one)
+                except IndexError:
                     break
                 if not conn.dropped():
                     return conn

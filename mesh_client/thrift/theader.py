@@ -95,6 +95,10 @@ _KNOWN_PROTOCOLS: Final = (PROTOCOL_BINARY, PROTOCOL_COMPACT)
 _TRANSFORMS: Final = {1: "zlib", 2: "hmac", 3: "snappy", 4: "qlz", 5: "zstd"}
 _FIXED_FIELDS: Final = struct.Struct(">HHIH")
 _LENGTH: Final = struct.Struct(">i")
+#: a frame's length and then its fixed fields, written at once
+_LENGTH_AND_FIXED: Final = struct.Struct(">iHHIH")
+#: the zero bytes that end a header area of each length (modulo 4) on a 4-byte boundary
+_PADDING: Final = (b"", b"\x00\x00\x00", b"\x00\x00", b"\x00")
 
 
 class FrameError(ValueError):
@@ -181,30 +185,37 @@ def encode_header_frame(
     area = bytearray(_SMALL_VARINTS[protocol_id])
     area += b"\x00"  # no transforms
     if headers:
+        count = len(headers)
         area += _SMALL_VARINTS[INFO_KEYVALUE]
-        area += _varint(len(headers))
+        area += _SMALL_VARINTS[count] if count < 0x80 else _varint(count)
         seen: set[str] = set()
         for key, value in headers:
-            folded, encoded_key = _key(key)
-            check_header_value(key, value)
+            found = _KEYS.get(key) if isinstance(key, str) else None
+            folded, encoded_key = found if found is not None else _key(key)
+            # check_header_value's own first test, inline (it returns at once for such a value)
+            if not (
+                isinstance(value, str)
+                and value.isascii()
+                and value.isprintable()
+                and (not value or (value[0] != " " and value[-1] != " "))
+            ):
+                check_header_value(key, value)
             if folded in seen:
                 raise ValueError(f"THeader header {key!r} given twice (keys are compared ignoring case)")
             seen.add(folded)
-            area += encoded_key
-            data = value.encode("utf-8")
+            data = value.encode()
             if len(data) < 0x80:  # (the usual value: :func:`_string` inline)
-                area += _SMALL_VARINTS[len(data)]
-                area += data
+                area += encoded_key + _SMALL_VARINTS[len(data)] + data
             else:
-                area += _string(value, key)
-    area += bytes(-len(area) % 4)
-    if len(area) > MAX_HEADER_AREA:
-        raise FrameError(f"THeader headers take {len(area)} bytes, more than the {MAX_HEADER_AREA} Envoy accepts")
-    length = _FIXED + len(area) + len(payload)
+                area += encoded_key + _string(value, key)
+    area += _PADDING[len(area) % 4]
+    size = len(area)
+    if size > MAX_HEADER_AREA:
+        raise FrameError(f"THeader headers take {size} bytes, more than the {MAX_HEADER_AREA} Envoy accepts")
+    length = _FIXED + size + len(payload)
     if length > _MAX_FRAME_LENGTH:
         raise FrameError(f"a THeader frame of {length} bytes does not fit the 32-bit length")
-    fixed = _FIXED_FIELDS.pack(HEADER_MAGIC, flags, seqid, len(area) // 4)
-    return b"".join((_LENGTH.pack(length), fixed, area, payload))
+    return _LENGTH_AND_FIXED.pack(length, HEADER_MAGIC, flags, seqid, size // 4) + area + payload
 
 
 class _Reader:
