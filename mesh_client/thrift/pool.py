@@ -15,6 +15,7 @@ import socket
 import struct
 import threading
 import time
+from time import monotonic
 from typing import Any, Final
 
 import thriftpy2.protocol
@@ -49,7 +50,7 @@ class PoolExhausted(TimeoutError):
 class Connection:
     """One socket to a proxy (or a server), used by one call at a time."""
 
-    __slots__ = ("_buffer", "_poll", "_protocol", "address", "reader", "seqid", "sock", "unasked")
+    __slots__ = ("_buffer", "_protocol", "address", "poll", "reader", "seqid", "sock", "unasked")
 
     def __init__(self, sock: socket.socket, address: Address) -> None:
         self.sock = sock
@@ -57,8 +58,9 @@ class Connection:
         self.seqid = 0
         #: bytes came after the reply (a peer answering what was not asked): never reuse
         self.unasked = False
-        self._poll = select.poll()
-        self._poll.register(sock, select.POLLIN)
+        #: polled for input while the connection is idle (see :meth:`Pool.acquire`)
+        self.poll = select.poll()
+        self.poll.register(sock, select.POLLIN)
         self._buffer: Any = None
         self._protocol: Any = None
         #: the binary protocol reading a reply frame's body (see :mod:`mesh_client.thrift.reading`)
@@ -78,21 +80,20 @@ class Connection:
             self._buffer.clean()
         return self._buffer, self._protocol
 
-    def dropped(self) -> bool:
-        """Whether the peer closed (or sent something unasked) while the connection was idle."""
-        try:
-            return bool(self._poll.poll(0))  # (a closed socket answers POLLNVAL)
-        except (OSError, ValueError):
-            return True
-
     def exchange(self, frame: bytes, until: float, oneway: bool) -> bytes | None:
         """Send ``frame``; return the reply frame's body (None for oneway), all before ``until``."""
         sock = self.sock
-        _settimeout(sock, until)
+        left = until - monotonic()  # (_settimeout inline, here and below)
+        if left <= 0:
+            raise TimeoutError("timed out")
+        sock.settimeout(left)
         sock.sendall(frame)
         if oneway:
             return None
-        _settimeout(sock, until)
+        left = until - monotonic()
+        if left <= 0:
+            raise TimeoutError("timed out")
+        sock.settimeout(left)
         received = sock.recv(_RECV_SIZE)
         size = len(received) - 4
         if 0 < size <= DEFAULT_MAX_FRAME and _LENGTH.unpack_from(received)[0] == size:
@@ -166,7 +167,11 @@ class Pool:
                     conn = self._idle.pop()  # (one C call, atomic: no lock needed to take one)
                 except IndexError:
                     break
-                if not conn.dropped():
+                try:  # whether the peer closed (or sent something unasked) while it was idle
+                    dropped = bool(conn.poll.poll(0))  # (a closed socket answers POLLNVAL)
+                except (OSError, ValueError):
+                    dropped = True
+                if not dropped:
                     return conn
                 conn.close()
             left = until - time.monotonic()

@@ -37,7 +37,7 @@ import thriftpy2.protocol.binary
 import thriftpy2.transport
 import thriftpy2.transport.memory
 
-from .._compat.thriftpy2 import clear_buffered, strict_reader
+from .._compat.thriftpy2 import buffered_cleaner, strict_reader
 
 __all__ = [
     "KEPT_MAX_BODY",
@@ -75,17 +75,19 @@ KEPT_MAX_BODY: Final = 4096
 def kept_fast_reader() -> Reader:
     """A :func:`fast_reader` that keeps its stream, buffered transport and protocol from one body
     to the next: one per connection, used by one call at a time. Before each body the transport
-    drops what the last one left (:func:`mesh_client._compat.thriftpy2.clear_buffered`) and the
+    drops what the last one left (:func:`mesh_client._compat.thriftpy2.buffered_cleaner`) and the
     stream is started again on the new body. Strict where :func:`strict_kept_reader` says so."""
     stream = io.BytesIO()
     trans = _transport.TBufferedTransport(stream)
     proto = _protocol.TBinaryProtocol(trans)
+    clean = buffered_cleaner(trans, stream)
+    restart = io.BytesIO.__init__
 
     def read(body: bytes) -> Any:
         if len(body) > KEPT_MAX_BODY:
             return fast_reader(body)
-        io.BytesIO.__init__(stream, body)  # (the same stream, now holding ``body`` from its start)
-        clear_buffered(trans, stream)
+        restart(stream, body)  # (the same stream, now holding ``body`` from its start)
+        clean()
         return proto
 
     return read
