@@ -303,10 +303,9 @@ def header_frame_parts(body: bytes) -> tuple[int, int, int, dict[str, str], byte
             "the fixed fields (truncated or corrupt frame)"
         )
     first = body[_FIXED]
-    if first in _KNOWN_PROTOCOLS and body[_FIXED + 1] == 0:
-        padding = body[_FIXED + 2 : end]
-        if padding.count(0) == len(padding):  # (the usual reply: no headers, no transforms)
-            return seqid, first, flags, {}, body[end:]
+    # the usual reply: a one-byte protocol id, no transforms, then nothing but padding (no headers)
+    if first in _KNOWN_PROTOCOLS and body[_FIXED + 1] == 0 and body.count(0, _FIXED + 2, end) == end - _FIXED - 2:
+        return seqid, first, flags, {}, body[end:]
     reader = _Reader(body, _FIXED, end)
     protocol_id = reader.varint("protocol id")
     if protocol_id not in (PROTOCOL_BINARY, PROTOCOL_COMPACT):
