@@ -1,9 +1,12 @@
 """The Thrift client's connections: one socket used by one call at a time, pooled per address.
 
 A call sends its whole frame and reads the whole reply frame by its length before anything is
-decoded (:func:`~mesh_client.thrift.theader.read_frame` refuses a short or oversized frame), all
+decoded (:func:`~mesh_client.thrift.theader.read_frame` refuses a short or oversized frame; a
+first read that holds exactly one whole frame, the usual small reply, is taken as it is), all
 before the attempt's deadline. A connection is reused only after a complete, expected reply: not
-after a timeout, a transport error, an error reply, or bytes arriving that nobody asked for.
+after a timeout, a transport error, an error reply, or bytes arriving that nobody asked for. Each
+connection keeps its write buffer and its reply reader
+(:func:`~mesh_client.thrift.reading.new_reply_reader`) for the calls made on it.
 """
 
 from __future__ import annotations
