@@ -11,6 +11,7 @@ modules call (:mod:`mesh_client.thrift.server`, :mod:`mesh_client.thrift.process
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -22,6 +23,7 @@ from thriftpy2.thrift import TApplicationException, TMessageType
 from . import forced_fallback
 
 __all__ = [
+    "buffered_cleaner",
     "call_kwargs",
     "clear_buffered",
     "memory_buffer_reusable",
@@ -215,3 +217,12 @@ def clear_buffered(trans: Any, inner: Any) -> None:
         trans.clean()
     else:
         _transport.TBufferedTransport.__init__(trans, inner)
+
+
+def buffered_cleaner(trans: Any, inner: Any) -> Callable[[], None]:
+    """:func:`clear_buffered` of ``trans`` (over ``inner``) made ready to call: the transport's
+    own ``clean`` when the probe passed (one C call each time), else the constructor run again."""
+    if _BUFFERED_CLEAN:
+        clean: Callable[[], None] = trans.clean
+        return clean
+    return functools.partial(_transport.TBufferedTransport.__init__, trans, inner)

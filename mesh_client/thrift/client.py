@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from thriftpy2.thrift import TApplicationException, TMessageType
 from thriftpy2.transport import TTransportException
@@ -49,13 +49,19 @@ from ..variants import framed_service_name
 from ..wire import ThriftCall, Wire, WireFailure, WireRequest, current_wire
 from ..wrapping import CallStarter
 from . import errors as _errors  # noqa: F401 - registers the combined exceptions raised here
-from .pool import Connection, Pool, PoolExhausted
-from .reading import binary_reader
-from .theader import FrameError, decode_header_frame, encode_framed, encode_header_frame
+from .pool import Pool, PoolExhausted
+from .theader import FrameError, encode_framed, encode_header_frame, header_frame_parts
+
+if TYPE_CHECKING:
+    from ..core import CallRun
 
 __all__ = ["ThriftClient"]
 
 DEFAULT_MAX_CONNECTIONS: Final = 32
+_ENVOY: Final = Route.ENVOY
+_CALL: Final = TMessageType.CALL
+_ONEWAY: Final = TMessageType.ONEWAY
+_EXCEPTION: Final = TMessageType.EXCEPTION
 
 #: Envoy thrift_proxy's own error replies: (TApplicationException type, message start, kind,
 #: status-like code). The codes only feed the shared retry rules; callers see exceptions.
@@ -200,21 +206,23 @@ class ThriftClient:
                 f"{exc.args[0]} is required argument for {service.__name__}.{api}",
             ) from None
         call_args = method.args_cls(**fields)
-        oneway = method.oneway
         run = self._mesh.start_call(self._config, api, source=service)
         wire = current_wire()
-
-        def send(attempt: Attempt) -> Responded[_Reply] | Broken:
-            target = self._wire_name(attempt, method, run.variant)
-            if wire is not None:
-                return self._over_wire(wire, attempt, api, call_args, oneway, target=target)
-            return self._attempt(attempt, method, target, call_args)
-
+        # one attempt: send(attempt) (a partial, not a closure: one Python call an attempt fewer)
+        if wire is None:
+            send = functools.partial(self._attempt, method, run, call_args)
+        else:
+            send = functools.partial(self._over_wire, wire, method, run, call_args)
         result = drive(run, send, _keep)
         if run.shadow is not None:  # a copy down the other route, compared off this thread
+            oneway = method.oneway
             again = None if oneway else functools.partial(self._call, api, *args, **kwargs)
             return shadow_thrift(run.shadow, result, lambda: self._outcome_of(result, api, oneway), again, api)
-        return self._outcome_of(result, api, oneway)
+        if isinstance(result, Done) and result.response.error is None and not method.oneway:
+            success = getattr(result.response.result, "success", None)
+            if success is not None:  # (the usual reply: _outcome_of's first answer, inline)
+                return success
+        return self._outcome_of(result, api, method.oneway)
 
     def _outcome_of(self, result: Done[_Reply] | Fail, api: str, oneway: bool) -> Any:
         """What the call returns (or raises): its result, or the error."""
@@ -225,10 +233,13 @@ class ThriftClient:
             self._raise_error_reply(reply.error, result.info, api)
         if oneway:
             return None
+        success = getattr(reply.result, "success", None)
+        if success is not None:  # (the usual reply)
+            return success
         return self._unpack(reply.result)
 
     def _raise_error_reply(self, error: TApplicationException, info: Any, api: str) -> None:
-        envoy = _classify_envoy_reply(error) if info.route is Route.ENVOY else None
+        envoy = _classify_envoy_reply(error) if info.route is _ENVOY else None
         if envoy is None:
             raise error  # the server's own TApplicationException, as thriftpy2 raises it
         kind = envoy[0]
@@ -247,6 +258,7 @@ class ThriftClient:
 
     @staticmethod
     def _unpack(result: Any) -> Any:
+        """A result struct's value (its ``success`` field) or the exception it holds."""
         if getattr(result, "success", None) is not None:
             return result.success
         if len(result.thrift_spec) == 0:  # void without throws
@@ -269,9 +281,14 @@ class ThriftClient:
         self._last_pool = (address, pool)
         return pool
 
-    def _attempt(self, attempt: Attempt, method: _Method, target: str, call_args: Any) -> Responded[_Reply] | Broken:
+    def _attempt(
+        self, method: _Method, run: CallRun[_Reply], call_args: Any, attempt: Attempt
+    ) -> Responded[_Reply] | Broken:
+        """One attempt over a pooled connection: send the call, read and check its reply."""
         until = time.monotonic() + attempt.timeout
-        pool = self._pool(attempt.address)
+        address = attempt.address
+        last = self._last_pool
+        pool = last[1] if last is not None and last[0] is address else self._pool(address)
         try:
             conn = pool.acquire(until)
         except PoolExhausted as exc:
@@ -283,9 +300,16 @@ class ThriftClient:
         reusable = False
         try:
             seqid = conn.next_seqid()
-            envoy_route = attempt.route is Route.ENVOY
             oneway = method.oneway
-            payload = self._encode_call(conn, target, call_args, seqid, oneway)
+            buf, proto = conn.writer()
+            if attempt.route is _ENVOY and not self._header:  # (see _wire_name)
+                name = method.envoy_name if run.variant is None else self._wire_name(attempt, method, run.variant)
+            else:
+                name = method.api
+            proto.write_message_begin(name, _ONEWAY if oneway else _CALL, seqid)
+            call_args.write(proto)
+            proto.write_message_end()
+            payload = bytes(buf.getvalue())
             if self._header:
                 frame = encode_header_frame(payload, seqid=seqid, headers=self._theader_headers(attempt))
             else:
@@ -302,26 +326,32 @@ class ThriftClient:
                 reusable = True
                 return Responded(_Reply(), 200, {})
             try:
-                reply = self._decode_reply(body, seqid, method.result_cls)
+                reply = self._decode_reply(conn.reader, body, seqid, method.result_cls)
             except (FrameError, _StaleReply) as exc:
                 return Broken(Failure.RESET, exc, str(exc))
-            reusable = reply.error is None
-            return self._outcome(reply, envoy_route)
+            if reply.error is None:  # (the usual reply)
+                reusable = True
+                return Responded(reply, 200, {})
+            return self._outcome(reply, attempt.route is _ENVOY)
         finally:
             pool.release(conn, reusable)
 
     def _wire_name(self, attempt: Attempt, method: _Method, variant: str | None) -> str:
         """The method name as sent: framed calls through Envoy carry the service as a multiplex
         prefix, which Envoy strips (``users~canary:get`` for a variant a routing override chose)."""
-        if attempt.route is not Route.ENVOY or self._header:
+        if attempt.route is not _ENVOY or self._header:
             return method.api
         if variant is None:
             return method.envoy_name
         return f"{framed_service_name(self._config.name, variant)}:{method.api}"
 
     def _theader_headers(self, attempt: Attempt) -> list[tuple[str, str]]:
-        headers = [(k.lower(), v) for k, v in attempt.set_headers if k.lower() != "host"]
-        if attempt.route is Route.ENVOY:
+        headers = []
+        for key, value in attempt.set_headers:  # (a loop: a comprehension is one call more)
+            name = key.lower()
+            if name != "host":
+                headers.append((name, value))
+        if attempt.route is _ENVOY:
             headers.append((MESH_SERVICE_HEADER, self._config.name))
         return headers
 
@@ -335,15 +365,16 @@ class ThriftClient:
         return Responded(reply, envoy[1], {}, proxy_error=envoy[0])
 
     def _over_wire(
-        self, wire: Wire, attempt: Attempt, api: str, call_args: Any, oneway: bool, *, target: str
+        self, wire: Wire, method: _Method, run: CallRun[_Reply], call_args: Any, attempt: Attempt
     ) -> Responded[_Reply] | Broken:
         """One attempt over an installed :class:`~mesh_client.wire.Wire` (a fake mesh)."""
+        api, oneway = method.api, method.oneway
         sent = WireRequest.of(
             attempt,
             header_prefix=self._mesh.config.header_prefix,
             service=self._config.name,
             method=api,
-            target=target,
+            target=self._wire_name(attempt, method, run.variant),
             headers=tuple(self._theader_headers(attempt)) if self._header else (),
             thrift=ThriftCall(self._service, api, call_args, oneway),
         )
@@ -354,25 +385,16 @@ class ThriftClient:
             return Responded(_Reply(), 200, {})
         result = reply.thrift_reply
         if isinstance(result, TApplicationException):
-            return self._outcome(_Reply(error=result), attempt.route is Route.ENVOY)
-        return self._outcome(_Reply(result=result), attempt.route is Route.ENVOY)
+            return self._outcome(_Reply(error=result), attempt.route is _ENVOY)
+        return self._outcome(_Reply(result=result), attempt.route is _ENVOY)
 
-    @staticmethod
-    def _encode_call(conn: Connection, name: str, call_args: Any, seqid: int, oneway: bool) -> bytes:
-        buf, proto = conn.writer()
-        proto.write_message_begin(name, TMessageType.ONEWAY if oneway else TMessageType.CALL, seqid)
-        call_args.write(proto)
-        proto.write_message_end()
-        return bytes(buf.getvalue())
-
-    def _decode_reply(self, body: bytes, seqid: int, result_cls: Any) -> _Reply:
+    def _decode_reply(self, reader: Callable[[bytes], Any], body: bytes, seqid: int, result_cls: Any) -> _Reply:
         if self._header:
-            frame = decode_header_frame(body)
-            if frame.seqid != seqid:
-                raise _StaleReply(f"THeader frame for call {frame.seqid}, expected {seqid}")
-            body = frame.payload
+            frame_seqid, _protocol_id, _flags, _headers, body = header_frame_parts(body)
+            if frame_seqid != seqid:
+                raise _StaleReply(f"THeader frame for call {frame_seqid}, expected {seqid}")
         # the whole frame is in ``body``: a reader that fails at any read past its end
-        proto = binary_reader(body)
+        proto = reader(body)
         try:
             _name, mtype, rseqid = proto.read_message_begin()
         except Exception as exc:
@@ -380,7 +402,7 @@ class ThriftClient:
         if rseqid != seqid:
             raise _StaleReply(f"reply for call {rseqid}, expected {seqid}: a stale reply, discarded")
         try:
-            if mtype == TMessageType.EXCEPTION:
+            if mtype == _EXCEPTION:
                 error = TApplicationException()
                 error.read(proto)
                 proto.read_message_end()
@@ -390,7 +412,7 @@ class ThriftClient:
             proto.read_message_end()
         except Exception as exc:
             raise FrameError(f"cannot decode the reply: {exc}") from None
-        return _Reply(result=result)
+        return _Reply(result)
 
 
 #: the exception a socket would raise for each way an attempt can fail over a wire

@@ -1,9 +1,12 @@
 """The Thrift client's connections: one socket used by one call at a time, pooled per address.
 
 A call sends its whole frame and reads the whole reply frame by its length before anything is
-decoded (:func:`~mesh_client.thrift.theader.read_frame` refuses a short or oversized frame), all
+decoded (:func:`~mesh_client.thrift.theader.read_frame` refuses a short or oversized frame; a
+first read that holds exactly one whole frame, the usual small reply, is taken as it is), all
 before the attempt's deadline. A connection is reused only after a complete, expected reply: not
-after a timeout, a transport error, an error reply, or bytes arriving that nobody asked for.
+after a timeout, a transport error, an error reply, or bytes arriving that nobody asked for. Each
+connection keeps its write buffer and its reply reader
+(:func:`~mesh_client.thrift.reading.new_reply_reader`) for the calls made on it.
 """
 
 from __future__ import annotations
@@ -12,8 +15,10 @@ import contextlib
 import queue
 import select
 import socket
+import struct
 import threading
 import time
+from time import monotonic
 from typing import Any, Final
 
 import thriftpy2.protocol
@@ -21,7 +26,8 @@ import thriftpy2.transport
 
 from .._compat.thriftpy2 import memory_buffer_reusable
 from ..registry import Address
-from .theader import read_frame
+from .reading import new_reply_reader
+from .theader import DEFAULT_MAX_FRAME, read_frame
 
 __all__ = ["Connection", "Pool", "PoolExhausted"]
 
@@ -35,6 +41,8 @@ _RECV_SIZE: Final = 65_536
 #: thriftpy2's (Cython) memory buffer can be emptied and written again; the pure-Python one cannot
 #: (probed in :mod:`mesh_client._compat.thriftpy2`)
 _REUSABLE_BUFFER: Final = memory_buffer_reusable()
+#: a frame's length field
+_LENGTH: Final = struct.Struct(">i")
 _PROTOCOL_FACTORY: Final[Any] = _protocol.TBinaryProtocolFactory()  # Cython-accelerated when available
 
 
@@ -45,7 +53,7 @@ class PoolExhausted(TimeoutError):
 class Connection:
     """One socket to a proxy (or a server), used by one call at a time."""
 
-    __slots__ = ("_buffer", "_poll", "_protocol", "address", "seqid", "sock", "unasked")
+    __slots__ = ("_buffer", "_protocol", "address", "poll", "reader", "seqid", "sock", "unasked")
 
     def __init__(self, sock: socket.socket, address: Address) -> None:
         self.sock = sock
@@ -53,10 +61,13 @@ class Connection:
         self.seqid = 0
         #: bytes came after the reply (a peer answering what was not asked): never reuse
         self.unasked = False
-        self._poll = select.poll()
-        self._poll.register(sock, select.POLLIN)
+        #: polled for input while the connection is idle (see :meth:`Pool.acquire`)
+        self.poll = select.poll()
+        self.poll.register(sock, select.POLLIN)
         self._buffer: Any = None
         self._protocol: Any = None
+        #: the binary protocol reading a reply frame's body (see :mod:`mesh_client.thrift.reading`)
+        self.reader = new_reply_reader()
 
     def next_seqid(self) -> int:
         self.seqid = self.seqid % 0x7FFFFFFF + 1
@@ -72,21 +83,33 @@ class Connection:
             self._buffer.clean()
         return self._buffer, self._protocol
 
-    def dropped(self) -> bool:
-        """Whether the peer closed (or sent something unasked) while the connection was idle."""
-        try:
-            return bool(self._poll.poll(0))  # (a closed socket answers POLLNVAL)
-        except (OSError, ValueError):
-            return True
-
     def exchange(self, frame: bytes, until: float, oneway: bool) -> bytes | None:
         """Send ``frame``; return the reply frame's body (None for oneway), all before ``until``."""
         sock = self.sock
-        _settimeout(sock, until)
+        left = until - monotonic()  # (_settimeout inline, here and below)
+        if left <= 0:
+            raise TimeoutError("timed out")
+        sock.settimeout(left)
         sock.sendall(frame)
         if oneway:
             return None
-        received = b""
+        left = until - monotonic()
+        if left <= 0:
+            raise TimeoutError("timed out")
+        sock.settimeout(left)
+        received = sock.recv(_RECV_SIZE)
+        size = len(received) - 4
+        if 0 < size <= DEFAULT_MAX_FRAME and _LENGTH.unpack_from(received)[0] == size:
+            return received[4:]  # (the usual reply: its whole frame, and nothing else, in one read)
+        return self._rest_of_reply(received, until)
+
+    def _rest_of_reply(self, received: bytes, until: float) -> bytes:
+        """The reply frame's body when its first read (``received``) did not hold exactly the
+        whole frame: read by :func:`~mesh_client.thrift.theader.read_frame`, which refuses a
+        short or oversized frame."""
+        sock = self.sock
+        if not received:
+            raise ConnectionResetError("the proxy closed the connection before the whole reply")
 
         def recv_exactly(n: int) -> bytes:
             nonlocal received
@@ -143,11 +166,15 @@ class Pool:
                 raise PoolExhausted(f"all {self._limit} connections to {self.address} are busy") from None
         try:
             while True:
-                with self._lock:
-                    conn = self._idle.pop() if self._idle else None
-                if conn is None:
+                try:
+                    conn = self._idle.pop()  # (one C call, atomic: no lock needed to take one)
+                except IndexError:
                     break
-                if not conn.dropped():
+                try:  # whether the peer closed (or sent something unasked) while it was idle
+                    dropped = bool(conn.poll.poll(0))  # (a closed socket answers POLLNVAL)
+                except (OSError, ValueError):
+                    dropped = True
+                if not dropped:
                     return conn
                 conn.close()
             left = until - time.monotonic()

@@ -37,9 +37,20 @@ import thriftpy2.protocol.binary
 import thriftpy2.transport
 import thriftpy2.transport.memory
 
-from .._compat.thriftpy2 import strict_reader
+from .._compat.thriftpy2 import buffered_cleaner, strict_reader
 
-__all__ = ["PURE_READER_ENV", "binary_reader", "choose_reader", "pure_reader", "strict_fast_reader"]
+__all__ = [
+    "KEPT_MAX_BODY",
+    "PURE_READER_ENV",
+    "binary_reader",
+    "choose_kept_reader",
+    "choose_reader",
+    "kept_fast_reader",
+    "new_reply_reader",
+    "pure_reader",
+    "strict_fast_reader",
+    "strict_kept_reader",
+]
 
 # thriftpy2's Cython classes are untyped: use them through Any
 _protocol: Any = thriftpy2.protocol
@@ -56,6 +67,32 @@ def fast_reader(body: bytes) -> Any:
     return _protocol.TBinaryProtocol(_transport.TBufferedTransport(io.BytesIO(body)))
 
 
+#: the largest body a kept reader reads with its kept buffers: no read of a smaller one can grow
+#: them past thriftpy2's default size (a larger one gets a :func:`fast_reader` of its own)
+KEPT_MAX_BODY: Final = 4096
+
+
+def kept_fast_reader() -> Reader:
+    """A :func:`fast_reader` that keeps its stream, buffered transport and protocol from one body
+    to the next: one per connection, used by one call at a time. Before each body the transport
+    drops what the last one left (:func:`mesh_client._compat.thriftpy2.buffered_cleaner`) and the
+    stream is started again on the new body. Strict where :func:`strict_kept_reader` says so."""
+    stream = io.BytesIO()
+    trans = _transport.TBufferedTransport(stream)
+    proto = _protocol.TBinaryProtocol(trans)
+    clean = buffered_cleaner(trans, stream)
+    restart = io.BytesIO.__init__
+
+    def read(body: bytes) -> Any:
+        if len(body) > KEPT_MAX_BODY:
+            return fast_reader(body)
+        restart(stream, body)  # (the same stream, now holding ``body`` from its start)
+        clean()
+        return proto
+
+    return read
+
+
 def pure_reader(body: bytes) -> Any:
     """thriftpy2's pure-Python binary protocol over ``body``: fails on any read past the end."""
     return _binary.TBinaryProtocol(_memory.TMemoryBuffer(body))
@@ -66,6 +103,18 @@ def strict_fast_reader(reader: Reader = fast_reader) -> bool:
     refuses every truncation of it (:func:`mesh_client._compat.thriftpy2.strict_reader`, always
     False under ``MESH_CLIENT_COMPAT_FALLBACK=1``)."""
     return strict_reader(reader)
+
+
+def strict_kept_reader(new_reader: Callable[[], Reader] = kept_fast_reader) -> bool:
+    """Whether readers made by ``new_reader`` may decode replies: :func:`strict_fast_reader` of one
+    of them, which decodes the sample and every truncation of it in turn (so also after a body
+    it read whole and after ones it refused)."""
+    return strict_fast_reader(new_reader())
+
+
+def _pure_readers() -> Reader:
+    """The reader of a connection where the fast one may not be used: :func:`pure_reader`."""
+    return pure_reader
 
 
 #: set to ``1`` to force the pure-Python reader (to rule the Cython one out, or to test the fallback)
@@ -79,5 +128,18 @@ def choose_reader(environ: Mapping[str, str], probe: Callable[[], bool] = strict
     return fast_reader
 
 
-#: the reader :mod:`mesh_client.thrift.client` uses for replies, chosen once at import
+def choose_kept_reader(
+    environ: Mapping[str, str], probe: Callable[[], bool] = strict_kept_reader
+) -> Callable[[], Reader]:
+    """What makes a connection's reader: pure-Python readers when ``environ`` forces them or the
+    probe fails, else :func:`kept_fast_reader`."""
+    if environ.get(PURE_READER_ENV, "") not in ("", "0") or not probe():
+        return _pure_readers
+    return kept_fast_reader
+
+
+#: the reader of a body on its own (:mod:`mesh_client.thrift.marshal`), chosen once at import
 binary_reader: Final[Reader] = choose_reader(os.environ)
+#: what makes the reader of one connection's replies (:mod:`mesh_client.thrift.pool`), chosen once
+#: at import
+new_reply_reader: Final[Callable[[], Reader]] = choose_kept_reader(os.environ)

@@ -69,6 +69,7 @@ __all__ = [
     "decode_header_frame",
     "encode_framed",
     "encode_header_frame",
+    "header_frame_parts",
     "is_header_frame",
     "read_frame",
 ]
@@ -89,9 +90,15 @@ _FIXED: Final = 10  # magic, flags, sequence id, header size
 _MAGIC_BYTES: Final = HEADER_MAGIC.to_bytes(2, "big")
 
 _PROTOCOLS: Final = {PROTOCOL_BINARY: "binary", 1: "JSON", PROTOCOL_COMPACT: "compact"}
+#: the protocol ids a frame may name, each a one-byte varint
+_KNOWN_PROTOCOLS: Final = (PROTOCOL_BINARY, PROTOCOL_COMPACT)
 _TRANSFORMS: Final = {1: "zlib", 2: "hmac", 3: "snappy", 4: "qlz", 5: "zstd"}
 _FIXED_FIELDS: Final = struct.Struct(">HHIH")
 _LENGTH: Final = struct.Struct(">i")
+#: a frame's length and then its fixed fields, written at once
+_LENGTH_AND_FIXED: Final = struct.Struct(">iHHIH")
+#: the zero bytes that end a header area of each length (modulo 4) on a 4-byte boundary
+_PADDING: Final = (b"", b"\x00\x00\x00", b"\x00\x00", b"\x00")
 
 
 class FrameError(ValueError):
@@ -175,27 +182,40 @@ def encode_header_frame(
         raise ValueError(f"THeader flags must be an unsigned 16-bit value, got {flags}")
     if protocol_id not in (PROTOCOL_BINARY, PROTOCOL_COMPACT):
         raise ValueError(f"THeader protocol id must be {PROTOCOL_BINARY} (binary) or {PROTOCOL_COMPACT} (compact)")
-    area = bytearray(_varint(protocol_id))
+    area = bytearray(_SMALL_VARINTS[protocol_id])
     area += b"\x00"  # no transforms
     if headers:
-        area += _varint(INFO_KEYVALUE) + _varint(len(headers))
+        count = len(headers)
+        area += _SMALL_VARINTS[INFO_KEYVALUE]
+        area += _SMALL_VARINTS[count] if count < 0x80 else _varint(count)
         seen: set[str] = set()
         for key, value in headers:
-            folded, encoded_key = _key(key)
-            check_header_value(key, value)
+            found = _KEYS.get(key) if isinstance(key, str) else None
+            folded, encoded_key = found if found is not None else _key(key)
+            # check_header_value's own first test, inline (it returns at once for such a value)
+            if not (
+                isinstance(value, str)
+                and value.isascii()
+                and value.isprintable()
+                and (not value or (value[0] != " " and value[-1] != " "))
+            ):
+                check_header_value(key, value)
             if folded in seen:
                 raise ValueError(f"THeader header {key!r} given twice (keys are compared ignoring case)")
             seen.add(folded)
-            area += encoded_key
-            area += _string(value, key)
-    area += bytes(-len(area) % 4)
-    if len(area) > MAX_HEADER_AREA:
-        raise FrameError(f"THeader headers take {len(area)} bytes, more than the {MAX_HEADER_AREA} Envoy accepts")
-    length = _FIXED + len(area) + len(payload)
+            data = value.encode()
+            if len(data) < 0x80:  # (the usual value: :func:`_string` inline)
+                area += encoded_key + _SMALL_VARINTS[len(data)] + data
+            else:
+                area += encoded_key + _string(value, key)
+    area += _PADDING[len(area) % 4]
+    size = len(area)
+    if size > MAX_HEADER_AREA:
+        raise FrameError(f"THeader headers take {size} bytes, more than the {MAX_HEADER_AREA} Envoy accepts")
+    length = _FIXED + size + len(payload)
     if length > _MAX_FRAME_LENGTH:
         raise FrameError(f"a THeader frame of {length} bytes does not fit the 32-bit length")
-    fixed = _FIXED_FIELDS.pack(HEADER_MAGIC, flags, seqid, len(area) // 4)
-    return b"".join((_LENGTH.pack(length), fixed, area, payload))
+    return _LENGTH_AND_FIXED.pack(length, HEADER_MAGIC, flags, seqid, size // 4) + area + payload
 
 
 class _Reader:
@@ -262,6 +282,13 @@ def decode_header_frame(body: bytes) -> HeaderFrame:
 
     Raises :class:`FrameError` for anything listed in the module documentation.
     """
+    seqid, protocol_id, flags, headers, payload = header_frame_parts(body)
+    return HeaderFrame(seqid=seqid, protocol_id=protocol_id, flags=flags, headers=headers, payload=payload)
+
+
+def header_frame_parts(body: bytes) -> tuple[int, int, int, dict[str, str], bytes]:
+    """:func:`decode_header_frame` as a tuple (seqid, protocol id, flags, headers, payload), for
+    the client's every reply (a frozen :class:`HeaderFrame` costs more to make than to decode)."""
     if len(body) < _FIXED:
         raise FrameError(f"THeader frame truncated: {len(body)} bytes, the fixed part alone takes {_FIXED}")
     magic, flags, seqid, words = _FIXED_FIELDS.unpack_from(body)
@@ -275,6 +302,10 @@ def decode_header_frame(body: bytes) -> HeaderFrame:
             f"THeader header area of {4 * words} bytes does not fit in the {len(body) - _FIXED} bytes after "
             "the fixed fields (truncated or corrupt frame)"
         )
+    first = body[_FIXED]
+    # the usual reply: a one-byte protocol id, no transforms, then nothing but padding (no headers)
+    if first in _KNOWN_PROTOCOLS and body[_FIXED + 1] == 0 and body.count(0, _FIXED + 2, end) == end - _FIXED - 2:
+        return seqid, first, flags, {}, body[end:]
     reader = _Reader(body, _FIXED, end)
     protocol_id = reader.varint("protocol id")
     if protocol_id not in (PROTOCOL_BINARY, PROTOCOL_COMPACT):
@@ -315,7 +346,7 @@ def decode_header_frame(body: bytes) -> HeaderFrame:
             if key in headers:
                 raise FrameError(f"THeader header {key[:40]!r} appears twice")
             headers[key] = value
-    return HeaderFrame(seqid=seqid, protocol_id=protocol_id, flags=flags, headers=headers, payload=body[end:])
+    return seqid, protocol_id, flags, headers, body[end:]
 
 
 def is_header_frame(body: bytes) -> bool:

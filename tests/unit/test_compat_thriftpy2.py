@@ -48,6 +48,31 @@ def test_a_buffered_transport_is_emptied_either_way(probed: bool, monkeypatch: p
     assert inner.written == b"reply"  # not what was dropped
 
 
+@pytest.mark.parametrize("probed", [True, False], ids=["clean", "constructor again"])
+def test_a_buffered_cleaner_empties_its_transport_either_way(probed: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    class Inner(tp._Chunks):
+        written = b""
+
+        def write(self, data: bytes) -> None:
+            self.written += bytes(data)
+
+        def flush(self) -> None:
+            pass
+
+    monkeypatch.setattr(tp, "_BUFFERED_CLEAN", probed)
+    inner = Inner(b"abcd", b"wxyz", b"1234")
+    trans: Any = thriftpy2.transport.TBufferedTransport(inner)
+    clean = tp.buffered_cleaner(trans, inner)
+    for expected in (b"wx", b"12"):  # the same cleaner, used again
+        assert bytes(trans.read(1)) in (b"a", b"y")
+        trans.write(b"unsent")
+        clean()
+        assert bytes(trans.read(2)) == expected  # not the rest of the chunk before
+    trans.write(b"reply")
+    trans.flush()
+    assert inner.written == b"reply"  # not what was dropped
+
+
 @pytest.mark.parametrize("reusable", [True, False], ids=["clean", "new buffer"])
 def test_the_thrift_client_writes_each_call_into_an_empty_buffer(
     reusable: bool, monkeypatch: pytest.MonkeyPatch

@@ -56,6 +56,7 @@ from mesh_client.thrift.theader import (
     decode_header_frame,
     encode_framed,
     encode_header_frame,
+    header_frame_parts,
     is_header_frame,
     read_frame,
 )
@@ -295,6 +296,23 @@ def test_malformed_frames_raise_frame_error(name: str) -> None:
     data, message = MALFORMED[name]
     with pytest.raises(FrameError, match=message.replace("(", r"\(").replace(")", r"\)")):
         decode_header_frame(data)
+    with pytest.raises(FrameError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        header_frame_parts(data)  # (what the client decodes with)
+
+
+@pytest.mark.parametrize(
+    "area",
+    [
+        b"\x00\x00\x00\x00",
+        b"\x02\x00\x00\x00",
+        b"\x00\x00" + b"\x00" * 6,
+        b"\x00\x00\x01\x01\x01k\x01v\x00\x00\x00\x00",
+    ],
+    ids=["binary", "compact", "long padding", "a header"],
+)
+def test_header_frame_parts_are_what_decode_header_frame_holds(area: bytes) -> None:
+    frame = decode_header_frame(body(area))
+    assert header_frame_parts(body(area)) == (frame.seqid, frame.protocol_id, frame.flags, frame.headers, CALL)
 
 
 def test_frame_error_is_a_value_error() -> None:

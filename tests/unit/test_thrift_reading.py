@@ -21,13 +21,21 @@ from thriftpy2.thrift import TApplicationException, TMessageType
 from thriftpy2.transport import TMemoryBuffer, TTransportException
 from thriftpy2.transport.memory import TCyMemoryBuffer
 
-import mesh_client.thrift.client as thrift_client
+import mesh_client.thrift.pool as thrift_pool
 from mesh_client import Mesh, MeshError, call_options
 from mesh_client._compat import FALLBACK_ENV, forced_fallback
 from mesh_client._compat import thriftpy2 as compat
 from mesh_client.testing.loopback import LoopbackServer
 from mesh_client.thrift import reading
-from mesh_client.thrift.reading import binary_reader, fast_reader, pure_reader, strict_fast_reader
+from mesh_client.thrift.reading import (
+    binary_reader,
+    fast_reader,
+    kept_fast_reader,
+    new_reply_reader,
+    pure_reader,
+    strict_fast_reader,
+    strict_kept_reader,
+)
 
 from ..conftest import load_idl
 
@@ -35,7 +43,12 @@ IDL = """
 struct User {1: i64 id, 2: string name, 3: list<string> tags, 4: map<string, i32> scores, 5: double ratio}
 service Users { User get(1: i64 id) }
 """
-READERS = {"fast": fast_reader, "pure": pure_reader}
+#: one kept reader for the whole module: every decode below also checks that one body leaves nothing
+#: behind for the next
+KEPT = kept_fast_reader()
+READERS = {"fast": fast_reader, "pure": pure_reader, "kept": KEPT}
+#: what makes a connection's reader, as the client's connections would have it
+CONNECTION_READERS = {"kept": kept_fast_reader, "pure": lambda: pure_reader}
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +87,35 @@ def test_this_thriftpy2_gets_the_fast_reader_unless_the_fallback_is_forced() -> 
     else:
         assert strict_fast_reader(fast_reader)
         assert binary_reader is fast_reader
+
+
+def test_connections_get_kept_fast_readers_unless_the_fallback_is_forced() -> None:
+    assert compat.reads_strictly(kept_fast_reader())  # in both modes
+    if forced_fallback():
+        assert not strict_kept_reader()
+        assert new_reply_reader() is pure_reader
+    else:
+        assert strict_kept_reader()
+        assert new_reply_reader is kept_fast_reader
+
+
+def test_a_kept_reader_reads_a_long_body_with_a_reader_of_its_own(users: Any) -> None:
+    reader = kept_fast_reader()
+    short = reply_body(users, users.User(id=1, name="ada"))
+    long = reply_body(users, users.User(id=2, name="x" * reading.KEPT_MAX_BODY))
+    assert reader(short) is reader(short)
+    assert reader(long) is not reader(short)
+    assert decode(reader, users, long)[2].name == "x" * reading.KEPT_MAX_BODY
+    assert decode(reader, users, short)[2].name == "ada"
+    with pytest.raises(Exception):  # noqa: B017, PT011 - any error, never a struct
+        decode(reader, users, long[:-1])
+
+
+def test_choosing_a_connections_reader() -> None:
+    assert reading.choose_kept_reader({}, probe=lambda: True) is kept_fast_reader
+    assert reading.choose_kept_reader({}, probe=lambda: False)() is pure_reader
+    assert reading.choose_kept_reader({reading.PURE_READER_ENV: "1"}, probe=lambda: True)() is pure_reader
+    assert not strict_kept_reader(lambda: lenient_reader)
 
 
 def test_the_probe_refuses_a_reader_that_invents_values(users: Any) -> None:
@@ -197,18 +239,18 @@ def framed(body: bytes, declared: int | None = None) -> bytes:
     return struct.pack(">i", len(body) if declared is None else declared) + body
 
 
-@pytest.mark.parametrize("reader", READERS.values(), ids=READERS.keys())
+@pytest.mark.parametrize("reader", CONNECTION_READERS.values(), ids=CONNECTION_READERS.keys())
 def test_the_client_returns_what_a_whole_reply_holds(
     users: Any, serve: Any, reader: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(thrift_client, "binary_reader", reader)
+    monkeypatch.setattr(thrift_pool, "new_reply_reader", reader)
     user = users.User(id=3, name="ada", tags=["a"], scores={"x": 1}, ratio=0.5)
     client = serve(lambda seqid: framed(reply_body(users, user, seqid)))
     with call_options(route="haproxy"):
         assert client.get(3) == user
 
 
-@pytest.mark.parametrize("reader", READERS.values(), ids=READERS.keys())
+@pytest.mark.parametrize("reader", CONNECTION_READERS.values(), ids=CONNECTION_READERS.keys())
 @pytest.mark.parametrize(
     "damage",
     [
@@ -222,7 +264,7 @@ def test_the_client_returns_what_a_whole_reply_holds(
 def test_a_damaged_reply_is_an_error_never_a_made_up_result(
     users: Any, serve: Any, reader: Any, damage: Callable[[bytes], bytes], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(thrift_client, "binary_reader", reader)
+    monkeypatch.setattr(thrift_pool, "new_reply_reader", reader)
     user = users.User(id=3, name="ada lovelace", tags=["a", "b"], scores={"x": 1}, ratio=0.5)
     client = serve(lambda seqid: damage(reply_body(users, user, seqid)))
     with call_options(route="haproxy"), pytest.raises(TTransportException) as caught:
