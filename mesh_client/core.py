@@ -40,7 +40,7 @@ from .context import MESH_TIMEOUT_HEADER, REQUEST_ID_HEADER
 from .deadline import current_deadline
 from .driving import drive, drive_async
 from .errors import DeadlineExceeded, MeshConnectError, MeshTimeoutError, MeshTransportError
-from .info import CallInfo
+from .info import CallInfo, new_call_info
 from .plan import DROP_WITH_REQUEST_ID, ServicePlan, drop_names
 from .policy import CallPolicy, Route
 from .registry import Address, MeshConfig, ServiceConfig
@@ -401,7 +401,7 @@ class CallRun(Generic[R]):
         upstream_service_time: float | None = None,
         envoy_error: str | None = None,
     ) -> CallInfo:
-        return CallInfo(  # (positional, in CallInfo's field order: 0.6 µs less than keywords)
+        return new_call_info(  # (positional, in CallInfo's field order; half the cost of CallInfo(...))
             self.plan.service.name,  # service
             self.route,  # route
             self.attempts if attempts is None else attempts,  # attempts
