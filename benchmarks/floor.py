@@ -147,13 +147,13 @@ from mesh_client.plan import DROP_WITH_REQUEST_ID, ServicePlan
 from mesh_client.policy import NO_OPTIONS, Route, _current
 from mesh_client.registry import Address, ServiceConfig
 from mesh_client.shadow.runner import _order
-from mesh_client.steps import Failure
+from mesh_client.steps import Failure, Responded
 from mesh_client.thrift.reading import fast_reader, strict_fast_reader
 
 from . import report
 from .instructions import _world
 from .measure import Variant, alternate, paired_cpu_added
-from .sequential import PATH, _canned, _canned_send
+from .sequential import CANNED_HEADERS, PATH, _canned, _canned_send
 
 _ENVOY: Final = Route.ENVOY
 _new: Final = object.__new__
@@ -169,10 +169,15 @@ _ENVOY_MARGIN: Final = 0.1
 _METRICS: Any = _compat_otel._METRICS_API
 _OTEL_CONTEXT: Final[Callable[[], Any]] = _compat_otel.current_context
 _DEFAULT_TEXTMAP: Final = _otel_propagate.get_global_textmap()
+#: the canned answer's headers as the core reads them (for the ablation's core run)
+_CANNED_ANSWER: Final = {name.lower(): value for name, value in CANNED_HEADERS.items()}
 
 #: the ablation's addition to the httpx floor: the mesh's planning of the call (its decision path,
 #: ``Mesh.start_call`` and ``CallRun.advance(None)``), made in place and thrown away
 PLANNING: Final = "mesh planning"
+#: ... the mesh's whole run of the call in the core: planning, then the answer through
+#: ``CallRun.advance`` to its ``Done`` (the end of call: the answer's rules, ``CallInfo``)
+CORE_RUN: Final = "mesh core run"
 #: ... the mesh's making of the attempt's request (``attempt_request``, from a prepared ``Attempt``)
 REQUEST_BUILDING: Final = "mesh request building"
 #: ... the mesh's reading of the answer (``header_dict`` and the ``envoy`` readers the core calls)
@@ -180,6 +185,7 @@ ANSWER_READING: Final = "mesh answer reading"
 #: what the ablation adds, and how each is named in its table
 ADDED: Final = {
     PLANNING: "+ mesh planning (start_call, advance)",
+    CORE_RUN: "+ mesh core run (planning, advance(answer))",
     REQUEST_BUILDING: "+ mesh request building (attempt_request)",
     ANSWER_READING: "+ mesh answer reading (header_dict, envoy readers)",
 }
@@ -291,7 +297,7 @@ def _usual_decision(fs: _Service) -> Any:
     decision = fs.decisions.get(fs.name)
     if decision is None:
         decision = fs.router.decide(fs.name)
-    if decision.route is not _ENVOY or decision.stage is not None or fs.circuit._open_until:
+    if decision.route is not _ENVOY or decision.stage is not None or fs.circuit.open_until:
         return None
     return decision
 
@@ -358,6 +364,7 @@ def _httpx_floor(  # noqa: PLR0915 - one function on purpose: the floor
     no_info, no_elapsed = "CallInfo" in skip, "elapsed clock" in skip
     #: (the ablation's one addition: the mesh's own planning, made and thrown away)
     plan_too, configs = PLANNING in skip, mesh.config.services
+    core_too = CORE_RUN in skip
     build_too, read_too = REQUEST_BUILDING in skip, ANSWER_READING in skip
     attempt: Any = None
     if build_too:
@@ -424,6 +431,10 @@ def _httpx_floor(  # noqa: PLR0915 - one function on purpose: the floor
         outgoing.__dict__ = state
         if plan_too:
             mesh.start_call(configs[fs.name], request.method).advance(None)
+        if core_too:
+            run = mesh.start_call(configs[fs.name], request.method)
+            run.advance(None)
+            run.advance(Responded(None, 200, _CANNED_ANSWER))
         if build_too:
             attempt_request(request, attempt)
         try:

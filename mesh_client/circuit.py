@@ -24,18 +24,20 @@ class SidecarCircuit:
         self._cap = cap
         self._clock = clock
         self._pause = 0.0
-        self._open_until = 0.0
+        #: the clock reading the circuit stays open until; 0.0 while closed (never opened, or
+        #: answered since). Read by the core before it asks :meth:`is_open`; set only here.
+        self.open_until = 0.0
         self._era = _clock.era()
         self._lock = threading.Lock()
 
     def is_open(self) -> bool:
         """Whether calls should skip the sidecar now (False once the pause is over: probe)."""
-        if not self._open_until:  # never opened, or answered since: nothing to check
+        if not self.open_until:  # never opened, or answered since: nothing to check
             return False
         if self._era != _clock.era():  # the clock was switched: its old times mean nothing
             self.answered()
             self._era = _clock.era()
-        return self._clock() < self._open_until
+        return self._clock() < self.open_until
 
     @property
     def failing(self) -> bool:
@@ -50,14 +52,14 @@ class SidecarCircuit:
         with self._lock:
             now = self._clock()
             if self._era != _clock.era():
-                self._pause, self._open_until, self._era = 0.0, 0.0, _clock.era()
-            if now < self._open_until:
+                self._pause, self.open_until, self._era = 0.0, 0.0, _clock.era()
+            if now < self.open_until:
                 return
             self._pause = self._base if self._pause == 0 else min(self._cap, self._pause * 2)
-            self._open_until = now + self._pause
+            self.open_until = now + self._pause
 
     def answered(self) -> None:
         if self._pause:
             with self._lock:
                 self._pause = 0.0
-                self._open_until = 0.0
+                self.open_until = 0.0

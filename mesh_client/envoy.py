@@ -30,6 +30,7 @@ __all__ = [
     "may_be_local_reply",
     "policy_header_template",
     "policy_headers",
+    "read_answer",
     "retry_on_covers_status",
     "timeout_ms",
     "upstream_service_time",
@@ -169,8 +170,10 @@ def control_header_names(prefix: str, names: list[str] | tuple[str, ...] | set[s
 def upstream_service_time(headers: Mapping[str, str], prefix: str) -> float | None:
     """Seconds Envoy measured upstream (``x-envoy-upstream-service-time``), or None."""
     value = headers.get(header_names(prefix).upstream_service_time)
-    if value is None:
-        return None
+    return None if value is None else _seconds(value)
+
+
+def _seconds(value: str) -> float | None:
     try:
         ms = int(value.strip())
         return ms / 1000.0 if ms >= 0 else None
@@ -181,13 +184,39 @@ def upstream_service_time(headers: Mapping[str, str], prefix: str) -> float | No
 def attempt_count(headers: Mapping[str, str], prefix: str) -> int | None:
     """Upstream attempts Envoy reports (``x-envoy-attempt-count``, if the route adds it)."""
     value = headers.get(header_names(prefix).attempt_count)
-    if value is None:
-        return None
+    return None if value is None else _count(value)
+
+
+def _count(value: str) -> int | None:
     try:
         count = int(value.strip())
     except ValueError:
         return None
     return count if count >= 1 else None
+
+
+def read_answer(
+    status: int, headers: Mapping[str, str], body: bytes | None, prefix: str
+) -> tuple[int | None, float | None, str | None]:
+    """:func:`attempt_count`, :func:`upstream_service_time` and :func:`classify_reply` of one
+    answer, in one pass (the core asks all three of every answer on the Envoy route)."""
+    names = header_names(prefix)
+    count = headers.get(names.attempt_count)
+    service_time = headers.get(names.upstream_service_time)
+    if (
+        status >= 400
+        or headers.get(names.overloaded) is not None
+        or headers.get(names.drop_overload) is not None
+        or headers.get(names.ratelimited) is not None
+    ):
+        error = classify_reply(status, headers, body, prefix)
+    else:  # (what classify_reply answers below 400 without those headers)
+        error = None
+    return (
+        None if count is None else _count(count),
+        None if service_time is None else _seconds(service_time),
+        error,
+    )
 
 
 def may_be_local_reply(status: int, headers: Mapping[str, str], prefix: str) -> bool:

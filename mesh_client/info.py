@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Final
 
 from .policy import Route
 
-__all__ = ["CallInfo", "call_info"]
+__all__ = ["CallInfo", "call_info", "new_call_info"]
 
 #: Where the info rides on a response: ``httpx.Response.extensions[INFO_KEY]`` and, for
 #: ``requests.Response``, the attribute of the same name.
@@ -52,6 +53,46 @@ class CallInfo:
     retry_budget_exhausted: bool = False
     variant: str | None = None
     stage: str | None = None
+
+
+#: the setters of CallInfo's slots, in field order (unpacking fails at import if a field is added
+#: and new_call_info not told)
+(_S0, _S1, _S2, _S3, _S4, _S5, _S6, _S7, _S8, _S9, _S10) = (
+    CallInfo.__dict__[field.name].__set__ for field in dataclasses.fields(CallInfo)
+)
+_new = object.__new__
+
+
+def new_call_info(  # noqa: PLR0917 - one per field, in field order: what CallInfo(...) takes
+    service: str,
+    route: Route,
+    attempts: int,
+    failed_over: bool,
+    upstream_service_time: float | None,
+    envoy_error: str | None,
+    route_reason: str,
+    elapsed: float,
+    retry_budget_exhausted: bool,
+    variant: str | None,
+    stage: str | None,
+) -> CallInfo:
+    """``CallInfo(...)`` with every field given, positionally, in half the time (the core makes
+    one per call): each slot set by its own setter, where the frozen dataclass's ``__init__`` looks
+    every field's name up again through ``object.__setattr__``. The same object: equal, hashed,
+    printed and pickled alike (see tests/unit/test_info.py)."""
+    info = _new(CallInfo)
+    _S0(info, service)
+    _S1(info, route)
+    _S2(info, attempts)
+    _S3(info, failed_over)
+    _S4(info, upstream_service_time)
+    _S5(info, envoy_error)
+    _S6(info, route_reason)
+    _S7(info, elapsed)
+    _S8(info, retry_budget_exhausted)
+    _S9(info, variant)
+    _S10(info, stage)
+    return info
 
 
 def call_info(response: Any) -> CallInfo | None:

@@ -128,7 +128,6 @@ class Mesh:
         service: ServiceConfig,
         method: str,
         extra: CallOptions | None = None,
-        *,
         replayable: bool = True,
         source: object = None,
     ) -> CallRun[Any]:
@@ -138,7 +137,8 @@ class Mesh:
         ``extra``, route decided by the flag (or forced by the options). ``method`` is the HTTP
         method, or the Thrift method name for Thrift services. ``source``, read by telemetry only
         (when an SDK is installed): the library's request (URL, ``User-Agent``), or for Thrift the
-        thriftpy2 service."""
+        thriftpy2 service. (Wrappers pass all five positionally: keyword arguments cost more, on
+        every call.)"""
         if self._closed:
             raise MeshError(f"this Mesh ({self.config.source}) is closed; build a new one to make calls")
         order = copy_order()
@@ -166,12 +166,15 @@ class Mesh:
         if service.protocol != "thrift":  # (a Thrift method is the IDL's name)
             method = method.upper()
         telemetry = call_telemetry(service.name, method, source, service.protocol)  # (None: no SDK)
-        try:
-            context_headers = outbound_headers(telemetry.propagation_context() if telemetry is not None else None)
-        except ValueError:
-            if telemetry is not None:
-                telemetry.span.end()
-            raise
+        if plan.carries_headers:
+            try:
+                context_headers = outbound_headers(telemetry.propagation_context() if telemetry is not None else None)
+            except ValueError:
+                if telemetry is not None:
+                    telemetry.span.end()
+                raise
+        else:  # framed Thrift: nowhere to put them
+            context_headers = []
         overrides = overrides_in_force()
         if overrides is not None:  # routing overrides: carried on; maybe a variant (mesh_client.steering)
             forced = options is not NO_OPTIONS and options.route is not UNSET

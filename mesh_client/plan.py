@@ -100,6 +100,9 @@ class ServicePlan:
     drop_prefixes: tuple[str, ...] = field(init=False, compare=False, repr=False)
     #: ``("Host", service.envoy_host)``
     host_header: tuple[str, str] = field(init=False, compare=False, repr=False)
+    #: whether the service's calls can carry headers: False for framed Thrift, which has nowhere
+    #: to put them (its calls get no context headers and their attempts no headers to set)
+    carries_headers: bool = field(init=False, compare=False, repr=False)
 
     @classmethod
     def of(
@@ -128,6 +131,8 @@ class ServicePlan:
     def __post_init__(self) -> None:
         object.__setattr__(self, "drop_prefixes", _drop_prefixes(self.mesh.header_prefix))
         object.__setattr__(self, "host_header", ("Host", self.service.envoy_host))
+        service = self.service
+        object.__setattr__(self, "carries_headers", service.protocol != "thrift" or service.transport == "header")
 
     def envoy_template(
         self, policy: CallPolicy, per_try_applies: bool, retries: int, tokens: tuple[str, ...]

@@ -45,7 +45,6 @@ class CallStarter(Protocol):
         service: ServiceConfig,
         method: str,
         extra: CallOptions | None = None,
-        *,
         replayable: bool = True,
         source: object = None,
     ) -> CallRun[Any]:

@@ -70,8 +70,8 @@ class MeshTransport(ForwardsContext, httpx.BaseTransport):
         extra = request.extensions.get(EXTENSION_KEY)
         if extra is not None and not isinstance(extra, CallOptions):
             raise _not_options(extra)
-        run: CallRun[httpx.Response] = self.mesh.start_call(
-            service, request.method, extra, replayable=isinstance(request.stream, httpx.ByteStream), source=request
+        run: CallRun[httpx.Response] = self.mesh.start_call(  # (positional: extra, replayable, source)
+            service, request.method, extra, isinstance(request.stream, httpx.ByteStream), request
         )
         wire = current_wire()
         with no_http_instrumentation():  # one CLIENT span per call: ours
@@ -146,8 +146,8 @@ class AsyncMeshTransport(ForwardsAsyncContext, httpx.AsyncBaseTransport):
         extra = request.extensions.get(EXTENSION_KEY)
         if extra is not None and not isinstance(extra, CallOptions):
             raise _not_options(extra)
-        run: CallRun[httpx.Response] = self.mesh.start_call(
-            service, request.method, extra, replayable=isinstance(request.stream, httpx.ByteStream), source=request
+        run: CallRun[httpx.Response] = self.mesh.start_call(  # (positional: extra, replayable, source)
+            service, request.method, extra, isinstance(request.stream, httpx.ByteStream), request
         )
         wire = current_wire()
         with no_http_instrumentation():  # one CLIENT span per call: ours

@@ -38,7 +38,7 @@ from ..info import INFO_KEY
 from ..registry import ServiceConfig
 from ..shadow.answers import requests_answer
 from ..steps import Attempt, Broken, Fail, Failure, Responded
-from ..telemetry import no_http_instrumentation
+from ..telemetry import instrumentation_loaded, no_http_instrumentation
 from ..wire import Wire, WireFailure, WireRequest, current_wire
 from ..wrapping import CallStarter
 from . import requests_errors  # noqa: F401 - registers the combined exceptions raised here
@@ -164,8 +164,9 @@ class MeshAdapter(HTTPAdapter):
             )
             return plain
         body = request.body
+        # (positional: extra, replayable, source)
         run = self.mesh.start_call(
-            service, request.method or "GET", replayable=body is None or isinstance(body, (bytes, str)), source=request
+            service, request.method or "GET", None, body is None or isinstance(body, (bytes, str)), request
         )
         wire = current_wire()
 
@@ -347,8 +348,12 @@ class MeshSession(requests.Session):
         if known or (known is None and self._is_mesh_url(url)):  # type: ignore[arg-type]  # (a str)
             # mesh_client makes the call's one CLIENT span; keep opentelemetry-instrumentation-requests
             # (which wraps Session.send) from adding a second one
-            with no_http_instrumentation():
-                response: requests.Response = super().send(request, **kwargs)
+            response: requests.Response
+            if instrumentation_loaded():
+                with no_http_instrumentation():
+                    response = super().send(request, **kwargs)
+            else:  # (nothing instrumented: no with block to run)
+                response = super().send(request, **kwargs)
             for each in (*response.history, response):  # r.elapsed as requests defines it
                 headers_after = take_from(each, _ELAPSED)
                 if headers_after is not None:

@@ -206,7 +206,7 @@ class ThriftClient:
                 f"{exc.args[0]} is required argument for {service.__name__}.{api}",
             ) from None
         call_args = method.args_cls(**fields)
-        run = self._mesh.start_call(self._config, api, source=service)
+        run = self._mesh.start_call(self._config, api, None, True, service)  # (positional: extra, replayable, source)
         wire = current_wire()
         # one attempt: send(attempt) (a partial, not a closure: one Python call an attempt fewer)
         if wire is None:

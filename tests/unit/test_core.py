@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mesh_client import DeadlineExceeded, Mesh, MeshConnectError, MeshTimeoutError, Route, call_options, deadline
+from mesh_client.budget import RetryBudget, RetryBudgetConfig
 from mesh_client.clock import use_virtual_clock
 from mesh_client.core import (
     Attempt,
@@ -26,10 +27,10 @@ from mesh_client.core import (
     backoff_upper_bound,
     drive,
 )
-from mesh_client.envoy import policy_headers
+from mesh_client.envoy import classify_reply, policy_headers
 from mesh_client.policy import RETRY_ON_TOKENS
 from mesh_client.registry import MeshConfig, load_mapping
-from mesh_client.retrying import response_retryable
+from mesh_client.retrying import envoy_may_have_retried, response_retryable
 
 
 class FakeClock:
@@ -518,3 +519,61 @@ def test_the_core_retries_an_answer_exactly_when_the_retry_rules_say_so(
     outcome = Responded("answer", status, dict.fromkeys(names, "1"), body, proxy_error=proxy_error)
     expected = response_retryable(outcome, r.tokens, tuple(codes), "x-envoy", replayable=True, pause_fits=True)
     assert isinstance(r.advance(outcome), Attempt) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    status=st.sampled_from([200, 204, 302, 399, 409, 429, 502, 503, 504]),
+    tokens=st.lists(st.sampled_from(sorted(RETRY_ON_TOKENS)), unique=True, max_size=5),
+    codes=st.lists(st.sampled_from([200, 302, 409, 503]), unique=True, min_size=1, max_size=3),
+    names=st.sets(
+        st.sampled_from(
+            ["x-envoy-ratelimited", "x-envoy-overloaded", "x-envoy-drop-overload", "x-envoy-upstream-service-time"]
+        )
+    ),
+    body=st.sampled_from([None, b"", b"no healthy upstream", b"upstream request timeout"]),
+)
+def test_an_envoy_answer_is_charged_to_the_budget_exactly_as_the_retry_rules_say(
+    status: int, tokens: list[str], codes: list[int], names: set[str], body: bytes | None
+) -> None:
+    """On the Envoy route, an answer without Envoy's attempt count is charged all the retries
+    Envoy was allowed exactly when ``envoy_may_have_retried`` says Envoy could have retried it:
+    the core's shortcut for the usual answer charges nothing it should have."""
+    cfg = config(retries=2, retry_on=tokens, retriable_status_codes=codes)
+    svc = cfg.services["users"]
+    clock = FakeClock()
+    budget = RetryBudget(RetryBudgetConfig(min_per_second=10.0), clock=clock)
+    plan = ServicePlan.of(cfg, svc, clock=clock, budget=budget)
+    r: CallRun[str] = CallRun(plan, "GET", svc.policy, Route.ENVOY, "test")
+    first(r)
+    before = budget.available()
+    outcome = Responded("answer", status, dict.fromkeys(names, "1"), body)
+    assert isinstance(r.advance(outcome), Done)
+    may = envoy_may_have_retried(
+        outcome, classify_reply(status, outcome.headers, body, "x-envoy"), r.tokens, tuple(codes), "x-envoy"
+    )
+    assert before - budget.available() == (r.envoy_retries if may else 0)
+
+
+@pytest.mark.parametrize("route", [Route.ENVOY, Route.HAPROXY])
+def test_a_framed_thrift_call_sets_no_headers_and_a_theader_one_does(route: Route) -> None:
+    """Framed Thrift has nowhere to put headers: its attempts set none (no request id is made for
+    it, no timeout header built); a THeader call carries the request id and its time budget."""
+    for transport, carried in (("framed", False), ("header", True)):
+        cfg = load_mapping(
+            {
+                "mesh": {"caller": "checkout", "envoy_http": "127.0.0.1:9001", "envoy_thrift": "127.0.0.1:9002"},
+                "services": {"users": {"protocol": "thrift", "transport": transport, "haproxy": "127.0.0.1:20001"}},
+            }
+        )
+        mesh = Mesh(cfg)
+        try:
+            with call_options(route=route):
+                r = mesh.start_call(cfg.services["users"], "get")
+            attempt = first(r)
+        finally:
+            mesh.close()
+        names = {name for name, _ in attempt.set_headers}
+        assert ("x-request-id" in names) is carried
+        assert ("x-mesh-timeout-ms" in names) is carried
+        assert bool(r.context_headers) is carried

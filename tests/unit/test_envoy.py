@@ -6,6 +6,8 @@ from collections.abc import Mapping
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from requests.structures import CaseInsensitiveDict
 
 from mesh_client.envoy import (
@@ -15,6 +17,7 @@ from mesh_client.envoy import (
     may_be_local_reply,
     policy_header_template,
     policy_headers,
+    read_answer,
     upstream_service_time,
 )
 
@@ -385,3 +388,36 @@ def test_attempt_count_absent() -> None:
 def test_circuit_breaker_overflow_is_overloaded_not_an_ambiguous_reset() -> None:
     body = b"upstream connect error or disconnect/reset before headers. reset reason: overflow"
     assert classify_reply(503, {"content-length": str(len(body))}, body, "x-envoy") == "overloaded"
+
+
+_ANSWER_HEADERS = st.dictionaries(
+    st.sampled_from(
+        [
+            "x-envoy-attempt-count",
+            "x-envoy-upstream-service-time",
+            "x-envoy-overloaded",
+            "x-envoy-drop-overload",
+            "x-envoy-ratelimited",
+            "content-length",
+        ]
+    ),
+    st.sampled_from(["1", "3", "0", "-2", " 12 ", "abc", "99999999999999999999999", ""]),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    status=st.sampled_from([200, 204, 302, 399, 400, 404, 409, 429, 503, 504]),
+    headers=_ANSWER_HEADERS,
+    body=st.sampled_from(
+        [None, b"", b"no healthy upstream", b"upstream request timeout", b"maintenance mode", b"hello"]
+    ),
+)
+def test_read_answer_is_the_three_readers_at_once(status: int, headers: dict[str, str], body: bytes | None) -> None:
+    """The core reads every Envoy-route answer with ``read_answer``: it must say exactly what
+    ``attempt_count``, ``upstream_service_time`` and ``classify_reply`` say."""
+    assert read_answer(status, headers, body, PREFIX) == (
+        attempt_count(headers, PREFIX),
+        upstream_service_time(headers, PREFIX),
+        classify_reply(status, headers, body, PREFIX),
+    )

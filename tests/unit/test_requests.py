@@ -60,7 +60,7 @@ def test_requests_attempts_keep_the_caller_headers_then_the_mesh_ones(
             assert r.request.headers == sent[-1].headers
             assert "Connection" not in r.request.headers
             assert r.request.headers["X-Request-Id"] != "mine"
-            assert r.request.headers["x-envoy-upstream-rq-timeout-ms"] == "999"
+            assert r.request.headers["x-envoy-upstream-rq-timeout-ms"] == "1000"  # (timed from the start)
     for attempt in sent:
         assert attempt.url == "http://127.0.0.1:9001/a?x=1"
         assert attempt.method == "POST"

@@ -23,7 +23,13 @@ from mesh_client import telemetry as telemetry_module
 from mesh_client._compat import forced_fallback
 from mesh_client._compat import otel as compat_otel
 from mesh_client.core import Attempt, CallRun, Responded, ServicePlan, drive
-from mesh_client.telemetry import DURATION_BUCKETS, CallTelemetry, no_http_instrumentation, redact_url
+from mesh_client.telemetry import (
+    DURATION_BUCKETS,
+    CallTelemetry,
+    instrumentation_loaded,
+    no_http_instrumentation,
+    redact_url,
+)
 from mesh_client.testing import FakeMesh, hang, reply, thrift_reply
 
 from ..conftest import Otel, load_idl
@@ -332,11 +338,13 @@ def test_http_instrumentation_is_suppressed_once_an_instrumentation_is_loaded(
 
     try:
         assert is_http_instrumentation_enabled()
+        assert instrumentation_loaded()
         with no_http_instrumentation():
             assert not is_http_instrumentation_enabled()
         assert is_http_instrumentation_enabled()
         with monkeypatch.context() as unloaded:  # no instrumentation imported: nothing is set
             unloaded.delitem(sys.modules, "opentelemetry.instrumentation")
+            assert not instrumentation_loaded()  # (what lets the wrappers skip the with block)
             with no_http_instrumentation():
                 assert is_http_instrumentation_enabled()
     finally:  # the rest of the suite runs as before, without the instrumentation package loaded
