@@ -368,6 +368,7 @@ def _httpx_floor(  # noqa: PLR0915 - one function on purpose: the floor
     build_too, read_too = REQUEST_BUILDING in skip, ANSWER_READING in skip
     attempt: Any = None
     if build_too:
+        from mesh_client._compat.httpx import url_parts
         from mesh_client.http._httpx_attempt import attempt_request
 
         run = mesh.start_call(configs["users"], "GET")
@@ -436,7 +437,7 @@ def _httpx_floor(  # noqa: PLR0915 - one function on purpose: the floor
             run.advance(None)
             run.advance(Responded(None, 200, _CANNED_ANSWER))
         if build_too:
-            attempt_request(request, attempt)
+            attempt_request(request, attempt, url_parts(request.url)[4])
         try:
             response = send(outgoing)
         except httpx.ConnectError:  # nothing was sent: the mesh fails over (zero cost when not raised)
