@@ -25,17 +25,20 @@ def test_the_thriftpy2_probes_pass_on_this_thriftpy2_unless_forced() -> None:
     assert tp._probe_buffered_clean() == passing
 
 
+class Inner(tp._Chunks):
+    """The transport under a buffered one: reads come in the given chunks, writes are kept."""
+
+    written = b""
+
+    def write(self, data: bytes) -> None:
+        self.written += bytes(data)
+
+    def flush(self) -> None:
+        pass
+
+
 @pytest.mark.parametrize("probed", [True, False], ids=["clean", "constructor again"])
 def test_a_buffered_transport_is_emptied_either_way(probed: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    class Inner(tp._Chunks):
-        written = b""
-
-        def write(self, data: bytes) -> None:
-            self.written += bytes(data)
-
-        def flush(self) -> None:
-            pass
-
     monkeypatch.setattr(tp, "_BUFFERED_CLEAN", probed)
     inner = Inner(b"abcd", b"wxyz")
     trans: Any = thriftpy2.transport.TBufferedTransport(inner)
@@ -50,15 +53,6 @@ def test_a_buffered_transport_is_emptied_either_way(probed: bool, monkeypatch: p
 
 @pytest.mark.parametrize("probed", [True, False], ids=["clean", "constructor again"])
 def test_a_buffered_cleaner_empties_its_transport_either_way(probed: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    class Inner(tp._Chunks):
-        written = b""
-
-        def write(self, data: bytes) -> None:
-            self.written += bytes(data)
-
-        def flush(self) -> None:
-            pass
-
     monkeypatch.setattr(tp, "_BUFFERED_CLEAN", probed)
     inner = Inner(b"abcd", b"wxyz", b"1234")
     trans: Any = thriftpy2.transport.TBufferedTransport(inner)
