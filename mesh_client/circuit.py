@@ -25,7 +25,8 @@ class SidecarCircuit:
         self._clock = clock
         self._pause = 0.0
         #: the clock reading the circuit stays open until; 0.0 while closed (never opened, or
-        #: answered since). Read by the core before it asks :meth:`is_open`; set only here.
+        #: answered since). Read by the core before it asks :meth:`is_open` or tells
+        #: :meth:`answered` (nonzero exactly while a pause is set); set only here.
         self.open_until = 0.0
         self._era = _clock.era()
         self._lock = threading.Lock()

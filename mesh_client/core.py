@@ -205,8 +205,9 @@ class CallRun(Generic[R]):
 
     def _on_response(self, outcome: Responded[R]) -> Step[R]:
         plan = self.plan
-        if self.route is _ENVOY and plan.circuit is not None:
-            plan.circuit.answered()
+        circuit = plan.circuit
+        if self.route is _ENVOY and circuit is not None and circuit.open_until:  # (0.0: nothing to close)
+            circuit.answered()
         if self.route is _ENVOY and plan.envoy_enforces:
             prefix, headers = plan.mesh.header_prefix, outcome.headers
             status, codes = outcome.status, self.policy.retriable_status_codes

@@ -70,6 +70,11 @@ class Address:
 
     host: str
     port: int
+    #: ``http://host:port`` (made once: a wrapper puts it in front of every attempt's path)
+    base_url: str = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "base_url", f"http://{self}")
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host

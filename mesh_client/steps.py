@@ -87,7 +87,7 @@ class Attempt(NamedTuple):
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.address}"
+        return self.address.base_url
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,8 +57,8 @@ def copy_headers(
         for lower, item in caller._store.items():  # type: ignore[attr-defined]
             if keep[item[0]]:
                 store[lower] = item
-        for name, value in set_headers:
-            store[name.lower()] = (name, value)
+        for header in set_headers:  # (each is already the store's (name, value) item)
+            store[header[0].lower()] = header
     else:
         headers.update((name, value) for name, value in caller.items() if keep[name])
         headers.update(set_headers)

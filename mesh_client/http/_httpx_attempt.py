@@ -74,13 +74,19 @@ def attempt_request(request: httpx.Request, attempt: Attempt, url_key: Hashable)
             keep = known[item[1]]
         if keep:
             items.append(item)
-    encoded = _ENCODED_NAMES
-    for name, value in attempt.set_headers:
-        pair = encoded.get(name)
-        if pair is None:  # a name the core sets, not encoded before (a few in all)
-            raw = name.encode("ascii")
-            pair = encoded.put(name, (raw, raw.lower()))
-        items.append((*pair, value.encode("ascii")))
+    kept = _ENCODED_ITEMS
+    for header in attempt.set_headers:
+        encoded = kept.get(header)
+        if encoded is None:  # not kept: made per call (a request id, a trace context) or not seen yet
+            name, value = header
+            pair = _ENCODED_NAMES.get(name)
+            if pair is None:  # a name the core sets, not encoded before (a few in all)
+                raw = name.encode("ascii")
+                pair = _ENCODED_NAMES.put(name, (raw, raw.lower()))
+            encoded = (*pair, value.encode("ascii"))
+            if name == "Host" or name.startswith(attempt.drop_prefixes):
+                kept.put(header, encoded)  # the same on the service's every call: Host and the policy's
+        items.append(encoded)
     proxied = _PROXY_URLS.get((url_key, attempt.address))
     if proxied is None:
         address = attempt.address
@@ -153,3 +159,7 @@ _PROXY_URLS: BoundedCache[tuple[Hashable, Address], httpx.URL] = BoundedCache(10
 
 #: header name -> (name, lower-case name) as bytes, for the names the core sets (a few)
 _ENCODED_NAMES: BoundedCache[str, tuple[bytes, bytes]] = BoundedCache(256)
+#: a header the core sets that is the same on every call of a service (``Host``, the Envoy policy
+#: headers, ``x-mesh-timeout-ms``: the names under the attempt's dropped prefixes) -> its item as
+#: httpx keeps it: encoded once, not per call (a request id or a trace context is never kept)
+_ENCODED_ITEMS: BoundedCache[tuple[str, str], tuple[bytes, bytes, bytes]] = BoundedCache(256)

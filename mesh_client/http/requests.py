@@ -180,7 +180,7 @@ class MeshAdapter(HTTPAdapter):
                 learn(known, attempt, list(request.headers))
                 headers = copy_headers(request.headers, known, attempt.set_headers)
             prepared = attempt_copy(request)
-            prepared.url = attempt.base_url + path
+            prepared.url = attempt.address.base_url + path
             prepared.headers = headers
             started = _clock.monotonic()
             if wire is not None:

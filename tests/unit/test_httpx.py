@@ -51,6 +51,31 @@ def test_httpx_attempts_keep_the_caller_headers_in_order_then_the_mesh_ones(plai
         assert request.headers["x-envoy-retry-on"] == "connect-failure,refused-stream,reset-before-request"
 
 
+def test_the_headers_kept_encoded_are_the_same_every_call_and_the_request_id_is_not_kept(plain_mesh: Mesh) -> None:
+    """Host and the policy headers go out encoded once (kept per value); each call's request id
+    is made for it and never kept, so calls do not fill the cache of encoded headers."""
+    from mesh_client.http import _httpx_attempt
+
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200)
+
+    _httpx_attempt._ENCODED_ITEMS.clear()
+    with plain_mesh.httpx_client(transport=httpx.MockTransport(handler)) as client:
+        for _ in range(50):
+            client.get("http://users/a")
+    ids = {request.headers["x-request-id"] for request in seen}
+    assert len(ids) == 50  # a fresh one every call
+    policy = {(k, v) for k, v in seen[0].headers.raw if k.lower().startswith(b"x-envoy-") or k == b"Host"}
+    assert all(
+        {(k, v) for k, v in r.headers.raw if k.lower().startswith(b"x-envoy-") or k == b"Host"} == policy for r in seen
+    )
+    kept = {name for name, _ in _httpx_attempt._ENCODED_ITEMS}
+    assert kept == {"Host", "x-envoy-upstream-rq-timeout-ms", "x-envoy-retry-on", "x-envoy-max-retries"}
+
+
 def test_each_caller_url_keeps_its_own_proxy_url(plain_mesh: Mesh) -> None:
     seen: list[str] = []
 

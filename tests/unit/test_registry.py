@@ -583,3 +583,21 @@ def test_a_service_name_with_an_underscore_needs_an_envoy_host() -> None:
     assert caught.value.key == "services.user_store.envoy_host"
     data["services"]["user_store"] = {**svc, "envoy_host": "user-store"}
     assert load_mapping(data).services["user_store"].envoy_host == "user-store"
+
+
+@pytest.mark.parametrize(
+    ("host", "url"),
+    [("127.0.0.1", "http://127.0.0.1:9001"), ("::1", "http://[::1]:9001"), ("envoy.local", "http://envoy.local:9001")],
+)
+def test_an_address_base_url_is_made_once_and_survives_copies(host: str, url: str) -> None:
+    import copy
+    import dataclasses
+    import pickle
+
+    address = Address(host, 9001)
+    assert address.base_url == url
+    assert pickle.loads(pickle.dumps(address)).base_url == url
+    assert copy.copy(address).base_url == url
+    assert dataclasses.replace(address, port=9002).base_url == url.replace("9001", "9002")
+    assert address == Address(host, 9001)
+    assert repr(address) == f"Address(host={host!r}, port=9001)"
