@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import sys
+import weakref
 from typing import Any
 
 try:  # which async library runs the task (httpx's own test); without it, anyio decides
@@ -20,38 +23,118 @@ __all__ = ["attempt_deadline"]
 
 if sys.version_info >= (3, 11):  # Task.cancelling() and uncancel()
 
-    class _AsyncioDeadline:
-        """``anyio.fail_after(seconds)`` for a task on asyncio, at a fraction of its cost (one
-        ``loop.call_at``): the task is cancelled when the time is up, and the ``CancelledError``
-        that ends the block becomes a ``TimeoutError``. The same rules as ``asyncio.timeout``
-        (Python 3.11+): a cancellation from elsewhere (``cancelling()`` above what it was on entry)
-        stays a cancellation."""
+    class _LoopDeadlines:
+        """The deadlines of one event loop's attempts, kept in a heap that one ``loop.call_at``
+        timer serves: an attempt pushes its deadline and marks it done on leaving, and the timer
+        is moved only when a deadline comes before the one it waits for. When it fires, it cancels
+        every attempt whose deadline has come (and is not done), drops the done ones from the top,
+        and waits for the earliest still running. So an attempt costs a ``heappush`` in place of
+        a timer of its own (its ``TimerHandle``, its ``heappush`` into the loop's heap, its
+        cancel), and the loop's own heap holds one entry for all of them, while each attempt is
+        still cut off at its own deadline. Done entries wait in the heap until they reach its top
+        or, once they are more than half of it (and over :data:`_COMPACT_AT`), until it is
+        rebuilt without them (asyncio's own rule for cancelled timers)."""
 
-        __slots__ = ("_cancelling", "_expired", "_handle", "_task")
+        __slots__ = ("_at", "_done", "_handle", "_heap", "_loop", "_serial")
+
+        def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+            self._loop = loop
+            self._heap: list[tuple[float, int, _AsyncioDeadline]] = []
+            self._serial = itertools.count()
+            self._handle: asyncio.TimerHandle | None = None
+            self._at = 0.0  # when the timer fires (meaningful while _handle is set)
+            self._done = 0  # how many entries in the heap are done
+
+        def add(self, deadline: _AsyncioDeadline, when: float) -> None:
+            heapq.heappush(self._heap, (when, next(self._serial), deadline))
+            if self._handle is None or when < self._at:
+                self._wait_for(when)
+
+        def _wait_for(self, when: float) -> None:
+            if self._handle is not None:
+                self._handle.cancel()
+            self._at = when
+            self._handle = self._loop.call_at(when, self._fire)
+
+        def _fire(self) -> None:
+            self._handle = None
+            due, heap = self._at, self._heap  # (the loop runs a timer at its time or a little before)
+            while heap:
+                when, _, deadline = heap[0]
+                if deadline.task is not None and when > due:
+                    self._wait_for(when)  # the earliest attempt still running
+                    return
+                heapq.heappop(heap)
+                if deadline.task is not None:
+                    deadline.expire()
+                else:
+                    self._done -= 1
+
+        def left(self) -> None:
+            """An attempt in the heap is done (left its block before its deadline). The done
+            entries at the top go at once: in the usual order (the oldest attempt done first)
+            that is this one, which so dies young (a heap of done entries kept for long lives
+            through collections into the garbage collector's older generations, which then
+            collects them all more often)."""
+            self._done += 1
+            heap = self._heap
+            while heap and heap[0][2].task is None:
+                heapq.heappop(heap)
+                self._done -= 1
+            if self._done > _COMPACT_AT and self._done * 2 > len(heap):
+                self._heap = [entry for entry in self._heap if entry[2].task is not None]
+                heapq.heapify(self._heap)
+                self._done = 0
+
+    #: below this many done entries the heap is never rebuilt
+    _COMPACT_AT = 100
+
+    _LOOPS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopDeadlines] = weakref.WeakKeyDictionary()
+
+    def _loop_deadlines(loop: asyncio.AbstractEventLoop) -> _LoopDeadlines:
+        deadlines = _LOOPS.get(loop)
+        if deadlines is None:
+            deadlines = _LOOPS[loop] = _LoopDeadlines(loop)
+        return deadlines
+
+    class _AsyncioDeadline:
+        """``anyio.fail_after(seconds)`` for a task on asyncio, at a fraction of its cost (an entry
+        in the loop's :class:`_LoopDeadlines`): the task is cancelled when the time is up, and the
+        ``CancelledError`` that ends the block becomes a ``TimeoutError``. The same rules as
+        ``asyncio.timeout`` (Python 3.11+): a cancellation from elsewhere (``cancelling()`` above
+        what it was on entry) stays a cancellation."""
+
+        __slots__ = ("_cancelling", "_expired", "_loop_deadlines", "task")
 
         def __init__(self, task: asyncio.Task[Any], seconds: float) -> None:
-            self._task = task
+            #: the attempt's task while it runs; None once the block is left (done)
+            self.task: asyncio.Task[Any] | None = task
             self._expired = False
             self._cancelling = task.cancelling()
             loop = task.get_loop()
-            self._handle = loop.call_at(loop.time() + seconds, self._expire)
+            deadlines = self._loop_deadlines = _loop_deadlines(loop)
+            deadlines.add(self, loop.time() + seconds)
 
-        def _expire(self) -> None:
+        def expire(self) -> None:
             self._expired = True
-            self._task.cancel()
+            assert self.task is not None
+            self.task.cancel()
 
         def __enter__(self) -> None:
             return None
 
         def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
-            self._handle.cancel()
-            if self._expired and self._task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
+            task, self.task = self.task, None  # (done: the heap keeps no task alive)
+            if not self._expired:
+                self._loop_deadlines.left()
+            elif task is not None and task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
                 raise TimeoutError from exc
 
 
 def attempt_deadline(seconds: float) -> contextlib.AbstractContextManager[Any]:
     """A block that raises ``TimeoutError`` when ``seconds`` pass: in an asyncio task a
-    ``loop.call_at`` timer (:class:`_AsyncioDeadline`, Python 3.11+); otherwise ``anyio.fail_after``."""
+    deadline sharing the loop's one timer (:class:`_AsyncioDeadline`, Python 3.11+); otherwise
+    ``anyio.fail_after``."""
     if sys.version_info >= (3, 11) and _sniffio is not None:
         try:
             task = asyncio.current_task()
