@@ -114,6 +114,9 @@ class CallRun(Generic[R]):
     #: reaches on the HAProxy route (see mesh_client.steering); None: the main deployment
     variant: str | None = None
     haproxy_variant: str | None = None
+    #: the service's own policy and the method's usual retry tokens (no call options changed
+    #: them): the first Envoy attempt may be the plan's prepared one (see :meth:`_attempt`)
+    usual: bool = False
 
     def __init__(  # noqa: PLR0917 - start_call passes them positionally: keywords cost 2,000 instructions a call
         self,
@@ -141,7 +144,10 @@ class CallRun(Generic[R]):
         self._budget_left = -1 if budget is None else budget.deposit(now if budget.clock is plan.clock else None)
         # the usual call: the service's own policy, its tokens for this method already worked out
         tokens = plan.tokens.get(method) if idempotent is None and policy is plan.service.policy else None
-        self.tokens = tokens if tokens is not None else plan.tokens_for(policy, method, idempotent)
+        if tokens is None:
+            self.tokens = plan.tokens_for(policy, method, idempotent)
+        else:
+            self.tokens, self.usual = tokens, True
         self.started = now
         at = current_deadline()
         if at is None:
@@ -334,6 +340,28 @@ class CallRun(Generic[R]):
             if self._budget_left >= 0 and self.tokens and retries > 0 and self._budget_left < retries:
                 retries = self._budget_left  # (the budget as the call found it: one Envoy attempt per call)
                 self.budget_exhausted = retries == 0
+            # the usual call's first attempt with no deadline from upstream: its whole timeout left,
+            # so its headers after the context headers and its socket timeout are the same on every
+            # such call (worked out below once per method, then read from the plan)
+            first = self.usual and self.deadline_left is None and delay == 0.0 and retries == policy.retries
+            prepared = plan.first_envoy.get(self.method) if first else None
+            if prepared is not None:
+                tail, timeout, self.envoy_retries = prepared
+                attempt = Attempt(  # (as below, positional)
+                    self.attempts,  # number
+                    _ENVOY,  # route
+                    plan.envoy_address,  # address
+                    plan.host_header[1],  # host
+                    (plan.host_header, *context_headers, *tail),  # set_headers
+                    plan.drop_prefixes,  # drop_prefixes
+                    dropped,  # drop_names
+                    timeout,  # timeout
+                    0.0,  # delay
+                    False,  # per_try_limited
+                    self.serial,  # call
+                )
+                self._last_attempt = attempt
+                return attempt
             if self.tokens:
                 self.envoy_retries = retries  # (the template sends it only with a retry-on condition)
             per_try_applies = per_try is not None and per_try < remaining
@@ -348,6 +376,9 @@ class CallRun(Generic[R]):
             timeout_header, policy_rest = template
             margin = remaining * ENVOY_MARGIN_SHARE  # within [ENVOY_MARGIN_MIN, ENVOY_MARGIN_MAX]
             margin = ENVOY_MARGIN_MIN if margin < ENVOY_MARGIN_MIN else min(margin, ENVOY_MARGIN_MAX)
+            if first and len(plan.first_envoy) < 64:
+                # (from the policy's timeout itself: remaining is that, give or take a rounding)
+                self._prepare(timeout_header, policy_rest)
             attempt = Attempt(  # (positional, in Attempt's field order: keywords cost twice as much)
                 self.attempts,  # number
                 _ENVOY,  # route
@@ -393,6 +424,13 @@ class CallRun(Generic[R]):
             )
         self._last_attempt = attempt
         return attempt
+
+    def _prepare(self, timeout_header: str, policy_rest: tuple[tuple[str, str], ...]) -> None:
+        """Keep this usual call's first Envoy attempt in the plan, for the method's next calls."""
+        whole = self.policy.timeout
+        margin = min(max(whole * ENVOY_MARGIN_SHARE, ENVOY_MARGIN_MIN), ENVOY_MARGIN_MAX)
+        tail = ((timeout_header, str(envoy.timeout_ms(whole))), *policy_rest)
+        self.plan.first_envoy[self.method] = (tail, whole + margin, self.envoy_retries)
 
     # -- results ---------------------------------------------------------------------------------
 

@@ -96,6 +96,12 @@ class ServicePlan:
     envoy_headers: dict[tuple[bool, int, tuple[str, ...]], tuple[str, tuple[tuple[str, str], ...]]] = field(
         default_factory=dict, compare=False, repr=False
     )
+    #: method -> the usual call's first Envoy attempt, as far as it is the same on every such call
+    #: (see :meth:`CallRun._attempt <mesh_client.core.CallRun>`): the headers after the context
+    #: headers, the client's socket timeout, and the x-envoy-max-retries it allows
+    first_envoy: dict[str, tuple[tuple[tuple[str, str], ...], float, int]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
     #: caller-set headers with these prefixes never go out (see :func:`_drop_prefixes`)
     drop_prefixes: tuple[str, ...] = field(init=False, compare=False, repr=False)
     #: ``("Host", service.envoy_host)``

@@ -27,7 +27,7 @@ from mesh_client.core import (
     backoff_upper_bound,
     drive,
 )
-from mesh_client.envoy import classify_reply, policy_headers
+from mesh_client.envoy import classify_reply, policy_headers, timeout_ms
 from mesh_client.policy import RETRY_ON_TOKENS
 from mesh_client.registry import MeshConfig, load_mapping
 from mesh_client.retrying import envoy_may_have_retried, response_retryable
@@ -577,3 +577,55 @@ def test_a_framed_thrift_call_sets_no_headers_and_a_theader_one_does(route: Rout
         assert ("x-request-id" in names) is carried
         assert ("x-mesh-timeout-ms" in names) is carried
         assert bool(r.context_headers) is carried
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    timeout=st.floats(0.01, 120.0),
+    per_try_share=st.none() | st.floats(0.05, 0.95),
+    retries=st.integers(0, 3),
+    tokens=st.lists(st.sampled_from(sorted(RETRY_ON_TOKENS)), unique=True, max_size=4),
+    codes=st.lists(st.sampled_from([409, 503]), unique=True, max_size=2),
+    method=st.sampled_from(["GET", "POST", "DELETE"]),
+    # (clock readings below 1e5 s: above, ``start + timeout - start`` loses enough bits that the
+    # rules' own millisecond count can come out one lower than the prepared one, from the timeout)
+    starts=st.lists(st.floats(0.0, 1e5), min_size=2, max_size=4),
+    budget_left=st.sampled_from([-1, 0, 1, 5]),
+)
+def test_the_usual_calls_prepared_first_attempt_is_the_one_the_rules_make(
+    timeout: float,
+    per_try_share: float | None,
+    retries: int,
+    tokens: list[str],
+    codes: list[int],
+    method: str,
+    starts: list[float],
+    budget_left: int,
+) -> None:
+    """A usual call's first Envoy attempt comes from the plan once a call of the method has made
+    it: it is the attempt the rules make for a plan that never prepared one, whenever the call
+    starts, and whatever the budget allows (-1: no budget)."""
+    per_try = None if per_try_share is None else timeout * per_try_share
+    cfg = config(
+        timeout=timeout, per_try_timeout=per_try, retries=retries, retry_on=tokens, retriable_status_codes=codes
+    )
+    svc = cfg.services["users"]
+    warm = ServicePlan.of(cfg, svc, clock=FakeClock())
+    context = (("x-request-id", "same-for-both"),)
+
+    def attempt_of(plan: ServicePlan, start: float) -> tuple[Attempt, int, bool]:
+        plan.clock.now = start  # type: ignore[attr-defined]
+        r: CallRun[str] = CallRun(plan, method, svc.policy, Route.ENVOY, "test", context)
+        r._budget_left = budget_left  # (as RetryBudget.deposit would have answered)
+        attempt = first(r)
+        # (the socket timeout from the policy's timeout, or from the clock's readings: the same
+        # to the last bits of a float)
+        return attempt._replace(call=0, timeout=round(attempt.timeout, 6)), r.envoy_retries, r.budget_exhausted
+
+    for start in starts:
+        prepared = attempt_of(warm, start)
+        assert prepared == attempt_of(ServicePlan.of(cfg, svc, clock=FakeClock()), start)
+        assert dict(prepared[0].set_headers)["x-envoy-upstream-rq-timeout-ms"] == str(timeout_ms(timeout))
+    # prepared unless the budget cut the call's retries short
+    cut = 0 <= budget_left < retries and svc.policy.retry_tokens_for(method, None)
+    assert list(warm.first_envoy) == ([] if cut else [method])
