@@ -140,6 +140,7 @@ from mesh_client.errors import MeshTimeoutError, MeshTransportError, as_mesh_err
 from mesh_client.flag_router import FlagRouter
 from mesh_client.http import httpx_errors as _httpx_errors  # noqa: F401 - (registers the combined errors)
 from mesh_client.http import requests_errors as _requests_errors  # noqa: F401 - (likewise)
+from mesh_client.http._async_deadline import attempt_deadline
 from mesh_client.http.requests import _failure as _requests_failure
 from mesh_client.info import INFO_KEY, CallInfo
 from mesh_client.overrides import _in_force
@@ -484,8 +485,10 @@ def _httpx_floor(  # noqa: PLR0915 - one function on purpose: the floor
 
 
 class AsyncFloorTransport(httpx.AsyncBaseTransport):
-    """The asyncio twin of :class:`FloorTransport` (no ablation); ``attempt_timer`` adds the
-    mesh's one timer over the whole attempt (a ``loop.call_at`` and its cancel)."""
+    """The asyncio twin of :class:`FloorTransport` (no ablation); ``attempt_timer`` adds a timer
+    over the whole attempt: ``"call_at"`` a ``loop.call_at`` and its cancel (the mesh's until
+    issue 19's sixth part), ``"mesh"`` the mesh's own (``mesh_client.http._async_deadline``: the
+    loop's attempts share one timer)."""
 
     def __init__(
         self,
@@ -493,7 +496,7 @@ class AsyncFloorTransport(httpx.AsyncBaseTransport):
         inner: httpx.AsyncBaseTransport,
         fallback: httpx.AsyncBaseTransport,
         *,
-        attempt_timer: bool = False,
+        attempt_timer: str | None = None,
     ) -> None:
         self.services = _services(mesh)
         self.inner = inner
@@ -552,7 +555,10 @@ class AsyncFloorTransport(httpx.AsyncBaseTransport):
         outgoing = _new(httpx.Request)
         outgoing.__dict__ = state
         try:
-            if self.attempt_timer:
+            if self.attempt_timer == "mesh":
+                with attempt_deadline(fs.client_timeout):
+                    response = await self.inner.handle_async_request(outgoing)
+            elif self.attempt_timer == "call_at":
                 task = asyncio.current_task()
                 assert task is not None
                 loop = task.get_loop()
@@ -769,10 +775,13 @@ def http(*, rounds: int, calls: int, warmup: int, ablation: bool) -> dict[str, A
         pa = httpx.AsyncClient(transport=amock)
         fa = httpx.AsyncClient(transport=AsyncFloorTransport(mesh, amock, mesh.httpx_async_transport(amock)))
         fat = httpx.AsyncClient(
-            transport=AsyncFloorTransport(mesh, amock, mesh.httpx_async_transport(amock), attempt_timer=True)
+            transport=AsyncFloorTransport(mesh, amock, mesh.httpx_async_transport(amock), attempt_timer="call_at")
+        )
+        fmt = httpx.AsyncClient(
+            transport=AsyncFloorTransport(mesh, amock, mesh.httpx_async_transport(amock), attempt_timer="mesh")
         )
         ma = mesh.httpx_async_client(transport=amock)
-        for a in (pa, fa, fat, ma):
+        for a in (pa, fa, fat, fmt, ma):
             stack.callback(functools.partial(loop.run_until_complete, a.aclose()))
         ps = stack.enter_context(requests.Session())
         ps.trust_env = False
@@ -804,6 +813,7 @@ def http(*, rounds: int, calls: int, warmup: int, ablation: bool) -> dict[str, A
                 Variant("floor", acall=acall(fa, mesh_url)),
                 Variant("mesh", acall=acall(ma, mesh_url)),
                 Variant("floor + attempt timer", acall=acall(fat, mesh_url)),
+                Variant("floor + mesh attempt deadline", acall=acall(fmt, mesh_url)),
                 Variant("plain, no extra headers", acall=acall(pa, plain_url)),
             ],
             "requests, trust_env off": [

@@ -11,6 +11,7 @@ import heapq
 import itertools
 import sys
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 try:  # which async library runs the task (httpx's own test); without it, anyio decides
@@ -35,34 +36,35 @@ if sys.version_info >= (3, 11):  # Task.cancelling() and uncancel()
         or, once they are more than half of it (and over :data:`_COMPACT_AT`), until it is
         rebuilt without them (asyncio's own rule for cancelled timers)."""
 
-        __slots__ = ("_at", "_done", "_handle", "_heap", "_loop", "_serial")
+        __slots__ = ("_done", "_loop", "at", "handle", "heap", "serial")
 
         def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
             self._loop = loop
-            self._heap: list[tuple[float, int, _AsyncioDeadline]] = []
-            self._serial = itertools.count()
-            self._handle: asyncio.TimerHandle | None = None
-            self._at = 0.0  # when the timer fires (meaningful while _handle is set)
+            self.heap: list[tuple[float, int, _AsyncioDeadline]] = []
+            self.serial = itertools.count()
+            self.handle: asyncio.TimerHandle | None = None
+            self.at = 0.0  # when the timer fires (meaningful while _handle is set)
             self._done = 0  # how many entries in the heap are done
 
         def add(self, deadline: _AsyncioDeadline, when: float) -> None:
-            heapq.heappush(self._heap, (when, next(self._serial), deadline))
-            if self._handle is None or when < self._at:
-                self._wait_for(when)
+            """Keep ``deadline``, due at ``when`` (loop time)."""
+            heapq.heappush(self.heap, (when, next(self.serial), deadline))
+            if self.handle is None or when < self.at:
+                self.wait_for(when)
 
-        def _wait_for(self, when: float) -> None:
-            if self._handle is not None:
-                self._handle.cancel()
-            self._at = when
-            self._handle = self._loop.call_at(when, self._fire)
+        def wait_for(self, when: float) -> None:
+            if self.handle is not None:
+                self.handle.cancel()
+            self.at = when
+            self.handle = self._loop.call_at(when, self._fire)
 
         def _fire(self) -> None:
-            self._handle = None
-            due, heap = self._at, self._heap  # (the loop runs a timer at its time or a little before)
+            self.handle = None
+            due, heap = self.at, self.heap  # (the loop runs a timer at its time or a little before)
             while heap:
                 when, _, deadline = heap[0]
                 if deadline.task is not None and when > due:
-                    self._wait_for(when)  # the earliest attempt still running
+                    self.wait_for(when)  # the earliest attempt still running
                     return
                 heapq.heappop(heap)
                 if deadline.task is not None:
@@ -71,30 +73,42 @@ if sys.version_info >= (3, 11):  # Task.cancelling() and uncancel()
                     self._done -= 1
 
         def left(self) -> None:
-            """An attempt in the heap is done (left its block before its deadline). The done
-            entries at the top go at once: in the usual order (the oldest attempt done first)
-            that is this one, which so dies young (a heap of done entries kept for long lives
-            through collections into the garbage collector's older generations, which then
-            collects them all more often)."""
+            """An attempt in the heap, not at its top, is done (left its block before its
+            deadline): it waits there as a done entry."""
             self._done += 1
-            heap = self._heap
+            self.drop_done()
+            if self._done > _COMPACT_AT and self._done * 2 > len(self.heap):
+                self.heap = [entry for entry in self.heap if entry[2].task is not None]
+                heapq.heapify(self.heap)
+                self._done = 0
+
+        def drop_done(self) -> None:
+            """Drop the done entries at the top of the heap. An attempt done in the usual order
+            (the oldest first) is dropped at once by its own block, so it dies young: a heap of
+            done entries kept for long lives through collections into the garbage collector's
+            older generations, which then collects them all more often."""
+            heap = self.heap
             while heap and heap[0][2].task is None:
                 heapq.heappop(heap)
                 self._done -= 1
-            if self._done > _COMPACT_AT and self._done * 2 > len(heap):
-                self._heap = [entry for entry in self._heap if entry[2].task is not None]
-                heapq.heapify(self._heap)
-                self._done = 0
 
     #: below this many done entries the heap is never rebuilt
     _COMPACT_AT = 100
 
     _LOOPS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopDeadlines] = weakref.WeakKeyDictionary()
+    #: (a weak reference to the loop last asked about, its deadlines): one tuple, so a thread
+    #: running another loop never sees one's reference with the other's deadlines
+    _last: tuple[Callable[[], object], _LoopDeadlines | None] = (lambda: None, None)
 
     def _loop_deadlines(loop: asyncio.AbstractEventLoop) -> _LoopDeadlines:
+        global _last
+        ref, deadlines = _last
+        if ref() is loop and deadlines is not None:
+            return deadlines
         deadlines = _LOOPS.get(loop)
         if deadlines is None:
             deadlines = _LOOPS[loop] = _LoopDeadlines(loop)
+        _last = (weakref.ref(loop), deadlines)
         return deadlines
 
     class _AsyncioDeadline:
@@ -113,7 +127,10 @@ if sys.version_info >= (3, 11):  # Task.cancelling() and uncancel()
             self._cancelling = task.cancelling()
             loop = task.get_loop()
             deadlines = self._loop_deadlines = _loop_deadlines(loop)
-            deadlines.add(self, loop.time() + seconds)
+            when = loop.time() + seconds
+            heapq.heappush(deadlines.heap, (when, next(deadlines.serial), self))  # (add(), inline)
+            if deadlines.handle is None or when < deadlines.at:
+                deadlines.wait_for(when)
 
         def expire(self) -> None:
             self._expired = True
@@ -126,7 +143,14 @@ if sys.version_info >= (3, 11):  # Task.cancelling() and uncancel()
         def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
             task, self.task = self.task, None  # (done: the heap keeps no task alive)
             if not self._expired:
-                self._loop_deadlines.left()
+                deadlines = self._loop_deadlines
+                heap = deadlines.heap
+                if heap[0][2] is self:  # the oldest attempt done first (the usual order): it goes now
+                    heapq.heappop(heap)
+                    if heap and heap[0][2].task is None:
+                        deadlines.drop_done()
+                else:
+                    deadlines.left()
             elif task is not None and task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
                 raise TimeoutError from exc
 

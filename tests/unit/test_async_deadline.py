@@ -116,15 +116,50 @@ def test_attempts_finished_long_before_their_deadline_do_not_pile_up() -> None:
                 with attempt_deadline(30.0):  # no deadline comes during the test: nothing fires
                     await asyncio.sleep(0)
 
+        async def held_open(release: asyncio.Event) -> None:
+            with attempt_deadline(20.0):  # due first, open throughout: the others finish behind it
+                await release.wait()
+
         await calls(200)  # (the loop's own structures made)
+        release = asyncio.Event()
+        oldest = asyncio.ensure_future(held_open(release))
+        await asyncio.sleep(0)
         tracemalloc.start()
         try:
             before = tracemalloc.get_traced_memory()[0]
             await calls(20_000)
-            return tracemalloc.get_traced_memory()[0] - before
+            grown = tracemalloc.get_traced_memory()[0] - before
         finally:
             tracemalloc.stop()
+        release.set()
+        await oldest
+        return grown
 
     grown = asyncio.run(main())
     # kept until their deadlines, 20,000 finished entries would hold about 2.5 MB
     assert grown < 100_000
+
+
+def test_loops_in_two_threads_each_keep_their_own_deadlines() -> None:
+    import threading
+
+    def run_loop(results: list[float]) -> None:
+        async def main() -> None:
+            never = asyncio.Event()
+            for _ in range(5):
+                for _ in range(50):  # attempts done in time, interleaved with the other thread's
+                    with attempt_deadline(5.0):
+                        await asyncio.sleep(0)
+                results.append(await _attempt(0.03, never))
+
+        asyncio.run(main())
+
+    results: tuple[list[float], list[float]] = ([], [])
+    threads = [threading.Thread(target=run_loop, args=(r,)) for r in results]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    for cuts in results:
+        assert len(cuts) == 5
+        assert all(0.03 <= cut < 0.03 + 0.08 for cut in cuts), cuts
