@@ -343,7 +343,7 @@ class CallRun(Generic[R]):
             # the usual call's first attempt with no deadline from upstream: its whole timeout left,
             # so its headers after the context headers and its socket timeout are the same on every
             # such call (worked out below once per method, then read from the plan)
-            first = self.usual and self.deadline_left is None and delay == 0.0 and retries == policy.retries
+            first = self.usual and self.attempts == 1 and self.deadline_left is None and retries == policy.retries
             prepared = plan.first_envoy.get(self.method) if first else None
             if prepared is not None:
                 tail, timeout, self.envoy_retries = prepared
