@@ -26,45 +26,46 @@ if sys.version_info >= (3, 11):  # Task.cancelling() and uncancel()
 
     class _LoopDeadlines:
         """The deadlines of one event loop's attempts, kept in a heap that one ``loop.call_at``
-        timer serves: an attempt pushes its deadline and marks it done on leaving, and the timer
-        is moved only when a deadline comes before the one it waits for. When it fires, it cancels
+        timer serves: an attempt pushes its deadline and marks it done on leaving, and a timer is
+        made only when a deadline comes before the one waited for. When it fires, it cancels
         every attempt whose deadline has come (and is not done), drops the done ones from the top,
         and waits for the earliest still running. So an attempt costs a ``heappush`` in place of
         a timer of its own (its ``TimerHandle``, its ``heappush`` into the loop's heap, its
-        cancel), and the loop's own heap holds one entry for all of them, while each attempt is
+        cancel), and the loop's own heap holds one entry for all of them (or a few), while each attempt is
         still cut off at its own deadline. Done entries wait in the heap until they reach its top
         or, once they are more than half of it (and over :data:`_COMPACT_AT`), until it is
         rebuilt without them (asyncio's own rule for cancelled timers)."""
 
-        __slots__ = ("_done", "_loop", "at", "handle", "heap", "serial")
+        __slots__ = ("_done", "_loop", "at", "heap", "serial")
 
         def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-            self._loop = loop
+            # (weakly, and no timer handle kept: a handle holds its loop, and the loop's entry in
+            # _LOOPS must not keep the loop alive)
+            self._loop = weakref.ref(loop)
             self.heap: list[tuple[float, int, _AsyncioDeadline]] = []
             self.serial = itertools.count()
-            self.handle: asyncio.TimerHandle | None = None
-            self.at = 0.0  # when the timer fires (meaningful while _handle is set)
+            #: when the timer waited for fires (None: no timer is waited for). A timer made for a
+            #: later time before an earlier deadline came is not cancelled: it fires as well, and
+            #: finds what is due by then
+            self.at: float | None = None
             self._done = 0  # how many entries in the heap are done
 
-        def add(self, deadline: _AsyncioDeadline, when: float) -> None:
-            """Keep ``deadline``, due at ``when`` (loop time)."""
-            heapq.heappush(self.heap, (when, next(self.serial), deadline))
-            if self.handle is None or when < self.at:
-                self.wait_for(when)
-
         def wait_for(self, when: float) -> None:
-            if self.handle is not None:
-                self.handle.cancel()
-            self.at = when
-            self.handle = self._loop.call_at(when, self._fire)
+            """Have a timer fire at ``when`` (loop time)."""
+            loop = self._loop()
+            if loop is not None:  # (None only while the loop is being collected)
+                self.at = when
+                loop.call_at(when, self._fire, when)
 
-        def _fire(self) -> None:
-            self.handle = None
-            due, heap = self.at, self.heap  # (the loop runs a timer at its time or a little before)
+        def _fire(self, when: float) -> None:
+            if when == self.at:  # the timer waited for (not one made for a later time before)
+                self.at = None
+            heap = self.heap  # (the loop runs a timer at its time or a little before: ``when`` is due)
             while heap:
-                when, _, deadline = heap[0]
-                if deadline.task is not None and when > due:
-                    self.wait_for(when)  # the earliest attempt still running
+                due, _, deadline = heap[0]
+                if deadline.task is not None and due > when:
+                    if self.at is None:
+                        self.wait_for(due)  # the earliest attempt still running
                     return
                 heapq.heappop(heap)
                 if deadline.task is not None:
@@ -128,8 +129,8 @@ if sys.version_info >= (3, 11):  # Task.cancelling() and uncancel()
             loop = task.get_loop()
             deadlines = self._loop_deadlines = _loop_deadlines(loop)
             when = loop.time() + seconds
-            heapq.heappush(deadlines.heap, (when, next(deadlines.serial), self))  # (add(), inline)
-            if deadlines.handle is None or when < deadlines.at:
+            heapq.heappush(deadlines.heap, (when, next(deadlines.serial), self))
+            if deadlines.at is None or when < deadlines.at:
                 deadlines.wait_for(when)
 
         def expire(self) -> None:

@@ -163,3 +163,17 @@ def test_loops_in_two_threads_each_keep_their_own_deadlines() -> None:
     for cuts in results:
         assert len(cuts) == 5
         assert all(0.03 <= cut < 0.03 + 0.08 for cut in cuts), cuts
+
+
+def test_a_finished_event_loop_is_not_kept_alive_by_its_deadlines() -> None:
+    loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+
+    async def one() -> None:
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+        with attempt_deadline(30.0):  # (its timer still waits in the loop when the loop closes)
+            await asyncio.sleep(0)
+
+    for _ in range(3):
+        asyncio.run(one())
+    gc.collect()
+    assert [ref for ref in loops if ref() is not None] == []
