@@ -6,6 +6,7 @@ import contextlib
 import http.client
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -35,11 +36,53 @@ __all__ = [
 ]
 
 
+#: where :func:`free_port` looks: from here up to the start of the OS's range for connections'
+#: source ports (Linux: 32768 unless configured otherwise)
+_LOWEST_PORT = 15000
+_ports_lock = threading.Lock()
+#: the ports :func:`free_port` handed out in this process lately (not handed out again)
+_handed_out: set[int] = set()
+_port_choice = random.Random()
+
+
+def _source_ports_start() -> int:
+    """The first port of the range the OS takes outgoing connections' source ports from."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # (Linux's default; other systems: below 49152 too)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free on ``host`` right now (the OS picks it)."""
+    """A TCP port free on ``host`` right now, for a server the caller starts next.
+
+    Taken below the range the OS picks outgoing connections' source ports from, so a connection
+    opened meanwhile (to Envoy, to a backend) cannot take the port before the server binds it, as
+    one can take a port the OS picked for ``bind(0)``; not one handed out lately in this process.
+    Where that range leaves too little room below it, or nothing there is free, the OS picks."""
+    top = _source_ports_start()
+    if top - _LOWEST_PORT >= 1000:
+        with _ports_lock:
+            if len(_handed_out) > (top - _LOWEST_PORT) // 2:
+                _handed_out.clear()  # (their servers are long gone: start over)
+            for _ in range(200):
+                port = _port_choice.randrange(_LOWEST_PORT, top)
+                if port not in _handed_out and _bindable(host, port):
+                    _handed_out.add(port)
+                    return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def envoy_binary() -> str | None:
