@@ -90,6 +90,16 @@ _ENVOY: Final = Route.ENVOY  # a module global is read faster than an enum membe
 R = TypeVar("R")
 
 
+def _envoy_timeouts(seconds: float) -> tuple[str, float]:
+    """For an Envoy attempt with ``seconds`` left (at least MIN_ATTEMPT): Envoy's timeout header
+    value (whole ms, rounded down: never below 1 ms here) and the client's socket timeout, a
+    margin above it (:data:`ENVOY_MARGIN_SHARE` of it, within [:data:`ENVOY_MARGIN_MIN`,
+    :data:`ENVOY_MARGIN_MAX`])."""
+    margin = seconds * ENVOY_MARGIN_SHARE
+    margin = ENVOY_MARGIN_MIN if margin < ENVOY_MARGIN_MIN else min(margin, ENVOY_MARGIN_MAX)
+    return str(int(seconds * 1000 + 1e-6)), seconds + margin
+
+
 class CallRun(Generic[R]):
     """The state of one logical call. Not thread-safe: one run per call.
 
@@ -342,58 +352,43 @@ class CallRun(Generic[R]):
                 self.budget_exhausted = retries == 0
             # the usual call's first attempt with no deadline from upstream: its whole timeout left,
             # so its headers after the context headers and its socket timeout are the same on every
-            # such call (worked out below once per method, then read from the plan)
+            # such call (worked out once per method, then read from the plan)
             first = self.usual and self.attempts == 1 and self.deadline_left is None and retries == policy.retries
             prepared = plan.first_envoy.get(self.method) if first else None
             if prepared is not None:
                 tail, timeout, self.envoy_retries = prepared
-                attempt = Attempt(  # (as below, positional)
-                    self.attempts,  # number
-                    _ENVOY,  # route
-                    plan.envoy_address,  # address
-                    plan.host_header[1],  # host
-                    (plan.host_header, *context_headers, *tail),  # set_headers
-                    plan.drop_prefixes,  # drop_prefixes
-                    dropped,  # drop_names
-                    timeout,  # timeout
-                    0.0,  # delay
-                    False,  # per_try_limited
-                    self.serial,  # call
+            else:
+                if self.tokens:
+                    self.envoy_retries = retries  # (the template sends it only with a retry-on condition)
+                per_try_applies = per_try is not None and per_try < remaining
+                # (the service policy's template read here: one call fewer than envoy_template's own read)
+                template = (
+                    plan.envoy_headers.get((per_try_applies, retries, self.tokens))
+                    if policy is plan.service.policy
+                    else None
                 )
-                self._last_attempt = attempt
-                return attempt
-            if self.tokens:
-                self.envoy_retries = retries  # (the template sends it only with a retry-on condition)
-            per_try_applies = per_try is not None and per_try < remaining
-            # (the service policy's template read here: one call fewer than envoy_template's own read)
-            template = (
-                plan.envoy_headers.get((per_try_applies, retries, self.tokens))
-                if policy is plan.service.policy
-                else None
-            )
-            if template is None:
-                template = plan.envoy_template(policy, per_try_applies, retries, self.tokens)
-            timeout_header, policy_rest = template
-            margin = remaining * ENVOY_MARGIN_SHARE  # within [ENVOY_MARGIN_MIN, ENVOY_MARGIN_MAX]
-            margin = ENVOY_MARGIN_MIN if margin < ENVOY_MARGIN_MIN else min(margin, ENVOY_MARGIN_MAX)
-            if first and len(plan.first_envoy) < 64:
-                # (from the policy's timeout itself: remaining is that, give or take a rounding)
-                self._prepare(timeout_header, policy_rest)
+                if template is None:
+                    template = plan.envoy_template(policy, per_try_applies, retries, self.tokens)
+                timeout_header, policy_rest = template
+                if first and len(plan.first_envoy) < 64:
+                    # from the policy's timeout itself (remaining is that, give or take a rounding)
+                    whole_ms, whole_timeout = _envoy_timeouts(policy.timeout)
+                    plan.first_envoy[self.method] = (
+                        ((timeout_header, whole_ms), *policy_rest),
+                        whole_timeout,
+                        self.envoy_retries,
+                    )
+                remaining_ms, timeout = _envoy_timeouts(remaining)
+                tail = ((timeout_header, remaining_ms), *policy_rest)
             attempt = Attempt(  # (positional, in Attempt's field order: keywords cost twice as much)
                 self.attempts,  # number
                 _ENVOY,  # route
                 plan.envoy_address,  # address
                 plan.host_header[1],  # host
-                (  # set_headers
-                    plan.host_header,
-                    *context_headers,
-                    # envoy.timeout_ms(remaining), inline: remaining >= MIN_ATTEMPT, so never below 1 ms
-                    (timeout_header, str(int(remaining * 1000 + 1e-6))),
-                    *policy_rest,
-                ),
+                (plan.host_header, *context_headers, *tail),  # set_headers
                 plan.drop_prefixes,  # drop_prefixes
                 dropped,  # drop_names
-                remaining + margin,  # timeout
+                timeout,  # timeout
                 delay,  # delay
                 False,  # per_try_limited (Envoy times each try itself)
                 self.serial,  # call
@@ -424,13 +419,6 @@ class CallRun(Generic[R]):
             )
         self._last_attempt = attempt
         return attempt
-
-    def _prepare(self, timeout_header: str, policy_rest: tuple[tuple[str, str], ...]) -> None:
-        """Keep this usual call's first Envoy attempt in the plan, for the method's next calls."""
-        whole = self.policy.timeout
-        margin = min(max(whole * ENVOY_MARGIN_SHARE, ENVOY_MARGIN_MIN), ENVOY_MARGIN_MAX)
-        tail = ((timeout_header, str(envoy.timeout_ms(whole))), *policy_rest)
-        self.plan.first_envoy[self.method] = (tail, whole + margin, self.envoy_retries)
 
     # -- results ---------------------------------------------------------------------------------
 

@@ -116,15 +116,15 @@ MUTANTS = [
     Mutant(
         "timeout-header-ignores-deadline",
         "mesh_client/core.py",
-        "(timeout_header, str(int(remaining * 1000 + 1e-6))),",
-        "(timeout_header, str(int(policy.timeout * 1000))),",
+        "tail = ((timeout_header, remaining_ms), *policy_rest)",
+        "tail = ((timeout_header, str(int(policy.timeout * 1000))), *policy_rest)",
         "Envoy told the service timeout, not the time the call has left",
     ),
     Mutant(
         "no-envoy-margin",
         "mesh_client/core.py",
-        "remaining + margin,  # timeout",
-        "remaining,  # timeout",
+        "return str(int(seconds * 1000 + 1e-6)), seconds + margin",
+        "return str(int(seconds * 1000 + 1e-6)), seconds",
         "the client's timer races Envoy's on the Envoy route",
     ),
     Mutant(

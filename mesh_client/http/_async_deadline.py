@@ -74,24 +74,20 @@ if sys.version_info >= (3, 11):  # Task.cancelling() and uncancel()
                     self._done -= 1
 
         def left(self) -> None:
-            """An attempt in the heap, not at its top, is done (left its block before its
-            deadline): it waits there as a done entry."""
+            """An attempt in the heap is done (left its block before its deadline). The done
+            entries at the top go at once: an attempt done in the usual order (the oldest first)
+            is dropped by its own block, so it dies young (a heap of done entries kept for long
+            lives through collections into the garbage collector's older generations, which then
+            collects them all more often); one done out of order waits as a done entry."""
             self._done += 1
-            self.drop_done()
-            if self._done > _COMPACT_AT and self._done * 2 > len(self.heap):
-                self.heap = [entry for entry in self.heap if entry[2].task is not None]
-                heapq.heapify(self.heap)
-                self._done = 0
-
-        def drop_done(self) -> None:
-            """Drop the done entries at the top of the heap. An attempt done in the usual order
-            (the oldest first) is dropped at once by its own block, so it dies young: a heap of
-            done entries kept for long lives through collections into the garbage collector's
-            older generations, which then collects them all more often."""
             heap = self.heap
             while heap and heap[0][2].task is None:
                 heapq.heappop(heap)
                 self._done -= 1
+            if self._done > _COMPACT_AT and self._done * 2 > len(heap):
+                self.heap = [entry for entry in heap if entry[2].task is not None]
+                heapq.heapify(self.heap)
+                self._done = 0
 
     #: below this many done entries the heap is never rebuilt
     _COMPACT_AT = 100
@@ -144,14 +140,7 @@ if sys.version_info >= (3, 11):  # Task.cancelling() and uncancel()
         def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
             task, self.task = self.task, None  # (done: the heap keeps no task alive)
             if not self._expired:
-                deadlines = self._loop_deadlines
-                heap = deadlines.heap
-                if heap[0][2] is self:  # the oldest attempt done first (the usual order): it goes now
-                    heapq.heappop(heap)
-                    if heap and heap[0][2].task is None:
-                        deadlines.drop_done()
-                else:
-                    deadlines.left()
+                self._loop_deadlines.left()
             elif task is not None and task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
                 raise TimeoutError from exc
 
